@@ -1,0 +1,3 @@
+from cc_kernel.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Pure: the report_data binding (ATTESTATION.md §3.3) and its check.
+
+REPORT_DATA = SHA-512(tag ‖ lp(tls_spki_der) ‖ lp(audit_pub) ‖ lp(nonce) ‖ lp(session_id)), 64 bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence, seal_bound
+from cc_kernel.crypto.hashing import TAG_REPORT_DATA, constant_time_equal, tagged_hash
+from cc_kernel.errors import BindingMismatch, StaleEvidence
+
+NONCE_SIZE = 32
+SESSION_ID_SIZE = 16
+AUDIT_PUB_SIZE = 32
+
+
+def expected_report_data(*, tls_spki: bytes, audit_pub: bytes, nonce: bytes, session_id: bytes) -> bytes:
+    """The 64-byte report_data an enclave must produce for these inputs."""
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
+    if len(session_id) != SESSION_ID_SIZE:
+        raise ValueError(f"session id must be {SESSION_ID_SIZE} bytes")
+    return tagged_hash(TAG_REPORT_DATA, tls_spki, audit_pub, nonce, session_id, algorithm="sha512")
+
+
+def check_binding(
+    evidence: VerifiedEvidence,
+    *,
+    tls_spki: bytes,
+    audit_pub: bytes,
+    nonce: bytes,
+    session_id: bytes,
+    claimed_nonce: bytes | None = None,
+) -> BoundEvidence:
+    """Return BoundEvidence if the evidence's report_data binds exactly these inputs.
+
+    ``claimed_nonce`` is the nonce the enclave says it answered (from the envelope); if it differs from ours
+    the evidence is a replay (StaleEvidence). Otherwise a mismatch is a BindingMismatch: the certificate key,
+    audit key or session id is not the one the TEE bound.
+
+    Raises:
+        StaleEvidence: the evidence answers another nonce.
+        BindingMismatch: report_data does not bind this channel key / audit key / session.
+    """
+    # 1. freshness: the evidence must answer the nonce we chose for this connection
+    if claimed_nonce is not None and not constant_time_equal(claimed_nonce, nonce):
+        raise StaleEvidence(
+            "the evidence answers a different nonce: it was replayed from an earlier connection",
+            check="freshness.nonce",
+            got=claimed_nonce,
+            expected=nonce,
+        )
+    # 2. binding: recompute report_data and compare in constant time
+    want = expected_report_data(tls_spki=tls_spki, audit_pub=audit_pub, nonce=nonce, session_id=session_id)
+    if not constant_time_equal(evidence.report_data, want):
+        raise BindingMismatch(
+            "report_data does not bind this connection's TLS key, audit key, nonce and session id",
+            check="binding.report_data",
+            got=evidence.report_data,
+            expected=want,
+        )
+    return seal_bound(
+        evidence=evidence,
+        tls_spki_sha256=hashlib.sha256(tls_spki).digest(),
+        audit_pub=audit_pub,
+        nonce=nonce,
+        session_id=session_id,
+    )

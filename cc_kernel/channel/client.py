@@ -1,0 +1,102 @@
+"""The kernel side of the attested channel: connect, handshake, challenge, verify — then unlock.
+
+Invariant: ``connect_attested`` returns a channel whose protocol state allows application messages only after
+``verify_peer`` passed for a nonce chosen here for this connection; on any failure the channel is closed and
+nothing but Hello / AttestRequest / Fatal was ever sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cc_kernel import __version__
+from cc_kernel.attestation.anchors import TrustAnchors
+from cc_kernel.attestation.binding import NONCE_SIZE, SESSION_ID_SIZE
+from cc_kernel.attestation.policy import Policy
+from cc_kernel.channel.ratls import AttestedPeer, verify_peer
+from cc_kernel.channel.transport import Address, FramedChannel, open_client
+from cc_kernel.errors import CCKernelError, RemoteProtocolError
+from cc_kernel.protocol.connection import Connection, Role
+from cc_kernel.protocol.messages import PROTOCOL_VERSION, AttestRequest, AttestResponse, Fatal, Hello
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class AttestedChannel:
+    """A verified channel to an enclave, with what was verified."""
+
+    channel: FramedChannel
+    peer: AttestedPeer
+    session_id: bytes
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+async def connect_attested(
+    target: Address | socket.socket,
+    *,
+    policy: Policy,
+    anchors: TrustAnchors,
+    simulation_anchors: TrustAnchors | None = None,
+    session_id: bytes | None = None,
+    timeout: float = 15.0,
+    now: Callable[[], datetime] = _utcnow,
+) -> AttestedChannel:
+    """Connect to an enclave and verify it; return the channel ready for application messages.
+
+    Raises:
+        ConnectError: cannot connect or complete the TLS 1.3 handshake.
+        BrokenChannelError / RemoteProtocolError: the enclave broke the protocol or the connection.
+        VerificationError (subclasses): the evidence was refused; the error names the failed check.
+    """
+    t0 = time.perf_counter()
+    conn = Connection(Role.KERNEL)
+    channel = await open_client(target, conn, timeout=timeout)
+    timings = {"tls_handshake": (time.perf_counter() - t0) * 1000}
+    session_id = session_id if session_id is not None else os.urandom(SESSION_ID_SIZE)
+    nonce = os.urandom(NONCE_SIZE)
+    try:
+        async with asyncio.timeout(timeout):
+            await channel.send(Hello(role="kernel", versions=[PROTOCOL_VERSION], software=f"cc-kernel {__version__}"))
+            hello = await channel.receive()
+            if not isinstance(hello, Hello):
+                raise RemoteProtocolError(f"expected Hello from the enclave, got {type(hello).__name__}")
+            await channel.send(AttestRequest(nonce=nonce, session_id=session_id))
+            t1 = time.perf_counter()
+            response = await channel.receive()
+            if not isinstance(response, AttestResponse):
+                raise RemoteProtocolError(f"expected AttestResponse, got {type(response).__name__}")
+            timings["evidence"] = (time.perf_counter() - t1) * 1000
+        t2 = time.perf_counter()
+        peer = verify_peer(
+            peer_cert_der=channel.peer_cert_der,
+            envelope_bytes=response.envelope,
+            nonce=nonce,
+            session_id=session_id,
+            policy=policy,
+            anchors=anchors,
+            simulation_anchors=simulation_anchors,
+            now=now(),
+        )
+        timings["verify"] = (time.perf_counter() - t2) * 1000
+        conn.attestation_verified()
+    except TimeoutError as exc:
+        await channel.aclose()
+        raise RemoteProtocolError(f"the enclave did not answer the attestation challenge within {timeout} s") from exc
+    except CCKernelError as exc:
+        # Tell the enclave why (no user data is involved), then close. Best effort.
+        with contextlib.suppress(CCKernelError, TimeoutError):
+            await asyncio.wait_for(channel.send(Fatal(reason=f"attestation refused: {type(exc).__name__}")), 1.0)
+        await channel.aclose()
+        raise
+    timings["total"] = (time.perf_counter() - t0) * 1000
+    return AttestedChannel(channel=channel, peer=peer, session_id=session_id, timings_ms=timings)

@@ -1,0 +1,229 @@
+"""The ``cc-kernel`` command: measure, policy init, enclave serve, attest (and more as the project grows).
+
+Exit codes: 0 success / verified, 1 verification failed (reasons printed), 2 usage, input or connection error.
+Errors are printed as one clear message, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cc_kernel import __version__
+from cc_kernel.errors import CCKernelError, PolicyViolation, VerificationError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2 on usage errors; keep that, with our prefix
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"cc-kernel: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cc-kernel", description="Confidential Python: attested Jupyter kernel tools.")
+    p.add_argument("--version", action="version", version=f"cc-kernel {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    m = sub.add_parser("measure", help="print the measurement of the installed enclave")
+    m.add_argument("--json", action="store_true", help="print the manifest too, as JSON")
+
+    pol = sub.add_parser("policy", help="verification policies")
+    pol_sub = pol.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
+    init = pol_sub.add_parser("init", help="write a policy pinning the current enclave measurement")
+    init.add_argument("--output", "-o", type=Path, required=True, help="policy file to write")
+    init.add_argument("--simulation", action="store_true",
+                      help="accept the SIMULATED TEE (unsafe_allow_simulation: no hardware protection)")
+    init.add_argument("--platform", default=None, choices=["sev-snp", "tdx", "sgx-dcap", "nitro"],
+                      help="hardware platform to pin (with --measurement)")
+    init.add_argument("--measurement", action="append", default=[], help="hex measurement to pin (repeatable)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    pcheck = pol_sub.add_parser("check", help="validate a policy file and print its summary")
+    pcheck.add_argument("file", type=Path)
+
+    enc = sub.add_parser("enclave", help="the enclave server (runs inside the TEE)")
+    enc_sub = enc.add_subparsers(dest="enclave_command", required=True, parser_class=_Parser)
+    serve = enc_sub.add_parser("serve", help="accept kernel connections; one fresh enclave per session")
+    serve.add_argument("--listen", required=True, help="tcp://HOST:PORT, HOST:PORT or unix:/path")
+    serve.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
+    serve.add_argument("--fault", action="append", default=[],
+                       help="teaching fault for the simulated TEE (debug, old-tcb, swapped-key, replay)")
+    serve.add_argument("--max-sessions", type=int, default=8)
+    serve.add_argument("--log-level", default="INFO")
+
+    att = sub.add_parser("attest", help="connect to an enclave, verify its attestation, print the claims")
+    att.add_argument("address", help="tcp://HOST:PORT, HOST:PORT or unix:/path")
+    att.add_argument("--policy", type=Path, default=None,
+                     help="policy file (default: built-in hardware policy, any measurement, no debug)")
+    att.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
+    att.add_argument("--json", action="store_true", help="print the verified claims as JSON")
+    att.add_argument("--timeout", type=float, default=15.0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "measure":
+            return _measure(args)
+        if args.command == "policy":
+            return _policy(args)
+        if args.command == "enclave":
+            return _enclave(args)
+        if args.command == "attest":
+            return _attest(args)
+    except VerificationError as exc:
+        _err(f"verification failed:\n{exc}")
+        return EXIT_INVALID
+    except CCKernelError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _err(text: str) -> None:
+    print(f"cc-kernel: {text}", file=sys.stderr)
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from cc_kernel.measure import enclave_measurement, manifest, python_version
+
+    digest = enclave_measurement()
+    if args.json:
+        print(json.dumps({
+            "measurement": digest.hex(), "python": python_version(),
+            "manifest": [{"name": n, "sha256": d.hex()} for n, d in manifest()],
+        }, indent=2))
+    else:
+        print(digest.hex())
+    return EXIT_OK
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from cc_kernel.attestation.policy import load_policy, render_policy
+
+    if args.policy_command == "check":
+        policy = _load_policy_file(args.file)
+        print(f"{args.file}: valid policy, sha256 {policy.sha256.hex()}")
+        print(f"  platforms: {', '.join(policy.platforms)}")
+        print(f"  weakenings in force: {', '.join(policy.unsafe_flags) or 'none'}")
+        return EXIT_OK
+    from cc_kernel.measure import enclave_measurement
+
+    if args.output.exists() and not args.force:
+        _err(f"{args.output} exists; pass --force to overwrite it")
+        return EXIT_USAGE
+    note = f"written by cc-kernel {__version__} policy init on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    if args.platform:
+        if not args.measurement:
+            _err("--platform needs --measurement HEX (the launch measurement of your hardware enclave)")
+            return EXIT_USAGE
+        text = render_policy(
+            args.platform, args.measurement, allow_simulation=args.simulation,
+            simulation_measurements=[enclave_measurement()] if args.simulation else (), note=note,
+        )
+    elif args.simulation:
+        text = render_policy("simulation", [enclave_measurement()], note=note)
+    else:
+        _err("choose what to pin: --simulation (this machine's simulated enclave) and/or "
+             "--platform P --measurement HEX (a hardware enclave)")
+        return EXIT_USAGE
+    load_policy(text, source=str(args.output))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def _load_policy_file(path: Path) -> Any:
+    from cc_kernel.attestation.policy import load_policy
+    from cc_kernel.errors import PolicyError
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc.strerror}") from exc
+    return load_policy(data, source=str(path))
+
+
+def _enclave(args: argparse.Namespace) -> int:
+    from cc_kernel.channel.transport import parse_address
+    from cc_kernel.enclave.evidence import FAULTS
+    from cc_kernel.enclave.server import Supervisor
+
+    bad = [f for f in args.fault if f not in FAULTS]
+    if bad:
+        _err(f"unknown fault {bad[0]!r}; known: {', '.join(FAULTS)}")
+        return EXIT_USAGE
+    logging.basicConfig(level=args.log_level.upper(), format="[cc-kernel enclave] %(levelname)s %(message)s")
+    sup = Supervisor(parse_address(args.listen), sim_dir=args.sim_dir, faults=args.fault,
+                     max_sessions=args.max_sessions)
+    bound = sup.bind()
+    mode = "SIMULATED TEE (not hardware-protected)"
+    print(f"cc-kernel enclave serving on {bound} — {mode}", flush=True)
+    sup.serve_forever()
+    return EXIT_OK
+
+
+def _attest(args: argparse.Namespace) -> int:
+    from cc_kernel.attestation.anchors import hardware_anchors
+    from cc_kernel.attestation.policy import default_hardware_policy
+    from cc_kernel.channel.client import connect_attested
+    from cc_kernel.channel.transport import parse_address
+
+    policy = _load_policy_file(args.policy) if args.policy else default_hardware_policy()
+    sim = None
+    if policy.unsafe_allow_simulation:
+        from cc_kernel.simstore import load_simulation_anchors, simulation_dir
+
+        sim = load_simulation_anchors(args.sim_dir or simulation_dir())
+    address = parse_address(args.address)
+
+    async def run() -> Any:
+        attested = await connect_attested(
+            address, policy=policy, anchors=hardware_anchors(), simulation_anchors=sim, timeout=args.timeout
+        )
+        await attested.channel.aclose()
+        return attested
+
+    try:
+        attested = asyncio.run(run())
+    except PolicyViolation as exc:
+        if args.json:
+            print(json.dumps({"verified": False, "error": exc.message,
+                              "failures": [_failure(f) for f in exc.failures]}, indent=2))
+        _err(f"attestation REFUSED by policy {policy.source}:\n{exc}")
+        return EXIT_INVALID
+    except VerificationError as exc:
+        if args.json:
+            print(json.dumps({"verified": False, "error": str(exc), "failures": [_failure(exc)]}, indent=2))
+        _err(f"attestation REFUSED: {exc}")
+        return EXIT_INVALID
+    result = attested.peer.result
+    if args.json:
+        out = result.to_json_dict()
+        out["verified"] = True
+        out["timings_ms"] = {k: round(v, 2) for k, v in attested.timings_ms.items()}
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"verified {address}")
+        for line in result.summary_lines():
+            print(f"  {line}")
+    return EXIT_OK
+
+
+def _failure(exc: VerificationError) -> dict[str, Any]:
+    def show(v: object) -> object:
+        return v.hex() if isinstance(v, bytes) else v if isinstance(v, int | str | float | None) else repr(v)
+
+    return {"check": exc.check, "message": exc.message, "got": show(exc.got), "expected": show(exc.expected),
+            "index": exc.index}

@@ -1,0 +1,293 @@
+"""Pure crypto layer: load X.509 certificates (DER or PEM) and read AMD's VCEK/VLEK extensions.
+
+Invariants:
+
+* every parse failure of untrusted certificate bytes raises ``MalformedEvidence`` (check ``x509.parse`` or
+  ``x509.amd_extension``), never a bare ``ValueError``/``IndexError``;
+* a certificate returned by these loaders has had its extensions parsed once, so later ``.extensions`` access
+  cannot fail;
+* AMD VCEK/VLEK certificates carry serial number 0, which makes ``cryptography`` emit a
+  ``CryptographyDeprecationWarning`` when they are loaded and whenever ``serial_number`` is read. Only
+  ``load_amd_certificate`` and ``certificate_serial`` suppress it, and only that one warning (matched by its
+  message): every other warning still surfaces. See ATTESTATION.md §3.11 for plan B if a future
+  ``cryptography`` refuses serial 0.
+* the AMD extension values are decoded by a tiny strict DER reader (INTEGER, IA5String) for exactly those
+  values; everything else in the certificate is parsed by ``cryptography``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
+
+from cc_kernel.errors import MalformedEvidence
+
+__all__ = [
+    "AMD_OID_ARC",
+    "MAX_CERTIFICATE_SIZE",
+    "AmdVekExtensions",
+    "amd_vek_extensions",
+    "certificate_der",
+    "certificate_serial",
+    "certificate_sha256",
+    "load_amd_certificate",
+    "load_certificate",
+    "load_certificate_bundle",
+]
+
+#: Refuse certificate inputs larger than this before parsing (a VCEK is ~1.4 KB, a PEM bundle a few KB).
+MAX_CERTIFICATE_SIZE = 64 * 1024
+
+#: The start of the message ``cryptography`` emits for a non-positive serial number (AMD VCEK/VLEK: serial 0).
+_SERIAL_WARNING_MESSAGE = r"Parsed a serial number which wasn't positive"
+
+#: AMD's private arc for VCEK/VLEK extensions (AMD #57230; go-sev-guest kds.go).
+AMD_OID_ARC = "1.3.6.1.4.1.3704.1"
+_OID_STRUCT_VERSION = f"{AMD_OID_ARC}.1"
+_OID_PRODUCT_NAME = f"{AMD_OID_ARC}.2"
+_OID_HW_ID = f"{AMD_OID_ARC}.4"
+_OID_CSP_ID = f"{AMD_OID_ARC}.5"
+#: ``1.3.6.1.4.1.3704.1.3.N`` -> SPL name. 4..7 are reserved SPLs (zero in every certificate we have seen).
+_SPL_OIDS: Mapping[str, str] = {
+    f"{AMD_OID_ARC}.3.1": "bl",
+    f"{AMD_OID_ARC}.3.2": "tee",
+    f"{AMD_OID_ARC}.3.3": "snp",
+    f"{AMD_OID_ARC}.3.4": "spl4",
+    f"{AMD_OID_ARC}.3.5": "spl5",
+    f"{AMD_OID_ARC}.3.6": "spl6",
+    f"{AMD_OID_ARC}.3.7": "spl7",
+    f"{AMD_OID_ARC}.3.8": "ucode",
+    f"{AMD_OID_ARC}.3.9": "fmc",
+}
+
+_DER_INTEGER = 0x02
+_DER_IA5STRING = 0x16
+
+
+def _malformed(message: str, *, got: object = None, expected: object = None) -> MalformedEvidence:
+    return MalformedEvidence(message, check="x509.parse", got=got, expected=expected)
+
+
+@contextmanager
+def _serial_zero_tolerated() -> Iterator[None]:
+    """Suppress exactly the non-positive-serial deprecation warning inside the block."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=_SERIAL_WARNING_MESSAGE, category=CryptographyDeprecationWarning
+        )
+        yield
+
+
+def _is_pem(data: bytes) -> bool:
+    return data.lstrip().startswith(b"-----BEGIN")
+
+
+def _parse_one(data: bytes) -> x509.Certificate:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"certificate must be bytes, not {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > MAX_CERTIFICATE_SIZE:
+        raise _malformed("certificate input is too large", got=len(data), expected=MAX_CERTIFICATE_SIZE)
+    try:
+        if _is_pem(data):
+            certs = x509.load_pem_x509_certificates(data)
+            if len(certs) != 1:
+                raise _malformed("expected exactly one PEM certificate", got=len(certs), expected=1)
+            cert = certs[0]
+        else:
+            cert = x509.load_der_x509_certificate(data)
+        _ = cert.extensions  # parse (and cache) the extensions now: later access must not fail
+    except MalformedEvidence:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise _malformed(f"not a valid X.509 certificate: {exc}") from exc
+    return cert
+
+
+def load_certificate(der_or_pem: bytes) -> x509.Certificate:
+    """Load one certificate from DER or PEM bytes (PEM is recognised by its ``-----BEGIN`` line).
+
+    Use ``load_amd_certificate`` for AMD VCEK/VLEK certificates (serial number 0).
+
+    Raises:
+        MalformedEvidence: ``check="x509.parse"``: not exactly one well-formed certificate, or too large.
+        TypeError: ``der_or_pem`` is not bytes.
+    """
+    return _parse_one(der_or_pem)
+
+
+def load_amd_certificate(der_or_pem: bytes) -> x509.Certificate:
+    """Load an AMD certificate (VCEK, VLEK, ASK, ARK) from DER or PEM bytes, tolerating serial number 0.
+
+    Only the "serial number which wasn't positive" ``CryptographyDeprecationWarning`` is suppressed; read the
+    serial with ``certificate_serial`` (``Certificate.serial_number`` emits the warning again).
+
+    Raises:
+        MalformedEvidence: ``check="x509.parse"``: not exactly one well-formed certificate, or too large.
+    """
+    with _serial_zero_tolerated():
+        return _parse_one(der_or_pem)
+
+
+def load_certificate_bundle(pem: bytes, *, amd: bool = False) -> tuple[x509.Certificate, ...]:
+    """Load every certificate of a PEM bundle, in file order (e.g. AMD's ``cert_chain``: ASK then ARK).
+
+    Raises:
+        MalformedEvidence: ``check="x509.parse"``: no certificate, a malformed one, or too large.
+    """
+    if len(pem) > MAX_CERTIFICATE_SIZE:
+        raise _malformed("certificate bundle is too large", got=len(pem), expected=MAX_CERTIFICATE_SIZE)
+    if not _is_pem(pem):
+        raise _malformed("certificate bundle is not PEM")
+    try:
+        with _serial_zero_tolerated() if amd else nullcontext():
+            certs = x509.load_pem_x509_certificates(pem)
+            for cert in certs:
+                _ = cert.extensions
+    except (ValueError, TypeError) as exc:
+        raise _malformed(f"not a valid PEM certificate bundle: {exc}") from exc
+    return tuple(certs)
+
+
+def certificate_serial(cert: x509.Certificate) -> int:
+    """The serial number, read without the serial-0 deprecation warning (AMD VCEK/VLEK have serial 0)."""
+    with _serial_zero_tolerated():
+        return cert.serial_number
+
+
+def certificate_der(cert: x509.Certificate) -> bytes:
+    """The certificate's DER encoding (the bytes it was parsed from)."""
+    return cert.public_bytes(Encoding.DER)
+
+
+def certificate_sha256(cert: x509.Certificate) -> bytes:
+    """SHA-256 of the DER certificate: the identity used to pin trust anchors."""
+    return hashlib.sha256(certificate_der(cert)).digest()
+
+
+# --- AMD VCEK / VLEK extensions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AmdVekExtensions:
+    """The AMD-specific extensions of a VCEK/VLEK (``1.3.6.1.4.1.3704.1.*``). Absent ones are ``None``.
+
+    ``spls`` maps ``bl``, ``tee``, ``snp``, ``ucode``, ``fmc`` (Turin) and the reserved ``spl4``..``spl7`` to
+    their values, for those present. ``hw_id`` is 64 bytes (8 on Turin) on a VCEK and absent on a VLEK, whose
+    ``csp_id`` names the cloud provider instead.
+    """
+
+    struct_version: int | None
+    product_name: str | None
+    spls: Mapping[str, int] = field(default_factory=dict)
+    hw_id: bytes | None = None
+    csp_id: str | None = None
+
+    @property
+    def product(self) -> str | None:
+        """The product line from ``product_name`` without the stepping: ``Milan-B0`` -> ``Milan``."""
+        if self.product_name is None:
+            return None
+        return self.product_name.split("-", 1)[0]
+
+
+def _ext_error(oid: str, message: str, value: bytes) -> MalformedEvidence:
+    return MalformedEvidence(
+        f"AMD extension {oid}: {message}", check="x509.amd_extension", got=value, expected=None
+    )
+
+
+def _der_single(value: bytes, tag: int, oid: str) -> bytes:
+    """Return the content of the one DER TLV with ``tag`` that makes up all of ``value``."""
+    if len(value) < 2:
+        raise _ext_error(oid, "truncated DER value", value)
+    if value[0] != tag:
+        raise _ext_error(oid, f"expected DER tag 0x{tag:02x}, got 0x{value[0]:02x}", value)
+    first = value[1]
+    if first < 0x80:
+        length, start = first, 2
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 2 or len(value) < 2 + count:
+            raise _ext_error(oid, "unsupported or truncated DER length", value)
+        length = int.from_bytes(value[2 : 2 + count], "big")
+        start = 2 + count
+        if length < 0x80 or (count == 2 and length < 0x100):
+            raise _ext_error(oid, "non-minimal DER length", value)
+    if start + length != len(value):
+        raise _ext_error(oid, "DER length does not match the value (truncated or trailing bytes)", value)
+    return value[start:]
+
+
+def _der_unsigned_integer(value: bytes, oid: str) -> int:
+    content = _der_single(value, _DER_INTEGER, oid)
+    if not content:
+        raise _ext_error(oid, "empty INTEGER", value)
+    if content[0] & 0x80:
+        raise _ext_error(oid, "negative INTEGER", value)
+    if len(content) > 1 and content[0] == 0 and not content[1] & 0x80:
+        raise _ext_error(oid, "non-minimal INTEGER encoding", value)
+    if len(content) > 9:
+        raise _ext_error(oid, "INTEGER too large", value)
+    return int.from_bytes(content, "big")  # a leading 0x00 (02 02 00 d9 = 217) is just a sign byte
+
+
+def _der_ia5string(value: bytes, oid: str) -> str:
+    content = _der_single(value, _DER_IA5STRING, oid)
+    if any(b > 0x7F for b in content):
+        raise _ext_error(oid, "IA5String contains a non-ASCII byte", value)
+    return content.decode("ascii")
+
+
+def amd_vek_extensions(cert: x509.Certificate) -> AmdVekExtensions:
+    """Decode the AMD extensions of a VCEK/VLEK. Unknown OIDs under AMD's arc are ignored.
+
+    SPL values must be DER INTEGERs in 0..255 (``02 01 05``, or ``02 02 00 d9`` for 217). ``hwID`` is the raw
+    extension value (AMD puts the bytes directly in ``extnValue``), 8 or 64 bytes.
+
+    Raises:
+        MalformedEvidence: ``check="x509.amd_extension"``: a value is not the DER type AMD defines.
+    """
+    struct_version: int | None = None
+    product_name: str | None = None
+    hw_id: bytes | None = None
+    csp_id: str | None = None
+    spls: dict[str, int] = {}
+    for ext in cert.extensions:
+        oid = ext.oid.dotted_string
+        if not oid.startswith(AMD_OID_ARC + "."):
+            continue
+        if not isinstance(
+            ext.value, x509.UnrecognizedExtension
+        ):  # pragma: no cover - cryptography knows none
+            continue
+        raw = ext.value.value
+        if oid == _OID_STRUCT_VERSION:
+            struct_version = _der_unsigned_integer(raw, oid)
+        elif oid == _OID_PRODUCT_NAME:
+            product_name = _der_ia5string(raw, oid)
+        elif oid == _OID_HW_ID:
+            if len(raw) not in (8, 64):
+                raise _ext_error(oid, f"hwID must be 8 or 64 bytes, got {len(raw)}", raw)
+            hw_id = bytes(raw)
+        elif oid == _OID_CSP_ID:
+            csp_id = _der_ia5string(raw, oid)
+        elif oid in _SPL_OIDS:
+            spl = _der_unsigned_integer(raw, oid)
+            if spl > 0xFF:
+                raise _ext_error(oid, f"SPL {spl} does not fit the one-byte TCB component", raw)
+            spls[_SPL_OIDS[oid]] = spl
+    return AmdVekExtensions(
+        struct_version=struct_version,
+        product_name=product_name,
+        spls=spls,
+        hw_id=hw_id,
+        csp_id=csp_id,
+    )

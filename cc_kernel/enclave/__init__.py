@@ -1,0 +1,1 @@
+"""Runs inside the TEE; never imports ipykernel, jupyter_client or zmq."""

@@ -1,0 +1,3 @@
+from cc_kernel.enclave.process import main
+
+raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Enclave: evidence providers. ``collect(report_data, ...)`` returns an EvidenceEnvelope for the kernel.
+
+The simulated provider signs byte-exact SEV-SNP reports with the simulated authority; its teaching faults
+(debug, outdated TCB, swapped key, replay) change only what a real TEE could get wrong, so the kernel's real
+verifier reports exactly the error real hardware would cause. Hardware providers (configfs-tsm,
+/dev/sev-guest, Gramine, Nitro NSM) belong to the hardware work and plug in through the same interface.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cc_kernel.attestation.envelope import EvidenceEnvelope
+from cc_kernel.attestation.platforms.simulation import SimulationAuthority, sign_report, simulated_envelope
+
+#: Guest policy bit 19: the hypervisor may read and write guest memory through the debug API.
+DEBUG_POLICY_BIT = 1 << 19
+FAULTS = ("debug", "old-tcb", "swapped-key", "replay")
+
+
+class EvidenceSource(Protocol):
+    """Something that can produce attestation evidence binding ``report_data``."""
+
+    name: str
+
+    def collect(
+        self, report_data: bytes, *, audit_pub: bytes, session_id: bytes, nonce: bytes
+    ) -> EvidenceEnvelope: ...
+
+
+@dataclass
+class SimulatedSource:
+    """The simulated TEE: SEV-SNP v5 reports signed by the simulated ARK -> ASK -> VCEK chain.
+
+    ``faults`` switches on teaching faults (names in FAULTS). For ``old-tcb`` the caller passes an authority
+    whose VCEK was derived for an older TCB (as AMD derives one VCEK per TCB); the report states that TCB.
+    """
+
+    authority: SimulationAuthority
+    measurement: bytes
+    faults: frozenset[str] = frozenset()
+    name: str = "simulation"
+    _first: EvidenceEnvelope | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown simulation fault(s) {sorted(unknown)}; known: {list(FAULTS)}")
+
+    def collect(
+        self, report_data: bytes, *, audit_pub: bytes, session_id: bytes, nonce: bytes
+    ) -> EvidenceEnvelope:
+        if "replay" in self.faults and self._first is not None and nonce != bytes(len(nonce)):
+            return self._first  # a host replaying evidence recorded from an earlier connection
+        policy = 0x30000 | (DEBUG_POLICY_BIT if "debug" in self.faults else 0)
+        report = sign_report(self.authority, report_data=report_data, measurement=self.measurement, policy=policy)
+        env = simulated_envelope(
+            self.authority, report, audit_pub=audit_pub, session_id=session_id, nonce=nonce,
+            collected_at_ms=int(time.time() * 1000),
+        )
+        if self._first is None and nonce != bytes(len(nonce)):
+            self._first = env
+        return env

@@ -1,0 +1,106 @@
+"""Enclave: the process entry point (``python -m cc_kernel.enclave``) — one session per process.
+
+Modes: ``--fd N`` serves the already connected socket N (local mode: the kernel made a socketpair);
+``--control-fd N`` is a pre-started spare of ``cc-kernel enclave serve``: it builds its interpreter, then waits
+for the supervisor to pass it an accepted connection over the control socket (SCM_RIGHTS).
+
+Before anything else the process is hardened (not dumpable, no core files, no .pyc writes) and its own
+logging is bound to a duplicate of the original stderr, so nothing it logs can reach the notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cc_kernel.enclave.evidence import FAULTS, SimulatedSource
+from cc_kernel.enclave.worker import Session
+from cc_kernel.errors import CCKernelError
+
+log = logging.getLogger("cc_kernel.enclave")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m cc_kernel.enclave", description=__doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--fd", type=int, help="serve this connected socket")
+    src.add_argument("--control-fd", type=int, help="receive the connection from a supervisor")
+    p.add_argument("--platform", default="simulation", choices=["simulation"],
+                   help="evidence provider (hardware providers: see docs/deploy)")
+    p.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
+    p.add_argument("--fault", action="append", default=[], choices=FAULTS,
+                   help="teaching fault for the simulated TEE (repeatable)")
+    p.add_argument("--no-capture-fds", action="store_true", help="do not capture OS fds 1/2 (debugging)")
+    p.add_argument("--log-level", default="WARNING")
+    return p.parse_args(argv)
+
+
+def _setup_logging(level: str) -> None:
+    # A private duplicate of the original stderr: fds 1/2 are captured into the notebook later.
+    log_stream = os.fdopen(os.dup(2), "w", buffering=1, closefd=True)
+    handler = logging.StreamHandler(log_stream)
+    handler.setFormatter(logging.Formatter("[cc-enclave %(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger("cc_kernel")
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def _receive_fd(control: socket.socket) -> socket.socket:
+    _msg, fds, _flags, _addr = socket.recv_fds(control, 16, 1)
+    if not fds:
+        raise CCKernelError("the supervisor closed the control socket without passing a connection")
+    return socket.socket(fileno=fds[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    _setup_logging(args.log_level)
+    # Import the shell (and IPython) only now: the hardening below applies before user code exists.
+    from cc_kernel.enclave.shell import EnclaveShell, harden_process
+
+    report = harden_process()
+    log.info("hardening: %s", report)
+    try:
+        source = _evidence_source(args)
+    except CCKernelError as exc:
+        log.error("cannot produce evidence: %s", exc)
+        return 3
+
+    class _Sink:
+        def __init__(self, emit: Callable[[str, dict[str, Any]], None]) -> None:
+            self.emit = emit
+
+    capture = not args.no_capture_fds
+
+    def shell_factory(emit: Callable[[str, dict[str, Any]], None], input_fn: Callable[[str, bool], str]) -> Any:
+        return EnclaveShell(_Sink(emit), input_fn, capture_fds=capture)
+
+    session = Session(source=source, shell_factory=shell_factory)
+    if args.fd is not None:
+        sock = socket.socket(fileno=args.fd)
+        return session.run(sock)
+    control = socket.socket(fileno=args.control_fd)
+    return session.run(sock_provider=lambda: _receive_fd(control))
+
+
+def _evidence_source(args: argparse.Namespace) -> SimulatedSource:
+    from cc_kernel.measure import enclave_measurement
+    from cc_kernel.simstore import load_or_create_authority, simulation_dir
+
+    authority = load_or_create_authority(args.sim_dir or simulation_dir())
+    if "old-tcb" in args.fault:
+        from cc_kernel.attestation.platforms.simulation import OLD_TCB, issue_vcek
+
+        authority = issue_vcek(authority, tcb=OLD_TCB)
+    return SimulatedSource(authority=authority, measurement=enclave_measurement(), faults=frozenset(args.fault))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,550 @@
+"""Pure protocol layer: the kernel <-> enclave state machine (a transition table) and output credit.
+
+Invariants: no I/O, no clock. Every message sent or received must match an entry of ``TRANSITIONS[role]``
+for the current state, else LocalProtocolError (our send) or RemoteProtocolError (their message) and the
+connection enters ERROR, which is terminal: every later call raises, except sending one ``Fatal`` to tell the
+peer why. The kernel side cannot encode any application message (code, completions, uploads, input, comms,
+interrupts, credit) before ``attestation_verified()``, which is itself legal only after an AttestResponse
+was received. The enclave accepts application messages only after it has sent its AttestResponse.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+from cc_kernel.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from cc_kernel.protocol import codec
+from cc_kernel.protocol.framing import (
+    DEFAULT_MAX_FRAME_SIZE,
+    HEADER_SIZE,
+    NEED_DATA,
+    FrameDecoder,
+    NeedData,
+    check_max_frame_size,
+    encode_frame,
+)
+from cc_kernel.protocol.messages import (
+    REGISTRY,
+    SUPPORTED_VERSIONS,
+    AttestRequest,
+    AttestResponse,
+    AuditReceipt,
+    ClearOutput,
+    CommClose,
+    CommInfoReply,
+    CommInfoRequest,
+    CommMsg,
+    CommOpen,
+    CompleteReply,
+    CompleteRequest,
+    Credit,
+    DisplayData,
+    Error,
+    ExecuteReply,
+    ExecuteRequest,
+    ExecuteResult,
+    Fatal,
+    Hello,
+    HistoryReply,
+    HistoryRequest,
+    InputReply,
+    InputRequest,
+    InspectReply,
+    InspectRequest,
+    Interrupt,
+    IsCompleteReply,
+    IsCompleteRequest,
+    Message,
+    Ping,
+    Pong,
+    Shutdown,
+    ShutdownReply,
+    Stream,
+    UpdateDisplayData,
+    UploadChunk,
+    UploadEnd,
+    UploadReply,
+    UploadStart,
+    decode_message,
+    encode_message,
+    negotiate,
+)
+
+
+class Role(enum.Enum):
+    """Which end of the connection we are; the value is the ``Hello.role`` string."""
+
+    KERNEL = "kernel"
+    ENCLAVE = "enclave"
+
+
+class State(enum.Enum):
+    """Connection states. Some are used by one role only (noted)."""
+
+    HELLO = "HELLO"  # nothing exchanged yet
+    HELLO_SENT = "HELLO_SENT"  # kernel: our Hello sent, waiting for the enclave's
+    HELLO_RECEIVED = "HELLO_RECEIVED"  # enclave: the kernel's Hello received, ours is owed
+    ATTESTING = "ATTESTING"  # hellos exchanged, version fixed; the kernel may send AttestRequest
+    EVIDENCE_PENDING = "EVIDENCE_PENDING"  # AttestRequest sent/received, AttestResponse outstanding
+    AWAITING_VERIFICATION = "AWAITING_VERIFICATION"  # kernel: evidence received, caller not done verifying
+    READY = "READY"  # application messages both ways
+    SHUTTING_DOWN = "SHUTTING_DOWN"  # Shutdown sent/received: the enclave drains output, then ShutdownReply
+    CLOSED = "CLOSED"  # orderly end (Fatal, ShutdownReply, or EOF at a frame boundary)
+    ERROR = "ERROR"  # a protocol violation; terminal
+
+
+class Direction(enum.Enum):
+    """Whether a table entry is about a message we send, one we receive, or a local event."""
+
+    SEND = "send"
+    RECEIVE = "receive"
+    LOCAL = "local"
+
+
+class AttestationVerified:
+    """Table key for the local event ``Connection.attestation_verified()``; never on the wire."""
+
+
+#: Kernel -> enclave application messages: only in READY, i.e. only after the kernel verified the evidence.
+KERNEL_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
+    {
+        ExecuteRequest,
+        CompleteRequest,
+        InspectRequest,
+        IsCompleteRequest,
+        HistoryRequest,
+        InputReply,
+        CommOpen,
+        CommMsg,
+        CommClose,
+        CommInfoRequest,
+        UploadStart,
+        UploadChunk,
+        UploadEnd,
+        Interrupt,
+        Credit,
+    }
+)
+
+#: Enclave -> kernel application messages: only once the enclave sent its evidence (READY/SHUTTING_DOWN).
+ENCLAVE_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
+    {
+        ExecuteReply,
+        Stream,
+        DisplayData,
+        UpdateDisplayData,
+        ExecuteResult,
+        Error,
+        ClearOutput,
+        CompleteReply,
+        InspectReply,
+        IsCompleteReply,
+        HistoryReply,
+        InputRequest,
+        CommOpen,
+        CommMsg,
+        CommClose,
+        CommInfoReply,
+        UploadReply,
+        AuditReceipt,
+    }
+)
+
+#: Enclave -> kernel messages a cell can emit without bound; their frame sizes count against ``OutputWindow``.
+OUTPUT_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
+    {Stream, DisplayData, UpdateDisplayData, ExecuteResult, Error, ClearOutput, CommOpen, CommMsg, CommClose}
+)
+
+#: Default output window: enclave output frames the kernel has not yet acknowledged.
+DEFAULT_OUTPUT_WINDOW: Final = 4 * 1024 * 1024
+
+_Key = tuple[State, Direction, type]
+_S, _R, _L = Direction.SEND, Direction.RECEIVE, Direction.LOCAL
+# Heartbeats flow both ways once both hellos are through (so the version is fixed).
+_LIVE_KERNEL = (State.ATTESTING, State.EVIDENCE_PENDING, State.AWAITING_VERIFICATION, State.READY)
+_LIVE_ENCLAVE = (State.ATTESTING, State.EVIDENCE_PENDING, State.READY)
+_OPEN = tuple(s for s in State if s not in (State.CLOSED, State.ERROR))
+_BEFORE_READY = (
+    State.HELLO,
+    State.HELLO_SENT,
+    State.HELLO_RECEIVED,
+    State.ATTESTING,
+    State.EVIDENCE_PENDING,
+    State.AWAITING_VERIFICATION,
+)
+
+
+def _common(live: tuple[State, ...], states: tuple[State, ...]) -> dict[_Key, State]:
+    table: dict[_Key, State] = {}
+    for state in (*live, State.SHUTTING_DOWN):
+        for direction in (_S, _R):
+            table[(state, direction, Ping)] = state
+            table[(state, direction, Pong)] = state
+    for state in states:
+        table[(state, _S, Fatal)] = State.CLOSED
+        table[(state, _R, Fatal)] = State.CLOSED
+    return table
+
+
+def _kernel_table() -> dict[_Key, State]:
+    t = _common(_LIVE_KERNEL, tuple(s for s in _OPEN if s is not State.HELLO_RECEIVED))
+    t[(State.HELLO, _S, Hello)] = State.HELLO_SENT
+    t[(State.HELLO_SENT, _R, Hello)] = State.ATTESTING
+    t[(State.ATTESTING, _S, AttestRequest)] = State.EVIDENCE_PENDING
+    t[(State.EVIDENCE_PENDING, _R, AttestResponse)] = State.AWAITING_VERIFICATION
+    t[(State.AWAITING_VERIFICATION, _L, AttestationVerified)] = State.READY
+    for m in KERNEL_APP_MESSAGES:
+        t[(State.READY, _S, m)] = State.READY
+    for m in ENCLAVE_APP_MESSAGES:
+        t[(State.READY, _R, m)] = State.READY
+        t[(State.SHUTTING_DOWN, _R, m)] = State.SHUTTING_DOWN  # output still in flight
+    t[(State.READY, _S, Shutdown)] = State.SHUTTING_DOWN
+    t[(State.SHUTTING_DOWN, _S, Credit)] = State.SHUTTING_DOWN
+    t[(State.SHUTTING_DOWN, _R, ShutdownReply)] = State.CLOSED
+    return t
+
+
+def _enclave_table() -> dict[_Key, State]:
+    not_enclave = (State.HELLO_SENT, State.AWAITING_VERIFICATION)
+    t = _common(_LIVE_ENCLAVE, tuple(s for s in _OPEN if s not in not_enclave))
+    t[(State.HELLO, _R, Hello)] = State.HELLO_RECEIVED
+    t[(State.HELLO_RECEIVED, _S, Hello)] = State.ATTESTING
+    t[(State.ATTESTING, _R, AttestRequest)] = State.EVIDENCE_PENDING
+    t[(State.EVIDENCE_PENDING, _S, AttestResponse)] = State.READY
+    for m in KERNEL_APP_MESSAGES:
+        t[(State.READY, _R, m)] = State.READY
+    for m in ENCLAVE_APP_MESSAGES:
+        t[(State.READY, _S, m)] = State.READY
+        t[(State.SHUTTING_DOWN, _S, m)] = State.SHUTTING_DOWN  # drain output before the reply
+    t[(State.READY, _R, Shutdown)] = State.SHUTTING_DOWN
+    t[(State.SHUTTING_DOWN, _R, Credit)] = State.SHUTTING_DOWN
+    t[(State.SHUTTING_DOWN, _S, ShutdownReply)] = State.CLOSED
+    return t
+
+
+#: The whole state machine: role -> (state, direction, message type) -> next state. Absent key = violation.
+TRANSITIONS: Final[dict[Role, dict[_Key, State]]] = {
+    Role.KERNEL: _kernel_table(),
+    Role.ENCLAVE: _enclave_table(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """Returned by ``next_event`` once the connection is CLOSED (every time it is asked again).
+
+    ``clean`` is True only after a Shutdown/ShutdownReply exchange; ``reason`` says why it closed (for a
+    peer's Fatal it is the peer's own, untrusted, text).
+    """
+
+    reason: str
+    clean: bool
+
+
+class Connection:
+    """One end of the kernel <-> enclave protocol: bytes in, events out; messages in, bytes out."""
+
+    def __init__(self, role: Role, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        """Raises TypeError for a bad role, TypeError/ValueError for a bad ``max_frame_size``."""
+        if not isinstance(role, Role):
+            raise TypeError(f"role must be a Role, got {role!r}")
+        self.role: Final = role
+        self.max_frame_size: Final = check_max_frame_size(max_frame_size)
+        self._table = TRANSITIONS[role]
+        self._peer_role = Role.ENCLAVE if role is Role.KERNEL else Role.KERNEL
+        self._state = State.HELLO
+        self._decoder = FrameDecoder(max_frame_size)
+        self._offered: tuple[int, ...] = ()
+        self._their_version: int | None = None
+        self._shutdown_restart: bool | None = None
+        self._closed: ConnectionClosed | None = None
+        self._error: ProtocolError | None = None
+        self._last_frame_size = 0
+        self._eof = False
+
+    # --- read-only views ---------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The current state."""
+        return self._state
+
+    @property
+    def their_version(self) -> int | None:
+        """The negotiated protocol version, once the peer's Hello was accepted (None before)."""
+        return self._their_version
+
+    @property
+    def closed_reason(self) -> str | None:
+        """Why the connection closed (None unless it did). For a peer's Fatal: the peer's text."""
+        return self._closed.reason if self._closed else None
+
+    @property
+    def last_frame_size(self) -> int:
+        """Bytes (header included) of the frame that carried the last message ``next_event`` returned.
+
+        The kernel credits this amount for output messages (see ``OutputWindow``).
+        """
+        return self._last_frame_size
+
+    # --- transitions -------------------------------------------------------------------------------------
+
+    def _fail(self, error: ProtocolError) -> ProtocolError:
+        self._state = State.ERROR
+        self._error = error
+        return error
+
+    def _raise_if_error(self) -> None:
+        if self._error is not None:
+            raise type(self._error)(f"connection is in ERROR after: {self._error}")
+
+    def _close(self, reason: str, *, clean: bool) -> ConnectionClosed:
+        self._state = State.CLOSED
+        self._closed = ConnectionClosed(reason=reason, clean=clean)
+        return self._closed
+
+    def send(self, msg: Message) -> bytes:
+        """Check ``msg`` against the state machine and return the frame bytes to write.
+
+        In ERROR, only a ``Fatal`` may still be sent (the state stays ERROR); everything else raises.
+
+        Raises:
+            TypeError: ``msg`` is not a protocol message (the state does not change).
+            LocalProtocolError: this message is not allowed now (e.g. an application message before
+                ``attestation_verified()``), a field is invalid, or the frame is too big. Moves to ERROR.
+        """
+        if not isinstance(msg, Message) or REGISTRY.get(msg.TYPE) is not type(msg):
+            raise TypeError(f"not a protocol message: {type(msg).__name__}")
+        if self._state is State.ERROR:
+            if isinstance(msg, Fatal):
+                return encode_frame(encode_message(msg), self.max_frame_size)
+            raise LocalProtocolError(
+                f"cannot send {type(msg).__name__}: connection is in ERROR ({self._error})"
+            )
+        key = (self._state, Direction.SEND, type(msg))
+        try:
+            new_state = self._table.get(key)
+            if new_state is None:
+                raise LocalProtocolError(self._refusal(msg))
+            self._check_send(msg)
+            frame = encode_frame(encode_message(msg), self.max_frame_size)
+        except LocalProtocolError as exc:
+            raise self._fail(exc) from None
+        self._commit_send(msg, new_state)
+        return frame
+
+    def _refusal(self, msg: Message) -> str:
+        name = type(msg).__name__
+        if self.role is Role.KERNEL and type(msg) in KERNEL_APP_MESSAGES and self._state in _BEFORE_READY:
+            return f"cannot send {name} in state {self._state.value}: attestation_verified() was not called"
+        return f"{self.role.value} cannot send {name} in state {self._state.value}"
+
+    def _check_send(self, msg: Message) -> None:
+        if isinstance(msg, Hello):
+            if msg.role != self.role.value:
+                raise LocalProtocolError(f"our Hello must say role {self.role.value!r}, not {msg.role!r}")
+            if len(set(msg.versions)) != len(msg.versions):
+                raise LocalProtocolError(f"Hello versions must be distinct, got {msg.versions}")
+            if self.role is Role.KERNEL:
+                unsupported = set(msg.versions) - set(SUPPORTED_VERSIONS)
+                if unsupported:
+                    raise LocalProtocolError(f"cannot offer versions we do not speak: {sorted(unsupported)}")
+            elif msg.versions != [self._their_version]:
+                raise LocalProtocolError(
+                    f"the enclave's Hello must carry exactly the negotiated version [{self._their_version}],"
+                    f" not {msg.versions}"
+                )
+        elif isinstance(msg, ShutdownReply) and msg.restart != self._shutdown_restart:
+            raise LocalProtocolError(
+                f"ShutdownReply.restart must echo the request ({self._shutdown_restart})"
+            )
+
+    def _commit_send(self, msg: Message, new_state: State) -> None:
+        if isinstance(msg, Hello) and self.role is Role.KERNEL:
+            self._offered = tuple(msg.versions)
+        elif isinstance(msg, Shutdown):
+            self._shutdown_restart = msg.restart
+        self._state = new_state
+        if new_state is State.CLOSED:
+            if isinstance(msg, Fatal):
+                self._close(msg.reason, clean=False)
+            else:
+                self._close("shutdown complete", clean=True)
+
+    def attestation_verified(self) -> None:
+        """Kernel only: the caller verified the AttestResponse's evidence; unlock application messages.
+
+        Raises:
+            LocalProtocolError: not the kernel, or not in AWAITING_VERIFICATION (no AttestResponse received
+                yet, or called twice). Moves to ERROR.
+        """
+        self._raise_if_error()
+        new_state = self._table.get((self._state, Direction.LOCAL, AttestationVerified))
+        if new_state is None:
+            raise self._fail(
+                LocalProtocolError(
+                    f"attestation_verified() is not allowed for the {self.role.value} in state "
+                    f"{self._state.value} (only after an AttestResponse was received)"
+                )
+            )
+        self._state = new_state
+
+    # --- receiving ---------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer bytes from the peer; ``b""`` means the peer closed its side (EOF). Messages are parsed by
+        ``next_event``; whole frames that arrived before EOF are still delivered. Once CLOSED, incoming bytes
+        are discarded (nothing the peer says matters any more).
+
+        Raises:
+            TypeError: ``data`` is not bytes-like.
+            ValueError: non-empty data after EOF.
+            RemoteProtocolError: EOF while the buffer ends inside a frame ("peer closed mid-frame"), or a
+                buffered header is invalid. Moves to ERROR.
+            LocalProtocolError/RemoteProtocolError: the connection is already in ERROR (same class as the
+                cause).
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"data must be bytes, got {type(data).__name__}")
+        self._raise_if_error()
+        if self._state is State.CLOSED:
+            return
+        if self._eof:
+            if data:
+                raise ValueError("receive_data() after EOF")
+            return
+        if data:
+            self._decoder.feed(data)
+            return
+        self._eof = True
+        try:
+            self._decoder.eof()
+        except RemoteProtocolError as exc:
+            raise self._fail(exc) from None
+
+    def next_event(self) -> Message | NeedData | ConnectionClosed:
+        """The next message from the peer, ``NEED_DATA``, or ``ConnectionClosed`` (repeatedly) once CLOSED.
+
+        Messages already buffered when the peer closed are still returned; EOF at a frame boundary then
+        closes the connection (``clean=False``).
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol (bad frame, bad message, wrong state, no common
+                version, EOF mid-frame). Moves to ERROR.
+            LocalProtocolError: the connection is already in ERROR because of our own violation.
+        """
+        self._raise_if_error()
+        if self._closed is not None:
+            return self._closed
+        try:
+            frame = self._decoder.next_frame()
+            if frame is NEED_DATA:
+                if not self._eof:
+                    return NEED_DATA
+                # receive_data(b"") already checked that the peer did not stop inside a frame
+                return self._close("peer closed the connection without Fatal or ShutdownReply", clean=False)
+            msg = decode_message(codec.unpackb(frame, max_size=self.max_frame_size))
+            new_state = self._table.get((self._state, Direction.RECEIVE, type(msg)))
+            if new_state is None:
+                raise RemoteProtocolError(
+                    f"{self._peer_role.value} sent {type(msg).__name__} in state {self._state.value}"
+                )
+            self._check_receive(msg)
+        except RemoteProtocolError as exc:
+            raise self._fail(exc) from None
+        self._last_frame_size = HEADER_SIZE + len(frame)
+        self._state = new_state
+        if new_state is State.CLOSED:
+            if isinstance(msg, Fatal):
+                self._close(msg.reason, clean=False)
+            else:
+                self._close("shutdown complete", clean=True)
+        return msg
+
+    def _check_receive(self, msg: Message) -> None:
+        if isinstance(msg, Hello):
+            if msg.role != self._peer_role.value:
+                raise RemoteProtocolError(
+                    f"peer Hello says role {msg.role!r}, expected {self._peer_role.value!r}"
+                )
+            if len(set(msg.versions)) != len(msg.versions):
+                raise RemoteProtocolError(f"peer Hello versions are not distinct: {msg.versions}")
+            if self.role is Role.ENCLAVE:
+                self._their_version = negotiate(SUPPORTED_VERSIONS, msg.versions)
+            else:
+                if len(msg.versions) != 1 or msg.versions[0] not in self._offered:
+                    raise RemoteProtocolError(
+                        f"the enclave must choose exactly one of our versions {list(self._offered)}, "
+                        f"it answered {msg.versions}"
+                    )
+                self._their_version = msg.versions[0]
+        elif isinstance(msg, Shutdown):
+            self._shutdown_restart = msg.restart
+        elif isinstance(msg, ShutdownReply) and msg.restart != self._shutdown_restart:
+            raise RemoteProtocolError(
+                f"ShutdownReply.restart={msg.restart} does not echo Shutdown.restart={self._shutdown_restart}"
+            )
+
+
+class OutputWindow:
+    """Credit-based output backpressure, shared arithmetic for both ends (pure; no waiting inside).
+
+    The enclave may have at most ``window_bytes`` of output frames (``OUTPUT_MESSAGES``, counted as whole
+    frame sizes, header included) that the kernel has not yet acknowledged with ``Credit``. Enclave::
+
+        frame = conn.send(msg)
+        if type(msg) in OUTPUT_MESSAGES:
+            while not window.charge(len(frame)):
+                ...wait until a Credit arrives, then window.credit(credit.nbytes)...
+        write(frame)
+
+    The kernel returns ``Credit(conn.last_frame_size)`` (or a sum of them) once it has handed output to
+    Jupyter; it may run its own window and treat a failed ``charge`` as the enclave ignoring backpressure.
+    A frame larger than the whole window is admitted when nothing is outstanding, so progress is always
+    possible: ``outstanding`` never exceeds ``max(window_bytes, largest frame)``.
+    """
+
+    def __init__(self, window_bytes: int = DEFAULT_OUTPUT_WINDOW) -> None:
+        """Raises TypeError/ValueError unless ``window_bytes`` is a positive int."""
+        if type(window_bytes) is not int:
+            raise TypeError(f"window_bytes must be int, got {type(window_bytes).__name__}")
+        if window_bytes < 1:
+            raise ValueError(f"window_bytes must be positive, got {window_bytes}")
+        self.window_bytes: Final = window_bytes
+        self._outstanding = 0
+
+    @property
+    def outstanding(self) -> int:
+        """Output bytes charged and not yet credited."""
+        return self._outstanding
+
+    def charge(self, nbytes: int) -> bool:
+        """Charge one output frame of ``nbytes`` if it fits; return whether it was charged.
+
+        It fits if ``outstanding + nbytes <= window_bytes``, or if nothing is outstanding. A refused charge
+        changes nothing.
+
+        Raises:
+            ValueError: ``nbytes`` is not a positive int.
+        """
+        if type(nbytes) is not int or nbytes < 1:
+            raise ValueError(f"nbytes must be a positive int, got {nbytes!r}")
+        if self._outstanding and self._outstanding + nbytes > self.window_bytes:
+            return False
+        self._outstanding += nbytes
+        return True
+
+    def credit(self, nbytes: int) -> None:
+        """Release ``nbytes`` that the kernel acknowledged (a ``Credit`` message).
+
+        Raises:
+            ValueError: ``nbytes`` is not a non-negative int.
+            RemoteProtocolError: more credit than is outstanding (the peer acknowledged bytes never sent).
+        """
+        if type(nbytes) is not int or nbytes < 0:
+            raise ValueError(f"nbytes must be a non-negative int, got {nbytes!r}")
+        if nbytes > self._outstanding:
+            raise RemoteProtocolError(f"credit of {nbytes} bytes exceeds the {self._outstanding} outstanding")
+        self._outstanding -= nbytes
