@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
     att.add_argument("--json", action="store_true", help="print the verified claims as JSON")
     att.add_argument("--timeout", type=float, default=15.0)
+    inst = sub.add_parser("install", help="install the two kernelspecs (Confidential Python and its SIMULATION twin)")
+    where = inst.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for this user")
+    where.add_argument("--sys-prefix", action="store_true", help="install into this Python environment")
+    where.add_argument("--prefix", default=None, help="install under PREFIX/share/jupyter/kernels")
+    inst.add_argument("--no-pin", action="store_true",
+                      help="do not pin the simulated enclave's measurement into the simulation kernel's policy")
     return p
 
 
@@ -79,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             return _enclave(args)
         if args.command == "attest":
             return _attest(args)
+        if args.command == "install":
+            return _install(args)
     except VerificationError as exc:
         _err(f"verification failed:\n{exc}")
         return EXIT_INVALID
@@ -227,3 +236,14 @@ def _failure(exc: VerificationError) -> dict[str, Any]:
 
     return {"check": exc.check, "message": exc.message, "got": show(exc.got), "expected": show(exc.expected),
             "index": exc.index}
+
+
+def _install(args: argparse.Namespace) -> int:
+    from cc_kernel.kernel.install import install, pin_simulation_policy
+
+    prefix = sys.prefix if args.sys_prefix else args.prefix
+    for path in install(user=args.user, prefix=prefix):
+        print(f"installed kernelspec {path}")
+    if not args.no_pin:
+        print(f"pinned the simulated enclave's measurement in {pin_simulation_policy()}")
+    return EXIT_OK

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cc_kernel.attestation.anchors import TrustAnchors
+from cc_kernel.attestation.anchors import TrustAnchors, simulation_anchors
 from cc_kernel.attestation.platforms.simulation import (
     SimulationAuthority,
     authority_from_pem,
@@ -96,5 +96,18 @@ def load_or_create_authority(directory: Path | None = None, *, now: datetime | N
 
 
 def load_simulation_anchors(directory: Path | None = None) -> TrustAnchors:
-    """The simulation trust anchors (ARK and ASK certificates), creating the authority on first use."""
-    return load_or_create_authority(directory).anchors()
+    """The simulation trust anchors (ARK and ASK certificates), creating the authority on first use.
+
+    Reads only the two certificates: the verifier never needs the simulated private keys.
+    """
+    directory = directory or simulation_dir()
+    try:
+        ark, ask = (directory / "ark-cert.pem").read_bytes(), (directory / "ask-cert.pem").read_bytes()
+    except FileNotFoundError:
+        return load_or_create_authority(directory).anchors()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the simulated TEE anchors in {directory}: {exc}") from exc
+    try:
+        return simulation_anchors(ark, ask)
+    except ValueError as exc:
+        raise ConfigError(f"simulated TEE anchors in {directory} are invalid: {exc}") from exc

@@ -91,9 +91,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         traceback=st.lists(texts, max_size=3),
     ),
     m.Stream: st.builds(m.Stream, req_id=req_ids, name=st.sampled_from(["stdout", "stderr"]), text=texts),
-    m.DisplayData: st.builds(
-        m.DisplayData, req_id=req_ids, data=json_dicts, metadata=json_dicts, transient=json_dicts
-    ),
+    m.DisplayData: st.builds(m.DisplayData, req_id=req_ids, data=json_dicts, metadata=json_dicts, transient=json_dicts),
     m.UpdateDisplayData: st.builds(
         m.UpdateDisplayData, req_id=req_ids, data=json_dicts, metadata=json_dicts, transient=json_dicts
     ),
@@ -202,7 +200,7 @@ def test_registry_is_exactly_the_specified_message_set() -> None:
     assert set(m.REGISTRY) == SPEC_WIRE_NAMES
     assert set(STRATEGIES) == set(m.REGISTRY.values())
     for name, cls in m.REGISTRY.items():
-        assert cls.TYPE == name
+        assert name == cls.TYPE
 
 
 def test_messages_are_frozen_and_slotted() -> None:
@@ -372,7 +370,13 @@ def test_json_nesting_depth_is_capped() -> None:
         return value
 
     # the field's own dict is the first level
-    ok = {"t": "display_data", "req_id": 1, "data": {"a": nested(m.MAX_JSON_DEPTH - 1)}, "metadata": {}, "transient": {}}
+    ok = {
+        "t": "display_data",
+        "req_id": 1,
+        "data": {"a": nested(m.MAX_JSON_DEPTH - 1)},
+        "metadata": {},
+        "transient": {},
+    }
     assert isinstance(m.decode_message(ok), m.DisplayData)
     deep = ok | {"data": {"a": nested(m.MAX_JSON_DEPTH)}}
     with pytest.raises(RemoteProtocolError, match="nested deeper"):
@@ -430,9 +434,12 @@ def test_encode_rejects_non_messages() -> None:
 # --- fuzz: anything decoded from the wire is a message or a RemoteProtocolError -----------------------------
 
 wire_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8) | st.binary(
-        max_size=8
-    ),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8) | st.binary(max_size=4), inner),
     max_leaves=10,
 )
@@ -455,9 +462,10 @@ def test_mutated_fields_decode_or_raise_remote_protocol_error(msg: m.Message, da
 @given(obj=wire_values)
 def test_arbitrary_values_decode_or_raise_remote_protocol_error(obj: object) -> None:
     try:
-        m.decode_message(obj)
+        msg = m.decode_message(obj)
     except RemoteProtocolError:
-        pass
+        return
+    assert m.encode_message(msg) == obj
 
 
 # --- version negotiation ------------------------------------------------------------------------------------
@@ -470,7 +478,9 @@ def test_negotiate_picks_the_highest_common_version() -> None:
 
 
 def test_negotiate_without_overlap_is_a_remote_error() -> None:
-    with pytest.raises(RemoteProtocolError, match=r"no common protocol version: we speak \[1\], the peer offers \[2, 3\]"):
+    with pytest.raises(
+        RemoteProtocolError, match=r"no common protocol version: we speak \[1\], the peer offers \[2, 3\]"
+    ):
         m.negotiate([1], [3, 2])
 
 

@@ -46,9 +46,7 @@ def sim(authority: SimulationAuthority, **knobs: object) -> bytes:
 def assert_signature_valid(authority: SimulationAuthority, report: bytes) -> None:
     r = int.from_bytes(report[0x2A0:0x2E8], "little")
     s = int.from_bytes(report[0x2E8:0x330], "little")
-    authority.vcek_key.public_key().verify(
-        encode_dss_signature(r, s), report[:SIGNED_SIZE], ec.ECDSA(hashes.SHA384())
-    )
+    authority.vcek_key.public_key().verify(encode_dss_signature(r, s), report[:SIGNED_SIZE], ec.ECDSA(hashes.SHA384()))
 
 
 def malformed(report: bytes) -> MalformedEvidence:

@@ -15,7 +15,6 @@ from cc_kernel.attestation.anchors import (
     AWS_NITRO_ROOT_G1_SHA256,
     INTEL_SGX_ROOT_CA_SHA256,
     PinnedRoot,
-    TrustAnchors,
     hardware_anchors,
     simulation_anchors,
 )
@@ -112,8 +111,10 @@ def test_a_hardware_label_needs_the_pinned_root(sim_authority: SimulationAuthori
         PinnedRoot(platform="tpm", product="x", certificate=sim_authority.ark_cert)
     milan_der = (VECTORS_DIR / "roots/amd-milan-vcek-ask-ark.pem").read_bytes()
     with pytest.raises(ValueError, match="hardware root cannot be used"):
-        simulation_anchors(milan_der.split(b"-----END CERTIFICATE-----")[1] + b"-----END CERTIFICATE-----\n",
-                           milan_der.split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n")
+        simulation_anchors(
+            milan_der.split(b"-----END CERTIFICATE-----")[1] + b"-----END CERTIFICATE-----\n",
+            milan_der.split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n",
+        )
 
 
 def test_trust_anchors_refuse_duplicates(sim_authority: SimulationAuthority) -> None:

@@ -104,7 +104,9 @@ CASES = [
             "guest_svn": 4,
             "family_id": "01" + "00" * 15,
             "image_id": "02" + "00" * 15,
-            "id_key_digest": "0356215882a825279a85b300b0b742931d113bf7e32dde2e50ffde7ec743ca491ecdd7f336dc28a6e0b2bb57af7a44a3",
+            "id_key_digest": (
+                "0356215882a825279a85b300b0b742931d113bf7e32dde2e50ffde7ec743ca491ecdd7f336dc28a6e0b2bb57af7a44a3"
+            ),
         },
     ),
     SnpCase(
@@ -251,17 +253,13 @@ def test_a_flipped_measurement_bit_breaks_the_signature(
 
 def test_milan_vcek_under_the_genoa_ask(vector: Vector, hw_anchors: TrustAnchors) -> None:
     genoa_ask, _ = presented_chain(vector, GENOA_CHAIN)
-    error = fail(
-        ChainError, lambda: verify_case(vector, BY_NAME["virtee-milan-v2"], hw_anchors, ask_der=genoa_ask)
-    )
+    error = fail(ChainError, lambda: verify_case(vector, BY_NAME["virtee-milan-v2"], hw_anchors, ask_der=genoa_ask))
     assert (error.check, error.index) == ("chain.issuer_name", 0)
 
 
 def test_a_presented_ark_that_is_not_the_pinned_one(vector: Vector, hw_anchors: TrustAnchors) -> None:
     _, genoa_ark = presented_chain(vector, GENOA_CHAIN)
-    error = fail(
-        UntrustedRoot, lambda: verify_case(vector, BY_NAME["ccf-milan-v3"], hw_anchors, ark_der=genoa_ark)
-    )
+    error = fail(UntrustedRoot, lambda: verify_case(vector, BY_NAME["ccf-milan-v3"], hw_anchors, ark_der=genoa_ark))
     assert error.check == "snp.presented_ark"
 
 

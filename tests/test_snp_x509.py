@@ -121,7 +121,13 @@ def test_load_certificate_wants_exactly_one(vector: Vector) -> None:
 @pytest.mark.parametrize(
     ("name", "product_name", "spls", "hw_id_prefix", "csp_id"),
     [
-        ("sev-snp/gosev-milan-v2-debug.vcek.der", "Milan-B0", {"bl": 2, "tee": 0, "snp": 5, "ucode": 68}, "3ac3fe21", None),
+        (
+            "sev-snp/gosev-milan-v2-debug.vcek.der",
+            "Milan-B0",
+            {"bl": 2, "tee": 0, "snp": 5, "ucode": 68},
+            "3ac3fe21",
+            None,
+        ),
         ("sev-snp/virtee-milan-v2.vcek.der", "Milan-B0", {"bl": 3, "tee": 0, "snp": 8, "ucode": 115}, "d49554ec", None),
         ("sev-snp/ccf-milan-v3.vcek.pem", "Milan-B0", {"bl": 4, "tee": 0, "snp": 24, "ucode": 219}, "4ffb5cb4", None),
         (
@@ -315,7 +321,7 @@ def test_not_yet_valid_is_also_a_validity_failure(vector: Vector) -> None:
 def test_naive_now_is_a_programming_error(vector: Vector) -> None:
     ask, ark = chain_file(vector, "amd-milan-vcek-ask-ark.pem")
     with pytest.raises(ValueError, match="timezone-aware"):
-        walk_chain(ask, [ark], anchors=pin(ark), now=datetime(2025, 6, 1))  # noqa: DTZ001
+        walk_chain(ask, [ark], anchors=pin(ark), now=datetime(2025, 6, 1))
 
 
 def test_same_names_wrong_key_is_a_signature_failure(sim_authority: SimulationAuthority) -> None:

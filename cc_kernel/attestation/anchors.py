@@ -235,9 +235,7 @@ def hardware_anchors() -> TrustAnchors:
         _check_pinned(ask, AMD_ASK_SHA256[product], f"ASK {product}")
         _check_pinned(asvk, AMD_ASVK_SHA256[product], f"ASVK {product}")
         roots.append(
-            PinnedRoot(
-                platform="sev-snp", product=product, certificate=ark, intermediates={"ask": ask, "asvk": asvk}
-            )
+            PinnedRoot(platform="sev-snp", product=product, certificate=ark, intermediates={"ask": ask, "asvk": asvk})
         )
     intel = load_certificate(_read_root_file("intel-sgx-root-ca.pem"))
     _check_pinned(intel, INTEL_SGX_ROOT_CA_SHA256, INTEL_PRODUCT)
@@ -270,8 +268,6 @@ def simulation_anchors(ark_der: bytes, ask_der: bytes) -> TrustAnchors:
         raise ValueError("simulation ARK and ASK must differ")
     return TrustAnchors(
         roots=(
-            PinnedRoot(
-                platform="simulation", product=SIMULATION_PRODUCT, certificate=ark, intermediates={"ask": ask}
-            ),
+            PinnedRoot(platform="simulation", product=SIMULATION_PRODUCT, certificate=ark, intermediates={"ask": ask}),
         )
     )

@@ -76,9 +76,7 @@ def _verify_snp(
 ) -> VerifiedEvidence:
     # 2. which VEK the report says signed it decides which endorsement to use (structure checked here too)
     parsed = sev_snp.parse_report_unverified(env.evidence)
-    vek_role, ca_role = (
-        ("vlek", "asvk") if parsed.signing_key == sev_snp.SIGNING_KEY_VLEK else ("vcek", "ask")
-    )
+    vek_role, ca_role = ("vlek", "asvk") if parsed.signing_key == sev_snp.SIGNING_KEY_VLEK else ("vcek", "ask")
     vek_der = env.endorsement("x509-der", vek_role)
     if vek_der is None:
         raise MalformedEvidence(
@@ -96,9 +94,7 @@ def _verify_snp(
             env.evidence, vek_der=vek_der, ask_der=ask_der, ark_der=ark_der, anchors=effective, now=now
         )
     except UntrustedRoot as exc:
-        if simulation_anchors is None and describes_simulation(
-            vek_der, ask_der, ark_der, report=env.evidence
-        ):
+        if simulation_anchors is None and describes_simulation(vek_der, ask_der, ark_der, report=env.evidence):
             raise UntrustedRoot(
                 f"{SIMULATION_HINT}: {exc.message}",
                 check=exc.check,

@@ -95,9 +95,7 @@ def walk_chain(
 
     # 1. shape: a bounded, non-empty path
     if len(path) > MAX_CHAIN_LENGTH:
-        raise ChainError(
-            "certificate path is too long", check="chain.length", got=len(path), expected=MAX_CHAIN_LENGTH
-        )
+        raise ChainError("certificate path is too long", check="chain.length", got=len(path), expected=MAX_CHAIN_LENGTH)
 
     # 2. the top certificate is a pinned anchor: found by SHA-256 of its DER, then compared byte for byte
     top_index = len(path) - 1
@@ -153,8 +151,7 @@ def walk_chain(
         below = i
         if bc.path_length is not None and below > bc.path_length:
             raise ChainError(
-                f"{_subject(issuer)!r} allows {bc.path_length} intermediate CA(s) below it, "
-                f"the path has {below}",
+                f"{_subject(issuer)!r} allows {bc.path_length} intermediate CA(s) below it, the path has {below}",
                 check="chain.path_length",
                 got=below,
                 expected=bc.path_length,

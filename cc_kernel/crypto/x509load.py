@@ -79,9 +79,7 @@ def _malformed(message: str, *, got: object = None, expected: object = None) -> 
 def _serial_zero_tolerated() -> Iterator[None]:
     """Suppress exactly the non-positive-serial deprecation warning inside the block."""
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=_SERIAL_WARNING_MESSAGE, category=CryptographyDeprecationWarning
-        )
+        warnings.filterwarnings("ignore", message=_SERIAL_WARNING_MESSAGE, category=CryptographyDeprecationWarning)
         yield
 
 
@@ -199,9 +197,7 @@ class AmdVekExtensions:
 
 
 def _ext_error(oid: str, message: str, value: bytes) -> MalformedEvidence:
-    return MalformedEvidence(
-        f"AMD extension {oid}: {message}", check="x509.amd_extension", got=value, expected=None
-    )
+    return MalformedEvidence(f"AMD extension {oid}: {message}", check="x509.amd_extension", got=value, expected=None)
 
 
 def _der_single(value: bytes, tag: int, oid: str) -> bytes:
@@ -264,9 +260,7 @@ def amd_vek_extensions(cert: x509.Certificate) -> AmdVekExtensions:
         oid = ext.oid.dotted_string
         if not oid.startswith(AMD_OID_ARC + "."):
             continue
-        if not isinstance(
-            ext.value, x509.UnrecognizedExtension
-        ):  # pragma: no cover - cryptography knows none
+        if not isinstance(ext.value, x509.UnrecognizedExtension):  # pragma: no cover - cryptography knows none
             continue
         raw = ext.value.value
         if oid == _OID_STRUCT_VERSION:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from cc_kernel.attestation.envelope import EvidenceEnvelope
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority, sign_report, simulated_envelope
+from cc_kernel.errors import EvidenceUnavailable
 
 #: Guest policy bit 19: the hypervisor may read and write guest memory through the debug API.
 DEBUG_POLICY_BIT = 1 << 19
@@ -63,3 +64,36 @@ class SimulatedSource:
         if self._first is None and nonce != bytes(len(nonce)):
             self._first = env
         return env
+
+
+#: Where each hardware evidence interface lives (ATTESTATION.md §1d, §1e, §1c).
+HARDWARE_INTERFACES = (
+    ("configfs-tsm (SEV-SNP / TDX)", "/sys/kernel/config/tsm/report"),
+    ("SEV-SNP guest device", "/dev/sev-guest"),
+    ("Gramine SGX attestation", "/dev/attestation/quote"),
+    ("AWS Nitro Secure Module", "/dev/nsm"),
+)
+
+
+def detect_hardware_source() -> EvidenceSource:
+    """The first hardware evidence provider present on this machine.
+
+    Raises:
+        EvidenceUnavailable: no TEE interface exists here (the message lists what was looked for), or one
+            exists but its provider is not available in this version.
+    """
+    import os
+
+    found = [(name, path) for name, path in HARDWARE_INTERFACES if os.path.exists(path)]
+    looked = "; ".join(f"{name} at {path}" for name, path in HARDWARE_INTERFACES)
+    if not found:
+        raise EvidenceUnavailable(
+            f"no TEE hardware found on this machine (looked for: {looked}). Use the 'Confidential Python "
+            "(SIMULATION)' kernel for teaching, or run `cc-kernel enclave serve` inside a confidential VM / "
+            "enclave and connect to it with CC_KERNEL_ENCLAVE=tcp://HOST:PORT."
+        )
+    name, path = found[0]
+    raise EvidenceUnavailable(
+        f"found {name} at {path}, but hardware evidence generation is not available in this version of "
+        "cc-kernel yet; refusing rather than falling back to simulation."
+    )

@@ -15,11 +15,12 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cc_kernel.enclave.evidence import FAULTS, SimulatedSource
+from cc_kernel.enclave.evidence import FAULTS, EvidenceSource, SimulatedSource, detect_hardware_source
 from cc_kernel.enclave.worker import Session
 from cc_kernel.errors import CCKernelError
 
@@ -31,8 +32,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--fd", type=int, help="serve this connected socket")
     src.add_argument("--control-fd", type=int, help="receive the connection from a supervisor")
-    p.add_argument("--platform", default="simulation", choices=["simulation"],
-                   help="evidence provider (hardware providers: see docs/deploy)")
+    p.add_argument("--platform", default="simulation", choices=["simulation", "hardware"],
+                   help="simulation: the simulated TEE; hardware: the first working TEE evidence provider")
     p.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
     p.add_argument("--fault", action="append", default=[], choices=FAULTS,
                    help="teaching fault for the simulated TEE (repeatable)")
@@ -50,6 +51,16 @@ def _setup_logging(level: str) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def _private_environment() -> None:
+    """Point HOME, caches and tool configuration at a private, empty directory: nothing of the session is
+    written to the host's files, and no host-side configuration is loaded into the measured interpreter."""
+    private = tempfile.mkdtemp(prefix="cc-enclave-home-")
+    for var in ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR"):
+        os.environ[var] = private
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+    os.environ.pop("PYTHONSTARTUP", None)
 
 
 def _receive_fd(control: socket.socket) -> socket.socket:
@@ -72,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except CCKernelError as exc:
         log.error("cannot produce evidence: %s", exc)
         return 3
+    _private_environment()
 
     class _Sink:
         def __init__(self, emit: Callable[[str, dict[str, Any]], None]) -> None:
@@ -90,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     return session.run(sock_provider=lambda: _receive_fd(control))
 
 
-def _evidence_source(args: argparse.Namespace) -> SimulatedSource:
+def _evidence_source(args: argparse.Namespace) -> EvidenceSource:
+    if args.platform == "hardware":
+        return detect_hardware_source()
     from cc_kernel.measure import enclave_measurement
     from cc_kernel.simstore import load_or_create_authority, simulation_dir
 

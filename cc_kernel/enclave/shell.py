@@ -297,9 +297,7 @@ class EnclaveShell:
         profile = ProfileDir.create_profile_dir(profile_path, config=config)  # type: ignore[no-untyped-call]
         before = set(vars(builtins))
         self._saved_ps = {name: getattr(sys, name) for name in ("ps1", "ps2", "ps3") if hasattr(sys, name)}
-        shell = _Shell.instance(
-            config=config, ipython_dir=self._dir, profile_dir=profile, cc_router=self._router
-        )
+        shell = _Shell.instance(config=config, ipython_dir=self._dir, profile_dir=profile, cc_router=self._router)
         self._added_builtins = sorted(set(vars(builtins)) - before)
         return shell
 
@@ -330,9 +328,7 @@ class EnclaveShell:
     def _request_input(self, prompt: str, password: bool) -> str:
         if not self._allow_stdin or self._input_fn is None:
             what = "getpass" if password else "raw_input"
-            raise StdinNotImplementedError(
-                f"{what} was called, but this frontend does not support input requests."
-            )
+            raise StdinNotImplementedError(f"{what} was called, but this frontend does not support input requests.")
         self._router.flush()
         return self._input_fn(prompt, password)
 
@@ -564,9 +560,7 @@ class EnclaveShell:
             hist = []
         return {
             "status": "ok",
-            "history": [
-                [s, line, list(entry) if isinstance(entry, tuple) else entry] for s, line, entry in hist
-            ],
+            "history": [[s, line, list(entry) if isinstance(entry, tuple) else entry] for s, line, entry in hist],
         }
 
     def handle_comm(

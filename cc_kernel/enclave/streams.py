@@ -93,7 +93,7 @@ class OutputRouter:
 
     Stream text is buffered and coalesced (see the module docstring); everything else is emitted at once,
     after any pending stream text. A daemon flusher thread emits buffered text when its deadline passes.
-    Thread-safe. ``close()`` flushes and stops the flusher; later writes go to ``after_close`` if given.
+    Thread-safe. ``close()`` flushes and stops the flusher; later ``write()`` calls return False.
     """
 
     def __init__(
@@ -130,7 +130,7 @@ class OutputRouter:
     def write(self, name: StreamName, text: str) -> bool:
         """Buffer ``text`` for stream ``name``; flush synchronously (blocking) if the buffer is full.
 
-        Returns False, dropping nothing into the sink, once the router is closed.
+        Returns False (the text is not emitted) once the router is closed.
         """
         if not text:
             return True

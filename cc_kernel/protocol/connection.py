@@ -320,9 +320,7 @@ class Connection:
         if self._state is State.ERROR:
             if isinstance(msg, Fatal):
                 return encode_frame(encode_message(msg), self.max_frame_size)
-            raise LocalProtocolError(
-                f"cannot send {type(msg).__name__}: connection is in ERROR ({self._error})"
-            )
+            raise LocalProtocolError(f"cannot send {type(msg).__name__}: connection is in ERROR ({self._error})")
         key = (self._state, Direction.SEND, type(msg))
         try:
             new_state = self._table.get(key)
@@ -357,9 +355,7 @@ class Connection:
                     f" not {msg.versions}"
                 )
         elif isinstance(msg, ShutdownReply) and msg.restart != self._shutdown_restart:
-            raise LocalProtocolError(
-                f"ShutdownReply.restart must echo the request ({self._shutdown_restart})"
-            )
+            raise LocalProtocolError(f"ShutdownReply.restart must echo the request ({self._shutdown_restart})")
 
     def _commit_send(self, msg: Message, new_state: State) -> None:
         if isinstance(msg, Hello) and self.role is Role.KERNEL:
@@ -466,9 +462,7 @@ class Connection:
     def _check_receive(self, msg: Message) -> None:
         if isinstance(msg, Hello):
             if msg.role != self._peer_role.value:
-                raise RemoteProtocolError(
-                    f"peer Hello says role {msg.role!r}, expected {self._peer_role.value!r}"
-                )
+                raise RemoteProtocolError(f"peer Hello says role {msg.role!r}, expected {self._peer_role.value!r}")
             if len(set(msg.versions)) != len(msg.versions):
                 raise RemoteProtocolError(f"peer Hello versions are not distinct: {msg.versions}")
             if self.role is Role.ENCLAVE:

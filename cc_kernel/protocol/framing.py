@@ -156,9 +156,7 @@ class FrameDecoder:
         while at < len(self._buf):
             length = self._header(at)
             if length is None or len(self._buf) < at + HEADER_SIZE + length:
-                raise RemoteProtocolError(
-                    f"peer closed mid-frame ({len(self._buf) - at} bytes of an unfinished frame)"
-                )
+                raise RemoteProtocolError(f"peer closed mid-frame ({len(self._buf) - at} bytes of an unfinished frame)")
             at += HEADER_SIZE + length
 
     close = eof

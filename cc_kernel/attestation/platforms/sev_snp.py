@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from cc_kernel.attestation.anchors import PinnedRoot, TrustAnchors
+from cc_kernel.attestation.anchors import SIMULATION_PRODUCT, PinnedRoot, TrustAnchors
 from cc_kernel.attestation.evidence import Platform, VerifiedEvidence, seal_verified
 from cc_kernel.crypto.x509chain import walk_chain
 from cc_kernel.crypto.x509load import (
@@ -77,7 +77,6 @@ _SIG_VALUE = 48
 #: parts are 19h and 1Ah), so a report carrying it can only come from the simulator; it resolves to the
 #: ``Simulated`` product, whose only possible root is a simulation anchor.
 SIMULATED_CPUID_FAMILY = 0xCC
-SIMULATED_PRODUCT = "Simulated"
 
 #: Products whose TCB_VERSION uses the Turin layout (FMC, BL, TEE, SNP, 3 reserved, UCODE).
 _TURIN_LAYOUT = frozenset({"Turin"})
@@ -286,7 +285,7 @@ def product_from_cpuid(family: int, model: int) -> str | None:
     if family == 0x1A and 0x00 <= model <= 0x11:
         return "Turin"
     if family == SIMULATED_CPUID_FAMILY:
-        return SIMULATED_PRODUCT
+        return SIMULATION_PRODUCT
     return None
 
 
@@ -345,15 +344,11 @@ def parse_report_unverified(report: bytes) -> SnpReport:
     report = bytes(report)
     # 1a. exact length (also what makes every later slice in-bounds: truncation can never raise IndexError)
     if len(report) != REPORT_SIZE:
-        raise _malformed(
-            "an SEV-SNP report is exactly 1184 bytes", "snp.length", got=len(report), expected=REPORT_SIZE
-        )
+        raise _malformed("an SEV-SNP report is exactly 1184 bytes", "snp.length", got=len(report), expected=REPORT_SIZE)
     # 1b. a version whose layout we know
     version = _int(report, "version")
     if version not in SUPPORTED_VERSIONS:
-        raise _malformed(
-            "unsupported report version", "snp.version", got=version, expected=SUPPORTED_VERSIONS
-        )
+        raise _malformed("unsupported report version", "snp.version", got=version, expected=SUPPORTED_VERSIONS)
     # 1c. ECDSA P-384 with SHA-384
     algo = _int(report, "signature_algo")
     if algo != SIGNATURE_ALGO_ECDSA_P384_SHA384:
@@ -366,9 +361,7 @@ def parse_report_unverified(report: bytes) -> SnpReport:
     # 1d. POLICY: bit 17 is reserved-must-be-one, bits 63:26 are reserved-must-be-zero
     policy = _int(report, "policy")
     if not policy >> _POLICY_BIT_RESERVED_ONE & 1:
-        raise _malformed(
-            "POLICY bit 17 must be 1", "snp.policy.bit17", got=hex(policy), expected="bit 17 set"
-        )
+        raise _malformed("POLICY bit 17 must be 1", "snp.policy.bit17", got=hex(policy), expected="bit 17 set")
     if policy & _POLICY_RESERVED_MASK:
         raise _malformed(
             "POLICY bits 63:26 are reserved and must be 0",
@@ -399,8 +392,7 @@ def parse_report_unverified(report: bytes) -> SnpReport:
         if any(chunk):
             first = start + next(i for i, b in enumerate(chunk) if b)
             raise _malformed(
-                f"reserved bytes 0x{start:03x}..0x{end - 1:03x} must be zero "
-                f"(first non-zero at 0x{first:03x})",
+                f"reserved bytes 0x{start:03x}..0x{end - 1:03x} must be zero (first non-zero at 0x{first:03x})",
                 "snp.reserved",
                 got=chunk,
                 expected="all zero",
@@ -656,11 +648,7 @@ def verify_report(
     elif not is_vlek:
         want_len = 8 if product in _TURIN_LAYOUT else 64
         hw_id = vek_ext.hw_id
-        if (
-            hw_id is None
-            or len(hw_id) != want_len
-            or not hmac.compare_digest(hw_id, parsed.chip_id[:want_len])
-        ):
+        if hw_id is None or len(hw_id) != want_len or not hmac.compare_digest(hw_id, parsed.chip_id[:want_len]):
             raise ChainError(
                 "the VCEK was issued for another chip (hwID != CHIP_ID)",
                 check="snp.vek.hwid",
@@ -690,9 +678,7 @@ def verify_report(
             ec.ECDSA(hashes.SHA384()),
         )
     except InvalidSignature as exc:
-        raise SignatureInvalid(
-            "the report signature does not verify with the VEK key", check="snp.signature"
-        ) from exc
+        raise SignatureInvalid("the report signature does not verify with the VEK key", check="snp.signature") from exc
 
     # 6. sealed result; platform = label of the pinned root that verified it
     if parsed.current_tcb != parsed.committed_tcb:

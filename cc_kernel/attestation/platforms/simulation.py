@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 
@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_FIRMWARE",
     "DEFAULT_TCB",
     "ENVELOPE_FORMAT",
+    "OLD_TCB",
     "PEM_FILES",
     "PRIVATE_KEY_FILES",
     "SIMULATED_CPUID",
@@ -64,6 +65,7 @@ __all__ = [
     "authority_to_pem",
     "create_authority",
     "describes_simulation",
+    "issue_vcek",
     "sign_report",
     "simulated_envelope",
 ]
@@ -77,6 +79,9 @@ SIMULATED_CPUID = (SIMULATED_CPUID_FAMILY, 0x00, 0x00)
 DEFAULT_TCB: Mapping[str, int] = MappingProxyType({"bl": 4, "tee": 0, "snp": 24, "ucode": 219})
 #: Firmware version (major, minor, build) written as CURRENT and COMMITTED.
 DEFAULT_FIRMWARE = (1, 55, 0)
+#: An older TCB (every component a real Milan once had), below ``DEFAULT_TCB`` in bl, snp and ucode: the
+#: "old TCB" teaching fault re-issues the VCEK for it (``issue_vcek``) so ``min_tcb`` policies reject it.
+OLD_TCB: Mapping[str, int] = MappingProxyType({"bl": 3, "tee": 0, "snp": 8, "ucode": 115})
 DEFAULT_POLICY = 0x30000  # bit 17 (reserved, must be 1) + SMT allowed; DEBUG off
 
 ARK_YEARS = 25
@@ -167,9 +172,7 @@ def _amd_extension(arc: str, value: bytes) -> x509.UnrecognizedExtension:
 def _check_tcb(tcb: Mapping[str, int]) -> dict[str, int]:
     unknown = set(tcb) - {"bl", "tee", "snp", "ucode"}
     if unknown:
-        raise ValueError(
-            f"unknown TCB components for the simulated (Milan-layout) product: {sorted(unknown)}"
-        )
+        raise ValueError(f"unknown TCB components for the simulated (Milan-layout) product: {sorted(unknown)}")
     parts = {name: int(tcb.get(name, 0)) for name in ("bl", "tee", "snp", "ucode")}
     for name, value in parts.items():
         if not 0 <= value <= 0xFF:
@@ -205,12 +208,8 @@ def create_authority(
         raise ValueError("now must be a timezone-aware datetime")
     start = now.replace(microsecond=0)
     parts = _check_tcb(tcb)
-    ark_key = (
-        ark_key if ark_key is not None else rsa.generate_private_key(public_exponent=65537, key_size=4096)
-    )
-    ask_key = (
-        ask_key if ask_key is not None else rsa.generate_private_key(public_exponent=65537, key_size=4096)
-    )
+    ark_key = ark_key if ark_key is not None else rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    ask_key = ask_key if ask_key is not None else rsa.generate_private_key(public_exponent=65537, key_size=4096)
     vcek_key = vcek_key if vcek_key is not None else ec.generate_private_key(ec.SECP384R1())
     if not isinstance(ark_key, rsa.RSAPrivateKey) or not isinstance(ask_key, rsa.RSAPrivateKey):
         raise ValueError("the simulated ARK and ASK keys must be RSA keys")
@@ -244,29 +243,17 @@ def create_authority(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True, crl_sign=False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ask_key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ark_ski), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ark_ski), critical=False)
         .sign(ark_key, hashes.SHA384(), rsa_padding=_PSS)
     )
-    vcek_builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name("SEV-VCEK"))
-        .issuer_name(ask_name)
-        .public_key(vcek_key.public_key())
-        .serial_number(1)
-        .not_valid_before(start)
-        .not_valid_after(_add_years(start, VCEK_YEARS))
-        .add_extension(_amd_extension("1", _der_small_uint(0)), critical=False)  # structVersion
-        .add_extension(_amd_extension("2", _der_ia5(SIMULATION_PRODUCT)), critical=False)  # productName
-    )
-    spls = {**parts, **dict.fromkeys(_RESERVED_SPLS, 0)}
-    for name, arc in _SPL_ARCS.items():
-        vcek_builder = vcek_builder.add_extension(
-            _amd_extension(f"3.{arc}", _der_small_uint(spls[name])), critical=False
-        )
-    vcek_cert = vcek_builder.add_extension(_amd_extension("4", chip_id), critical=False).sign(  # hwID
-        ask_key, hashes.SHA384(), rsa_padding=_PSS
+    vcek_cert = _build_vcek(
+        ask_key=ask_key,
+        ask_name=ask_name,
+        vcek_key=vcek_key,
+        chip_id=chip_id,
+        tcb=parts,
+        not_before=start,
+        not_after=_add_years(start, VCEK_YEARS),
     )
     return SimulationAuthority(
         ark_key=ark_key,
@@ -278,6 +265,74 @@ def create_authority(
         chip_id=chip_id,
         tcb=MappingProxyType(parts),
     )
+
+
+def _vcek_serial(tcb: Mapping[str, int]) -> int:
+    """Positive and unique per (issuer, TCB): 1 + the TCB_VERSION as a big-endian integer."""
+    return 1 + int.from_bytes(encode_tcb(tcb, SIMULATION_PRODUCT), "big")
+
+
+def _build_vcek(
+    *,
+    ask_key: rsa.RSAPrivateKey,
+    ask_name: x509.Name,
+    vcek_key: ec.EllipticCurvePrivateKey,
+    chip_id: bytes,
+    tcb: Mapping[str, int],
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.Certificate:
+    """A VCEK like AMD's: CN=SEV-VCEK, no basicConstraints, AMD extensions (structVersion 0, productName,
+    SPLs 1..8 with the reserved ones zero, hwID = CHIP_ID), RSASSA-PSS SHA-384 signature by the ASK."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name("SEV-VCEK"))
+        .issuer_name(ask_name)
+        .public_key(vcek_key.public_key())
+        .serial_number(_vcek_serial(tcb))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(_amd_extension("1", _der_small_uint(0)), critical=False)  # structVersion
+        .add_extension(_amd_extension("2", _der_ia5(SIMULATION_PRODUCT)), critical=False)  # productName
+    )
+    spls = {**tcb, **dict.fromkeys(_RESERVED_SPLS, 0)}
+    for name, arc in _SPL_ARCS.items():
+        builder = builder.add_extension(_amd_extension(f"3.{arc}", _der_small_uint(spls[name])), critical=False)
+    builder = builder.add_extension(_amd_extension("4", chip_id), critical=False)  # hwID
+    return builder.sign(ask_key, hashes.SHA384(), rsa_padding=_PSS)
+
+
+def issue_vcek(
+    authority: SimulationAuthority, *, tcb: Mapping[str, int], now: datetime | None = None
+) -> SimulationAuthority:
+    """The same authority with a VCEK re-issued for another TCB (teaching knob "old TCB": the enclave's reports
+    then carry that TCB, which a policy's ``min_tcb`` rejects). ARK, ASK, chip id and VCEK key are kept.
+
+    The new VCEK is valid ``VCEK_YEARS`` from ``now`` if given, else over the current VCEK's validity window
+    (the core never reads the clock).
+
+    Raises:
+        ValueError: a TCB component does not fit a byte, or ``now`` is naive.
+    """
+    parts = _check_tcb(tcb)
+    if now is None:
+        not_before = authority.vcek_cert.not_valid_before_utc
+        not_after = authority.vcek_cert.not_valid_after_utc
+    else:
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("now must be a timezone-aware datetime")
+        not_before = now.replace(microsecond=0)
+        not_after = _add_years(not_before, VCEK_YEARS)
+    vcek_cert = _build_vcek(
+        ask_key=authority.ask_key,
+        ask_name=authority.ask_cert.subject,
+        vcek_key=authority.vcek_key,
+        chip_id=authority.chip_id,
+        tcb=parts,
+        not_before=not_before,
+        not_after=not_after,
+    )
+    return replace(authority, vcek_cert=vcek_cert, tcb=MappingProxyType(parts))
 
 
 def _key_usage(*, cert_sign: bool, crl_sign: bool) -> x509.KeyUsage:
@@ -315,7 +370,7 @@ def authority_to_pem(authority: SimulationAuthority) -> dict[str, bytes]:
     }
 
 
-def _public_der(key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey | object) -> bytes:
+def _public_der(key: object) -> bytes:
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         return b""
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -331,24 +386,13 @@ def authority_from_pem(blobs: Mapping[str, bytes]) -> SimulationAuthority:
     missing = [name for name in PEM_FILES if name not in blobs]
     if missing:
         raise ConfigError(f"simulation authority is incomplete: missing {missing}")
+    # certificates first (cheap), private keys last (loading an RSA-4096 key validates it: ~0.2 s each)
     try:
-        keys = [serialization.load_pem_private_key(blobs[name], password=None) for name in PRIVATE_KEY_FILES]
         ark_cert, ask_cert, vcek_cert = (load_amd_certificate(blobs[name]) for name in CERTIFICATE_FILES)
         vek_ext = amd_vek_extensions(vcek_cert)
-    except (ValueError, TypeError, MalformedEvidence) as exc:
+    except MalformedEvidence as exc:
         raise ConfigError(f"simulation authority does not parse: {exc}") from exc
-    ark_key, ask_key, vcek_key = keys
-    if not isinstance(ark_key, rsa.RSAPrivateKey) or not isinstance(ask_key, rsa.RSAPrivateKey):
-        raise ConfigError("simulation ARK/ASK keys must be RSA")
-    if not isinstance(vcek_key, ec.EllipticCurvePrivateKey) or vcek_key.curve.name != "secp384r1":
-        raise ConfigError("simulation VCEK key must be ECDSA P-384")
-    for key, cert, what in (
-        (ark_key, ark_cert, "ARK"),
-        (ask_key, ask_cert, "ASK"),
-        (vcek_key, vcek_cert, "VCEK"),
-    ):
-        if _public_der(key.public_key()) != _public_der(cert.public_key()):
-            raise ConfigError(f"simulation {what} key does not match its certificate")
+    for cert, what in ((ark_cert, "ARK"), (ask_cert, "ASK"), (vcek_cert, "VCEK")):
         orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
         if [o.value for o in orgs] != [SIM_ORGANIZATION]:
             raise ConfigError(f"simulation {what} certificate is not marked {SIM_ORGANIZATION!r}")
@@ -364,6 +408,24 @@ def authority_from_pem(blobs: Mapping[str, bytes]) -> SimulationAuthority:
         tcb = _check_tcb({name: vek_ext.spls.get(name, 0) for name in ("bl", "tee", "snp", "ucode")})
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    try:
+        # These are our own key files (written 0600 by simstore); the RSA consistency check costs ~0.2 s per
+        # RSA-4096 key on every enclave start, and each key is checked against its certificate just below.
+        keys = [
+            serialization.load_pem_private_key(blobs[name], password=None, unsafe_skip_rsa_key_validation=True)
+            for name in PRIVATE_KEY_FILES
+        ]
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"simulation authority keys do not parse: {exc}") from exc
+    ark_key, ask_key, vcek_key = keys
+    if not isinstance(ark_key, rsa.RSAPrivateKey) or not isinstance(ask_key, rsa.RSAPrivateKey):
+        raise ConfigError("simulation ARK/ASK keys must be RSA")
+    if not isinstance(vcek_key, ec.EllipticCurvePrivateKey) or vcek_key.curve.name != "secp384r1":
+        raise ConfigError("simulation VCEK key must be ECDSA P-384")
+    pairs = ((ark_key, ark_cert, "ARK"), (ask_key, ask_cert, "ASK"), (vcek_key, vcek_cert, "VCEK"))
+    for key, cert, what in pairs:
+        if _public_der(key.public_key()) != _public_der(cert.public_key()):
+            raise ConfigError(f"simulation {what} key does not match its certificate")
     return SimulationAuthority(
         ark_key=ark_key,
         ask_key=ask_key,
@@ -383,9 +445,7 @@ OverrideValue = int | bytes | Mapping[str, int]
 
 def _put(buf: bytearray, name: str, value: OverrideValue) -> None:
     if name not in LAYOUT or name in ("signature_r", "signature_s"):
-        raise ValueError(
-            f"unknown or non-overridable report field {name!r} (use raw_patch for the signature)"
-        )
+        raise ValueError(f"unknown or non-overridable report field {name!r} (use raw_patch for the signature)")
     f = LAYOUT[name]
     if isinstance(value, Mapping):
         if not name.endswith("_tcb"):
@@ -535,10 +595,7 @@ def describes_simulation(*certificates: bytes | None, report: bytes | None = Non
             cert = load_amd_certificate(data)
         except MalformedEvidence:
             continue
-        if any(
-            a.value == SIM_ORGANIZATION
-            for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-        ):
+        if any(a.value == SIM_ORGANIZATION for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)):
             return True
     fam = LAYOUT["cpuid_fam_id"]
     return report is not None and len(report) == REPORT_SIZE and report[fam.offset] == SIMULATED_CPUID_FAMILY

@@ -1,0 +1,1 @@
+"""The Jupyter side: the ConfidentialKernel, its badge and its kernelspecs. Never imports cc_kernel.enclave."""

@@ -1,0 +1,3 @@
+from cc_kernel.kernel.app import main
+
+main()

@@ -1,0 +1,100 @@
+"""Kernel side: the attestation badge shown as the first output of a session, updated in place.
+
+The badge is produced only by the kernel process. Enclave output claiming the badge's display id prefix or
+its MIME type is dropped (``is_reserved``), so cell code cannot update or imitate the live badge through the
+kernel. A saved badge stays in the notebook file: it carries the session id and the time it was produced so
+that a reopened notebook's badge is not mistaken for a live one. Inline styles only, no script.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cc_kernel.attestation.result import AttestationResult
+
+BADGE_MIME = "application/vnd.cc-kernel.attestation.v1+json"
+DISPLAY_ID_PREFIX = "cc-kernel-attestation"
+
+#: state -> (background, border/text colour, headline)
+STYLES = {
+    "pending": ("#eceff1", "#455a64", "Attesting the enclave…"),
+    "affirming": ("#e8f5e9", "#1b5e20", "VERIFIED TEE hardware"),
+    "warning": ("#fff3e0", "#8a4b00", "VERIFIED with accepted weakenings"),
+    "simulation": ("#fff8e1", "#b26a00", "SIMULATION — not hardware-protected"),
+    "refused": ("#ffebee", "#b71c1c", "ATTESTATION REFUSED — no code was sent"),
+    "stopped": ("#ffebee", "#b71c1c", "ENCLAVE STOPPED"),
+}
+
+
+@dataclass
+class BadgeState:
+    """What the badge shows. ``state`` is one of STYLES."""
+
+    state: str
+    session_id: str
+    mode: str
+    result: AttestationResult | None = None
+    detail: str = ""
+    audit_log: str = ""
+    failures: list[str] = field(default_factory=list)
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def display_id(session_id: str) -> str:
+    return f"{DISPLAY_ID_PREFIX}-{session_id}"
+
+
+def is_reserved(data: dict[str, Any], transient: dict[str, Any] | None) -> bool:
+    """True if enclave output tries to use the badge's MIME type or display id."""
+    if BADGE_MIME in data:
+        return True
+    did = (transient or {}).get("display_id")
+    return isinstance(did, str) and did.startswith(DISPLAY_ID_PREFIX)
+
+
+def _rows(b: BadgeState) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    r = b.result
+    if r is not None:
+        rows.append(("platform", f"{r.platform} ({r.product})"))
+        rows.append(("measurement", r.measurement.hex()[:16] + "…"))
+        rows.append(("verdict", f"{r.status} (policy {r.policy_source}, entry #{r.matched_entry})"))
+        weak = list(r.unsafe_flags_used) + [w for w in r.warnings if w not in r.unsafe_flags_used]
+        rows.append(("accepted warnings", ", ".join(weak) or "none"))
+        rows.append(("debug", "ENABLED" if r.debug else "disabled"))
+    if b.failures:
+        rows.append(("failed checks", "; ".join(b.failures)))
+    if b.detail:
+        rows.append(("detail", b.detail))
+    rows.append(("enclave", b.mode))
+    rows.append(("session", b.session_id))
+    rows.append(("audit log", b.audit_log or "not recorded in this version"))
+    rows.append(("as of", b.at.strftime("%Y-%m-%d %H:%M:%S UTC") + " (a saved badge is not live)"))
+    return rows
+
+
+def render(b: BadgeState) -> dict[str, Any]:
+    """The mimebundle of the badge: text/plain, text/html and the machine-readable JSON."""
+    bg, fg, headline = STYLES[b.state]
+    rows = _rows(b)
+    plain = [f"[Confidential Python] {headline}"] + [f"  {k}: {v}" for k, v in rows]
+    cells = "".join(
+        f'<tr><td style="padding:0 8px 0 0;color:#555;white-space:nowrap">{html.escape(k)}</td>'
+        f'<td style="font-family:monospace">{html.escape(v)}</td></tr>'
+        for k, v in rows
+    )
+    body = (
+        f'<div style="border:2px solid {fg};background:{bg};color:#222;border-radius:6px;'
+        f'padding:6px 10px;margin:2px 0;font-size:12px;max-width:60em">'
+        f'<div style="font-weight:bold;color:{fg};font-size:13px">🛡 Confidential Python — {html.escape(headline)}</div>'
+        f'<table style="border-collapse:collapse;margin-top:4px">{cells}</table></div>'
+    )
+    machine: dict[str, Any] = {
+        "state": b.state, "session_id": b.session_id, "mode": b.mode, "as_of": b.at.isoformat(),
+        "audit_log": b.audit_log, "failures": b.failures, "detail": b.detail,
+        "result": b.result.to_json_dict() if b.result else None,
+    }
+    return {"text/plain": "\n".join(plain), "text/html": body, BADGE_MIME: machine}

@@ -1,0 +1,636 @@
+"""Kernel side: ConfidentialKernel, a thin ipykernel ``Kernel`` that forwards to an attested enclave.
+
+It answers ``kernel_info`` at once, starts and attests the enclave in the background, and translates between
+Jupyter messages and the enclave protocol. If attestation fails no code is ever sent: every execution returns
+an error naming each failed check and how to fix it. ``%attestation`` and ``%cc_upload`` are handled here, on
+the trusted side. Nothing this process prints reaches the notebook outside a cell (it logs through
+``self.log``; the enclave's stdout/stderr are piped to that log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import hashlib
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import zmq
+from ipykernel.kernelbase import Kernel
+from IPython.core.error import StdinNotImplementedError
+from traitlets import Bool, Enum, Float, List, Unicode, default
+
+from cc_kernel import __version__
+from cc_kernel.attestation.policy import Policy, load_policy
+from cc_kernel.attestation.result import AttestationResult
+from cc_kernel.channel.transport import parse_address
+from cc_kernel.errors import (
+    CCKernelError,
+    ConfigError,
+    EnclaveError,
+    PolicyError,
+    PolicyViolation,
+    VerificationError,
+)
+from cc_kernel.kernel import badge
+from cc_kernel.kernel.install import pin_simulation_policy, simulation_policy_path
+from cc_kernel.kernel.link import EnclaveLink, LaunchSpec
+from cc_kernel.protocol import messages as m
+
+UPLOAD_CHUNK = 1024 * 1024
+LANGUAGE_INFO: dict[str, object] = {
+    "name": "python",
+    "version": f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}",
+    "mimetype": "text/x-python",
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "pygments_lexer": "ipython3",
+    "nbconvert_exporter": "python",
+    "file_extension": ".py",
+}
+
+
+class ConfidentialKernel(Kernel):
+    """Runs every cell in an attested enclave. Configure with traitlets or CC_KERNEL_* environment variables."""
+
+    implementation = "cc_kernel"
+    implementation_version = __version__
+    language_info = LANGUAGE_INFO
+
+    mode = Enum(["simulation", "hardware"], default_value="simulation", config=True,
+                help="simulation: the simulated TEE (no protection); hardware: verified TEE hardware only")
+    policy_file = Unicode("", config=True, help="verification policy (TOML). Env: CC_KERNEL_POLICY")
+    enclave = Unicode("", config=True,
+                      help="remote enclave address tcp://HOST:PORT or unix:PATH. Env: CC_KERNEL_ENCLAVE")
+    sim_dir = Unicode("", config=True, help="simulated TEE authority directory. Env: CC_KERNEL_SIM_DIR")
+    faults = List(Unicode(), config=True, help="teaching faults for the simulated enclave. Env: CC_KERNEL_FAULTS")
+    attest_timeout = Float(60.0, config=True, help="seconds to wait for the enclave to start and attest")
+    show_badge = Bool(True, config=True, help="show the attestation badge as the first output of a session")
+
+    @default("policy_file")
+    def _policy_default(self) -> str:
+        return os.environ.get("CC_KERNEL_POLICY", "")
+
+    @default("enclave")
+    def _enclave_default(self) -> str:
+        return os.environ.get("CC_KERNEL_ENCLAVE", "")
+
+    @default("sim_dir")
+    def _sim_dir_default(self) -> str:
+        return os.environ.get("CC_KERNEL_SIM_DIR", "")
+
+    @default("faults")
+    def _faults_default(self) -> list[str]:
+        return [f for f in os.environ.get("CC_KERNEL_FAULTS", "").split(",") if f]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.session_hex = os.urandom(16).hex()
+        self._link: EnclaveLink | None = None
+        self._ready: asyncio.Task[AttestationResult] | None = None
+        self._failure: BaseException | None = None
+        self._result: AttestationResult | None = None
+        self._parents: dict[int, dict[str, Any]] = {}
+        self._badge_shown = False
+        self._badge_state = badge.BadgeState(state="pending", session_id=self.session_hex, mode=self._mode_text())
+        self._current_req: int | None = None
+        self._policy: Policy | None = None
+        self._stdin_cancel = threading.Event()
+        self._main_loop: asyncio.AbstractEventLoop | None = None
+        atexit.register(self._atexit)
+
+    @property
+    def _session(self) -> Any:
+        assert self.session is not None
+        return self.session
+
+    # -- identity --------------------------------------------------------------------------------------------
+
+    def _mode_text(self) -> str:
+        where = f"remote {self.enclave}" if self.enclave else "local process"
+        return f"{self.mode} ({where})"
+
+    @property
+    def banner(self) -> str:  # type: ignore[override]
+        head = f"Confidential Python {__version__} — every cell runs in an attested enclave ({self._mode_text()})."
+        if self._result is not None:
+            lines = self._result.summary_lines()
+            return head + "\n" + "\n".join(lines)
+        if self._failure is not None:
+            return head + f"\nATTESTATION REFUSED — no code will be sent: {self._failure}"
+        return head + "\nAttestation in progress (run a cell to see the verdict)."
+
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        info = dict(super().kernel_info)
+        info["supported_features"] = []  # no debugger, no subshells: we do not provide them
+        info["help_links"] = [
+            {"text": "Confidential Python: attestation", "url": "https://github.com/cc-kernel/cc-kernel#readme"},
+        ]
+        info["cc_kernel"] = {"mode": self.mode, "session_id": self.session_hex, "state": self._badge_state.state}
+        return info
+
+    @property
+    def _supports_kernel_subshells(self) -> bool:
+        return False
+
+    # -- start-up ----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        super().start()
+        self._main_loop = asyncio.get_event_loop()
+        self._ready = asyncio.ensure_future(self._connect())
+
+    def _load_policy(self) -> Policy:
+        if self.policy_file:
+            path = Path(self.policy_file).expanduser()
+            try:
+                return load_policy(path.read_bytes(), source=str(path))
+            except OSError as exc:
+                raise PolicyError(f"cannot read the policy file {path}: {exc.strerror}") from exc
+        if self.mode == "hardware":
+            raise PolicyError(
+                "the hardware kernel needs a policy pinning your enclave's measurement: set CC_KERNEL_POLICY "
+                "(or ConfidentialKernel.policy_file) to a file made with `cc-kernel policy init --platform P "
+                "--measurement HEX --output FILE`"
+            )
+        return self._simulation_policy()
+
+    def _simulation_policy(self) -> Policy:
+        """The simulation kernel's policy: pinned at install time, or on first use (recorded in the log)."""
+        path = simulation_policy_path()
+        if not path.exists():
+            when = time.strftime("%Y-%m-%d %H:%M")
+            pin_simulation_policy(note=f"pinned on first use by the simulation kernel, {when}")
+            self.log.warning("pinned the simulated enclave's measurement on first use in %s", path)
+        return load_policy(path.read_bytes(), source=str(path))
+
+    async def _connect(self) -> AttestationResult:
+        try:
+            policy = self._load_policy()
+            self._policy = policy
+            sim = None
+            if policy.unsafe_allow_simulation:
+                from cc_kernel.simstore import load_simulation_anchors, simulation_dir
+
+                sim_path = Path(self.sim_dir) if self.sim_dir else simulation_dir()
+                sim = await asyncio.to_thread(load_simulation_anchors, sim_path)
+            spec = LaunchSpec(
+                address=parse_address(self.enclave) if self.enclave else None,
+                platform="simulation" if self.mode == "simulation" else "hardware",
+                sim_dir=Path(self.sim_dir) if self.sim_dir else None,
+                faults=tuple(self.faults),
+            )
+            self._link = EnclaveLink(spec, policy=policy, simulation_anchors=sim, on_output=self._forward_output,
+                                     on_closed=self._enclave_closed)
+            attested = await self._link.start(timeout=self.attest_timeout)
+        except BaseException as exc:
+            self._failure = exc
+            self._set_badge(state="refused", failures=_failure_lines(exc), detail=_fix_hint(exc, self.mode))
+            self.log.error("attestation failed: %s", exc)
+            raise
+        self._result = attested.peer.result
+        self._set_badge(state=self._result.status, result=self._result)
+        self.log.info("enclave attested: %s", self._result.status)
+        return self._result
+
+    # -- badge ---------------------------------------------------------------------------------------------------
+
+    def _set_badge(self, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(self._badge_state, key, value)
+        self._badge_state.at = badge.BadgeState(state="pending", session_id="", mode="").at
+        if self._badge_shown and self.session is not None:
+            self._publish_badge(update=True, parent=self._parents.get(-1))
+
+    def _publish_badge(self, *, update: bool, parent: dict[str, Any] | None = None) -> None:
+        content = {
+            "data": badge.render(self._badge_state), "metadata": {},
+            "transient": {"display_id": badge.display_id(self.session_hex)},
+        }
+        msg_type = "update_display_data" if update else "display_data"
+        if parent is None:
+            self.send_response(self.iopub_socket, msg_type, content)
+        else:
+            self._session.send(self.iopub_socket, msg_type, content, parent, ident=self._topic(msg_type))
+
+    async def _wait_ready(self) -> AttestationResult:
+        assert self._ready is not None
+        return await asyncio.shield(self._ready)
+
+    # -- output from the enclave -------------------------------------------------------------------------------
+
+    def _forward_output(self, msg: m.Message) -> None:
+        parent = self._parents.get(getattr(msg, "req_id", -1))
+        if parent is None:
+            parent = self._parents.get(self._current_req or -1) or {}
+        content: dict[str, Any]
+        if isinstance(msg, m.Stream):
+            msg_type, content = "stream", {"name": msg.name, "text": msg.text}
+        elif isinstance(msg, m.DisplayData | m.UpdateDisplayData):
+            if badge.is_reserved(msg.data, msg.transient):
+                self.log.warning("dropped enclave output that used the attestation badge's id or MIME type")
+                return
+            msg_type = "display_data" if isinstance(msg, m.DisplayData) else "update_display_data"
+            content = {"data": msg.data, "metadata": msg.metadata, "transient": msg.transient}
+        elif isinstance(msg, m.ExecuteResult):
+            if badge.is_reserved(msg.data, None):
+                self.log.warning("dropped enclave output that used the attestation badge's MIME type")
+                return
+            msg_type = "execute_result"
+            content = {"execution_count": msg.execution_count, "data": msg.data, "metadata": msg.metadata}
+        elif isinstance(msg, m.Error):
+            msg_type, content = "error", {"ename": msg.ename, "evalue": msg.evalue, "traceback": msg.traceback}
+        elif isinstance(msg, m.ClearOutput):
+            msg_type, content = "clear_output", {"wait": msg.wait}
+        elif isinstance(msg, m.CommOpen | m.CommMsg | m.CommClose):
+            msg_type = {m.CommOpen: "comm_open", m.CommMsg: "comm_msg", m.CommClose: "comm_close"}[type(msg)]
+            content = {"comm_id": msg.comm_id, "data": msg.data}
+            if isinstance(msg, m.CommOpen):
+                content["target_name"] = msg.target_name
+            if self.session is not None:
+                self._session.send(self.iopub_socket, msg_type, content, parent, ident=self._topic(msg_type),
+                                  metadata=msg.metadata, buffers=list(msg.buffers) or None)
+            return
+        else:
+            return
+        if self.session is not None:
+            self._session.send(self.iopub_socket, msg_type, content, parent, ident=self._topic(msg_type))
+
+    def _enclave_closed(self, reason: str) -> None:
+        if self._result is not None or self._failure is None:
+            self._set_badge(state="stopped", detail=f"{reason}. Restart the kernel for a fresh, re-attested enclave.")
+
+    # -- execute -------------------------------------------------------------------------------------------------
+
+    async def do_execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict[str, str] | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: dict[str, Any] | None = None,
+        cell_id: str | None = None,
+    ) -> dict[str, Any]:
+        parent = self.get_parent("shell")
+        if not self._badge_shown and self.show_badge and not silent:
+            self._badge_shown = True
+            self._parents[-1] = parent
+            self._publish_badge(update=False)
+        try:
+            await self._wait_ready()
+        except BaseException as exc:  # attestation refused or enclave unreachable: fail closed
+            return self._error_reply(
+                "AttestationError", f"no code was sent: {exc}",
+                ["ATTESTATION REFUSED — the cell was NOT run and no code was sent to the enclave.",
+                 *(_failure_lines(exc) or [str(exc)]), _fix_hint(exc, self.mode)], silent=silent,
+            )
+        stripped = code.lstrip()
+        if stripped.startswith("%attestation"):
+            return self._attestation_magic(silent)
+        if stripped.startswith("%cc_upload"):
+            return await self._upload_magic(stripped, silent)
+        return await self._forward_execute(code, silent, store_history, user_expressions or {}, allow_stdin,
+                                           cell_id, kind="silent" if silent else "cell")
+
+    async def _forward_execute(self, code: str, silent: bool, store_history: bool, user_expressions: dict[str, str],
+                               allow_stdin: bool, cell_id: str | None, *, kind: str) -> dict[str, Any]:
+        link = self._link
+        assert link is not None
+        req_id, q = link.new_request()
+        self._parents[req_id] = self.get_parent("shell")
+        self._current_req = req_id
+        self._stdin_cancel.clear()
+        try:
+            await link.send(m.ExecuteRequest(
+                req_id=req_id, code=code, silent=silent, store_history=store_history,
+                user_expressions=user_expressions, allow_stdin=allow_stdin, execution_count=self.execution_count,
+                cell_id=cell_id, kind=kind,
+            ))
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, m.InputRequest):
+                    await self._answer_input(link, item, allow_stdin)
+                    continue
+                assert isinstance(item, m.ExecuteReply)
+                return _reply_content(item)
+        except EnclaveError as exc:
+            return self._error_reply("EnclaveError", str(exc), [
+                f"The enclave stopped while running this cell: {exc}",
+                "Restart the kernel to get a fresh, re-attested enclave.",
+            ], silent=silent)
+        finally:
+            self._stdin_cancel.set()
+            link.finish_request(req_id)
+            self._parents.pop(req_id, None)
+
+    async def _answer_input(self, link: EnclaveLink, req: m.InputRequest, allow_stdin: bool) -> None:
+        if not allow_stdin:
+            await link.send(m.InputReply(req_id=req.req_id, value="", cancelled=True))
+            return
+        try:
+            value = await asyncio.to_thread(self._ask_frontend, req.prompt, req.password)
+            await link.send(m.InputReply(req_id=req.req_id, value=value, cancelled=False))
+        except (KeyboardInterrupt, EOFError, StdinNotImplementedError):
+            await link.send(m.InputReply(req_id=req.req_id, value="", cancelled=True))
+
+    def _ask_frontend(self, prompt: str, password: bool) -> str:
+        """Send input_request on stdin and wait for the reply; give up when the cell ends."""
+        parent = self.get_parent("shell")
+        ident = self._get_shell_context_var(self._shell_parent_ident)
+        while True:  # purge stale replies
+            try:
+                self.stdin_socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                break
+        self._session.send(self.stdin_socket, "input_request", {"prompt": prompt, "password": password}, parent,
+                          ident=ident)
+        while not self._stdin_cancel.is_set():
+            rlist, _, _ = zmq.select([self.stdin_socket], [], [], 0.05)
+            if rlist:
+                _ident, reply = self._session.recv(self.stdin_socket)
+                if reply is not None:
+                    value = str(reply["content"].get("value", ""))
+                    if value == "\x04":
+                        raise EOFError
+                    return value
+        raise KeyboardInterrupt("the cell ended")
+
+    def _error_reply(self, ename: str, evalue: str, lines: list[str], *, silent: bool) -> dict[str, Any]:
+        tb = [f"\x1b[0;31m{lines[0]}\x1b[0m", *lines[1:]]
+        if not silent:
+            self.send_response(self.iopub_socket, "error", {"ename": ename, "evalue": evalue, "traceback": tb})
+        return {"status": "error", "execution_count": self.execution_count, "ename": ename, "evalue": evalue,
+                "traceback": tb}
+
+    def _ok(self) -> dict[str, Any]:
+        return {"status": "ok", "execution_count": self.execution_count, "payload": [], "user_expressions": {}}
+
+    # -- magics handled on the trusted side -----------------------------------------------------------------------
+
+    def _attestation_magic(self, silent: bool) -> dict[str, Any]:
+        import json
+
+        assert self._result is not None
+        if not silent:
+            data = {
+                "text/plain": "\n".join(self._result.summary_lines()),
+                "application/json": self._result.to_json_dict(),
+            }
+            self.send_response(self.iopub_socket, "display_data", {"data": data, "metadata": {}, "transient": {}})
+            del json
+        return self._ok()
+
+    async def _upload_magic(self, line: str, silent: bool) -> dict[str, Any]:
+        try:
+            args = shlex.split(line)[1:]
+        except ValueError as exc:
+            return self._error_reply("UsageError", str(exc), [f"%cc_upload: {exc}"], silent=silent)
+        if not 1 <= len(args) <= 2:
+            return self._error_reply("UsageError", "usage: %cc_upload LOCAL_PATH [NAME]",
+                                     ["usage: %cc_upload LOCAL_PATH [NAME]"], silent=silent)
+        path = Path(args[0]).expanduser()
+        name = args[1] if len(args) == 2 else _identifier_for(path)
+        try:
+            size = path.stat().st_size
+            fh = path.open("rb")
+        except OSError as exc:
+            return self._error_reply("FileNotFoundError", str(exc), [f"%cc_upload: cannot read {path}: {exc.strerror}"],
+                                     silent=silent)
+        fmt: Literal["bytes", "text", "npy"] = "bytes"
+        if path.suffix == ".npy":
+            fmt = "npy"
+        elif path.suffix in {".txt", ".csv", ".json", ".md", ".tsv"}:
+            fmt = "text"
+        link = self._link
+        assert link is not None
+        req_id, q = link.new_request()
+        progress_id = f"cc-upload-{req_id}-{os.urandom(4).hex()}"
+        digest = hashlib.sha256()
+        sent = 0
+        try:
+            with fh:
+                await link.send(m.UploadStart(req_id=req_id, name=name, size=size, fmt=fmt))
+                self._progress(progress_id, name, 0, size, first=True, silent=silent)
+                last = time.monotonic()
+                while chunk := await asyncio.to_thread(fh.read, UPLOAD_CHUNK):
+                    digest.update(chunk)
+                    await link.send(m.UploadChunk(req_id=req_id, data=chunk))
+                    sent += len(chunk)
+                    if time.monotonic() - last > 0.1:
+                        self._progress(progress_id, name, sent, size, silent=silent)
+                        last = time.monotonic()
+                await link.send(m.UploadEnd(req_id=req_id, sha256=digest.digest()))
+                self._progress(progress_id, name, sent, size, silent=silent)
+            reply = await q.get()
+        except EnclaveError as exc:
+            return self._error_reply("EnclaveError", str(exc), [f"%cc_upload failed: {exc}"], silent=silent)
+        finally:
+            link.finish_request(req_id)
+        if isinstance(reply, BaseException) or not isinstance(reply, m.UploadReply):
+            return self._error_reply("EnclaveError", str(reply), [f"%cc_upload failed: {reply}"], silent=silent)
+        if reply.status != "ok":
+            return self._error_reply("UploadError", reply.message, [f"%cc_upload: {reply.message}"], silent=silent)
+        if not silent:
+            self.send_response(self.iopub_socket, "stream", {"name": "stdout", "text": (
+                f"uploaded {path.name} ({size} bytes, sha256 {digest.hexdigest()[:16]}…) into the enclave: "
+                f"{reply.message}\n")})
+        return self._ok()
+
+    def _progress(self, did: str, name: str, done: int, total: int, *, first: bool = False, silent: bool) -> None:
+        if silent:
+            return
+        frac = 1.0 if total == 0 else done / total
+        bar = "█" * int(frac * 30) + "░" * (30 - int(frac * 30))
+        text = f"uploading {name}: {bar} {frac:6.1%} ({done}/{total} bytes)"
+        content = {"data": {"text/plain": text}, "metadata": {}, "transient": {"display_id": did}}
+        self.send_response(self.iopub_socket, "display_data" if first else "update_display_data", content)
+
+    # -- other requests --------------------------------------------------------------------------------------------
+
+    async def _ask(self, msg_factory: Any, default: dict[str, Any]) -> dict[str, Any]:
+        """Forward one request to the verified enclave; without a verified enclave, answer ``default``."""
+        if self._ready is None or not self._ready.done() or self._ready.cancelled() or self._ready.exception():
+            try:
+                await asyncio.wait_for(self._wait_ready(), timeout=self.attest_timeout)
+            except BaseException:
+                return default
+        link = self._link
+        assert link is not None
+        req_id, q = link.new_request()
+        try:
+            await link.send(msg_factory(req_id))
+            item = await q.get()
+        except EnclaveError:
+            return default
+        finally:
+            link.finish_request(req_id)
+        if isinstance(item, BaseException):
+            return default
+        return _reply_content(item)
+
+    async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        pos = len(code) if cursor_pos is None else cursor_pos
+        default = {"status": "ok", "matches": [], "cursor_start": pos, "cursor_end": pos, "metadata": {}}
+        return await self._ask(lambda r: m.CompleteRequest(req_id=r, code=code, cursor_pos=pos), default)
+
+    async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0,
+                         omit_sections: Any = ()) -> dict[str, Any]:
+        pos = len(code) if cursor_pos is None else cursor_pos
+        default = {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        return await self._ask(
+            lambda r: m.InspectRequest(req_id=r, code=code, cursor_pos=pos, detail_level=1 if detail_level else 0),
+            default)
+
+    async def do_is_complete(self, code: str) -> dict[str, Any]:
+        return await self._ask(lambda r: m.IsCompleteRequest(req_id=r, code=code), {"status": "unknown"})
+
+    async def do_history(self, hist_access_type: str, output: bool, raw: bool, session: int | None = None,
+                         start: int | None = None, stop: int | None = None, n: int | None = None,
+                         pattern: str | None = None, unique: bool = False) -> dict[str, Any]:
+        return await self._ask(lambda r: m.HistoryRequest(
+            req_id=r, hist_access_type=cast(Literal["range", "tail", "search"], hist_access_type),
+            output=bool(output), raw=bool(raw), session=session or 0, start=start or 0, stop=stop, n=n,
+            pattern=pattern or "", unique=bool(unique),
+        ), {"status": "ok", "history": []})
+
+    async def comm_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        target = parent["content"].get("target_name")
+        content = await self._ask(lambda r: m.CommInfoRequest(req_id=r, target_name=target),
+                                  {"status": "ok", "comms": {}})
+        content.setdefault("status", "ok")
+        self._session.send(stream, "comm_info_reply", content, parent, ident)
+
+    async def _comm(self, kind: str, stream: Any, ident: Any, parent: Any) -> None:
+        if self._result is None or self._link is None:
+            return
+        content = parent["content"]
+        link = self._link
+        req_id, _q = link.new_request()
+        self._parents[req_id] = parent
+        buffers = [bytes(b) for b in parent.get("buffers", [])]
+        fields: dict[str, Any] = {"req_id": req_id, "comm_id": content["comm_id"], "data": content.get("data", {}),
+                                  "metadata": parent.get("metadata", {}), "buffers": buffers}
+        cls: type[m.Message] = {"comm_open": m.CommOpen, "comm_msg": m.CommMsg, "comm_close": m.CommClose}[kind]
+        if kind == "comm_open":
+            fields["target_name"] = content.get("target_name", "")
+        with contextlib.suppress(EnclaveError):
+            await link.send(cls(**fields))
+        link.finish_request(req_id)
+
+    async def comm_open(self, stream: Any, ident: Any, parent: Any) -> None:
+        await self._comm("comm_open", stream, ident, parent)
+
+    async def comm_msg(self, stream: Any, ident: Any, parent: Any) -> None:
+        await self._comm("comm_msg", stream, ident, parent)
+
+    async def comm_close(self, stream: Any, ident: Any, parent: Any) -> None:
+        await self._comm("comm_close", stream, ident, parent)
+
+    # -- interrupt and shutdown --------------------------------------------------------------------------------
+
+    async def interrupt_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """Interrupt (message mode, on the control thread): forwarded through the authenticated channel."""
+        self._interrupt()
+        self._session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
+
+    def _interrupt(self) -> None:
+        self._stdin_cancel.set()
+        if self._link is not None:
+            self._link.send_soon(m.Interrupt())
+
+    def pre_handler_hook(self) -> None:
+        # Signal-mode interrupts (SIGINT to the kernel) are forwarded the same way; never raise in the loop.
+        self.saved_sigint_handler = signal.signal(signal.SIGINT, lambda *_: self._interrupt())
+
+    def post_handler_hook(self) -> None:
+        signal.signal(signal.SIGINT, self.saved_sigint_handler)
+
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:
+        """Shut the enclave down cleanly (on the main loop, which owns the channel), then kill what is left."""
+        loop = self._main_loop
+        if loop is not None and loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(self._stop_enclave(restart), loop)
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(future), timeout=4.0)
+            except (TimeoutError, CCKernelError) as exc:
+                self.log.warning("enclave did not shut down cleanly: %s", exc)
+        if self._link is not None:
+            self._link.kill_now()
+        return {"status": "ok", "restart": restart}
+
+    async def _stop_enclave(self, restart: bool) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.cancel()
+        if self._link is not None:
+            await self._link.shutdown(restart=restart)
+
+    def _atexit(self) -> None:
+        if self._link is not None:
+            self._link.kill_now()
+
+
+# -- helpers --------------------------------------------------------------------------------------------------
+
+
+def _reply_content(msg: m.Message) -> dict[str, Any]:
+    if isinstance(msg, m.ExecuteReply):
+        out: dict[str, Any] = {"status": msg.status, "execution_count": msg.execution_count}
+        if msg.status == "ok":
+            out.update(user_expressions=msg.user_expressions, payload=msg.payload)
+        else:
+            out.update(ename=msg.ename, evalue=msg.evalue, traceback=msg.traceback)
+        return out
+    if isinstance(msg, m.CompleteReply):
+        return {"status": msg.status, "matches": msg.matches, "cursor_start": msg.cursor_start,
+                "cursor_end": msg.cursor_end, "metadata": msg.metadata}
+    if isinstance(msg, m.InspectReply):
+        return {"status": msg.status, "found": msg.found, "data": msg.data, "metadata": msg.metadata}
+    if isinstance(msg, m.IsCompleteReply):
+        out = {"status": msg.status}
+        if msg.status == "incomplete":
+            out["indent"] = msg.indent
+        return out
+    if isinstance(msg, m.HistoryReply):
+        return {"status": msg.status, "history": [tuple(h) if isinstance(h, list) else h for h in msg.history]}
+    if isinstance(msg, m.CommInfoReply):
+        return {"status": "ok", "comms": msg.comms}
+    raise TypeError(type(msg).__name__)
+
+
+def _failure_lines(exc: BaseException) -> list[str]:
+    if isinstance(exc, PolicyViolation):
+        return [f"{f}" for f in exc.failures]
+    if isinstance(exc, VerificationError | CCKernelError):
+        return [str(exc)]
+    return [f"{type(exc).__name__}: {exc}"]
+
+
+def _fix_hint(exc: BaseException, mode: str) -> str:
+    if isinstance(exc, PolicyViolation) and any(f.check == "policy.measurement" for f in exc.failures):
+        return ("If you changed the enclave deliberately, re-pin its measurement with "
+                "`cc-kernel policy init --simulation --output FILE --force` (or delete "
+                "<jupyter data dir>/cc_kernel/policy-simulation.toml for the simulation kernel); otherwise do not "
+                "trust this enclave.")
+    if isinstance(exc, EnclaveError | ConfigError) and mode == "hardware":
+        return ("No TEE hardware was found or reached. Use the 'Confidential Python (SIMULATION)' kernel for "
+                "teaching, or run `cc-kernel enclave serve` on a confidential VM and set "
+                "CC_KERNEL_ENCLAVE=tcp://HOST:PORT.")
+    if isinstance(exc, PolicyError):
+        return "Fix the policy file (the message names the key), then restart the kernel."
+    return "Restart the kernel to try again; the kernel log has details."
+
+
+def _identifier_for(path: Path) -> str:
+    stem = "".join(c if c.isalnum() or c == "_" else "_" for c in path.stem) or "data"
+    return stem if stem[0].isalpha() or stem[0] == "_" else f"_{stem}"

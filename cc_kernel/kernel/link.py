@@ -1,0 +1,274 @@
+"""Kernel side: the link to one enclave — launch (local) or dial (remote), attest, then route messages.
+
+Runs on the kernel's asyncio loop. One reader task owns the receiving half of the channel: output messages are
+handed at once to an ``on_output`` callback (which publishes them on IOPub with the parent of their request),
+replies and input requests go to the waiting request's queue, and the end of the channel (the enclave died,
+or the network broke) fails every pending request with an EnclaveError. Credits are returned as output is
+handed to Jupyter, so the enclave's output window keeps both processes' memory bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors
+from cc_kernel.attestation.policy import Policy
+from cc_kernel.channel.client import AttestedChannel, connect_attested
+from cc_kernel.channel.transport import Address
+from cc_kernel.errors import CCKernelError, ChannelError, EnclaveError, ProtocolError
+from cc_kernel.protocol import messages as m
+from cc_kernel.protocol.connection import OUTPUT_MESSAGES
+from cc_kernel.protocol.flow import output_cost
+
+log = logging.getLogger("cc_kernel.kernel")
+
+#: Return credit to the enclave once this many output bytes were handed to Jupyter.
+CREDIT_BATCH = 256 * 1024
+REPLY_TYPES = (
+    m.ExecuteReply, m.CompleteReply, m.InspectReply, m.IsCompleteReply, m.HistoryReply, m.CommInfoReply,
+    m.UploadReply, m.InputRequest,
+)
+
+
+@dataclass
+class LaunchSpec:
+    """How to get an enclave: start a local process (``address`` None) or dial a remote one."""
+
+    address: Address | None = None
+    platform: str = "simulation"
+    sim_dir: Path | None = None
+    faults: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class EnclaveLink:
+    """One attested enclave session, from launch to shutdown."""
+
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        *,
+        policy: Policy,
+        simulation_anchors: TrustAnchors | None,
+        on_output: Callable[[m.Message], None],
+        on_closed: Callable[[str], None],
+    ) -> None:
+        self.spec = spec
+        self.policy = policy
+        self.simulation_anchors = simulation_anchors
+        self._on_output = on_output
+        self._on_closed = on_closed
+        self.process: subprocess.Popen[bytes] | None = None
+        self.attested: AttestedChannel | None = None
+        self._pending: dict[int, asyncio.Queue[m.Message | BaseException]] = {}
+        self._next_req = 1
+        self._reader: asyncio.Task[None] | None = None
+        self._uncredited = 0
+        self.closed_reason: str | None = None
+        self._log_lines: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- start ----------------------------------------------------------------------------------------------
+
+    async def start(self, *, timeout: float = 60.0) -> AttestedChannel:
+        """Launch or dial the enclave and verify it. No application byte is sent before verification.
+
+        Raises:
+            ConnectError / EnclaveError: the enclave could not be started or reached.
+            VerificationError (subclasses): its attestation was refused.
+        """
+        self._loop = asyncio.get_running_loop()
+        target: Address | socket.socket = self._launch() if self.spec.address is None else self.spec.address
+        try:
+            self.attested = await connect_attested(
+                target, policy=self.policy, anchors=hardware_anchors(),
+                simulation_anchors=self.simulation_anchors, timeout=timeout,
+            )
+        except (ChannelError, ProtocolError) as exc:
+            raise EnclaveError(self._explain_start_failure(exc)) from exc
+        except BaseException:
+            await self.kill()
+            raise
+        self._reader = asyncio.ensure_future(self._read_loop())
+        return self.attested
+
+    def _launch(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [sys.executable, "-m", "cc_kernel.enclave", "--fd", str(theirs.fileno()),
+                "--platform", self.spec.platform, "--log-level", "INFO"]
+        if self.spec.sim_dir is not None:
+            argv += ["--sim-dir", str(self.spec.sim_dir)]
+        for fault in self.spec.faults:
+            argv += ["--fault", fault]
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **self.spec.extra_env)
+        env.pop("JPY_PARENT_PID", None)
+        # Own session: a signal sent to the kernel's process group never reaches the enclave; interrupts go
+        # through the authenticated channel. stdout/stderr go to our log, never to the notebook.
+        self.process = subprocess.Popen(
+            argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        theirs.close()
+        threading.Thread(target=self._pump_log, args=(self.process,), daemon=True, name="cc-enclave-log").start()
+        return ours
+
+    def _pump_log(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self._log_lines = [*self._log_lines[-19:], line]
+            log.info("enclave: %s", line)
+
+    def _explain_start_failure(self, exc: BaseException) -> str:
+        proc = self.process
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=2)
+            if proc.returncode is not None:
+                tail = "\n".join(self._log_lines[-5:]) or "(no output)"
+                return f"the enclave process exited with status {proc.returncode} before attestation:\n{tail}"
+        return f"cannot reach the enclave: {exc}"
+
+    # -- requests ---------------------------------------------------------------------------------------------
+
+    def new_request(self) -> tuple[int, asyncio.Queue[m.Message | BaseException]]:
+        """Allocate a request id and the queue its reply (and input requests) will arrive on."""
+        req_id = self._next_req
+        self._next_req += 1
+        q: asyncio.Queue[m.Message | BaseException] = asyncio.Queue()
+        self._pending[req_id] = q
+        if self.closed_reason is not None:
+            q.put_nowait(EnclaveError(self.closed_reason))
+        return req_id, q
+
+    def finish_request(self, req_id: int) -> None:
+        self._pending.pop(req_id, None)
+
+    async def send(self, msg: m.Message) -> None:
+        """Send a message; a broken channel becomes EnclaveError (the reader reports why)."""
+        if self.attested is None or self.closed_reason is not None:
+            raise EnclaveError(self.closed_reason or "the enclave is not connected")
+        try:
+            await self.attested.channel.send(msg)
+        except CCKernelError as exc:
+            raise EnclaveError(f"the enclave connection failed: {exc}") from exc
+
+    def send_soon(self, msg: m.Message) -> None:
+        """Thread-safe fire-and-forget send (interrupts from the control thread)."""
+        loop = self._loop
+        if loop is None or self.attested is None or self.closed_reason is not None:
+            return
+
+        def _go() -> None:
+            task = loop.create_task(self.send(msg))
+            task.add_done_callback(lambda t: t.exception())
+
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_go)
+
+    async def _read_loop(self) -> None:
+        assert self.attested is not None
+        channel = self.attested.channel
+        reason = "the enclave closed the connection"
+        try:
+            while True:
+                msg = await channel.receive()
+                if type(msg) in OUTPUT_MESSAGES:
+                    try:
+                        self._on_output(msg)
+                    finally:
+                        self._uncredited += output_cost(msg)
+                        if self._uncredited >= CREDIT_BATCH:
+                            credit, self._uncredited = self._uncredited, 0
+                            await channel.send(m.Credit(nbytes=credit))
+                elif isinstance(msg, REPLY_TYPES):
+                    q = self._pending.get(msg.req_id)
+                    if q is not None:
+                        q.put_nowait(msg)
+                    else:
+                        log.warning("dropping %s for unknown request %s", type(msg).__name__, msg.req_id)
+                elif isinstance(msg, m.ShutdownReply):
+                    reason = "the enclave shut down"
+                    break
+                elif isinstance(msg, m.Pong | m.AuditReceipt):
+                    continue
+                else:
+                    log.warning("unexpected %s from the enclave", type(msg).__name__)
+        except CCKernelError as exc:
+            reason = f"the connection to the enclave broke: {exc}"
+        except asyncio.CancelledError:
+            reason = "the kernel closed the connection"
+        finally:
+            await self._closed(reason)
+
+    async def _closed(self, reason: str) -> None:
+        proc = self.process
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(proc.wait, 1.0)
+            if proc.returncode is not None and proc.returncode != 0:
+                how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"status {proc.returncode}"
+                reason = f"the enclave process died ({how})"
+        if self.closed_reason is None:
+            self.closed_reason = reason
+        for q in self._pending.values():
+            q.put_nowait(EnclaveError(reason))
+        if self.attested is not None:
+            await self.attested.channel.aclose()
+        self._on_closed(reason)
+
+    # -- stop -------------------------------------------------------------------------------------------------
+
+    async def shutdown(self, *, restart: bool = False, timeout: float = 3.0) -> None:
+        """Ask the enclave to shut down cleanly, then make sure its process is gone."""
+        if self.attested is not None and self.closed_reason is None:
+            with contextlib.suppress(CCKernelError, TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.send(m.Shutdown(restart=restart))
+                    if self._reader is not None:
+                        await asyncio.shield(self._reader)
+        await self.kill()
+
+    async def kill(self) -> None:
+        """Terminate the local enclave process (and its whole session), at once."""
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, 2.0)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await asyncio.to_thread(proc.wait)
+        if self.attested is not None:
+            await self.attested.channel.aclose()
+
+    def kill_now(self) -> None:
+        """Synchronous last resort (atexit): no enclave process may outlive the kernel."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "mode": "local" if self.spec.address is None else f"remote {self.spec.address}",
+            "pid": self.process.pid if self.process else None,
+        }
