@@ -29,7 +29,7 @@ def test_frame_layout_is_big_endian_length_then_codec_body() -> None:
     frame = encode_frame(obj)
     body = codec.packb(obj)
     assert frame == len(body).to_bytes(4, "big") + body
-    assert DEFAULT_MAX_FRAME_SIZE == 16 * 1024 * 1024
+    assert DEFAULT_MAX_FRAME_SIZE == 64 * 1024 * 1024
 
 
 def test_need_data_until_a_whole_frame_arrived() -> None:
@@ -78,7 +78,7 @@ def test_header_over_the_limit_is_refused_without_allocating() -> None:
     tracemalloc.start()
     try:
         decoder.feed((2**31).to_bytes(4, "big") + b"x" * 10)
-        with pytest.raises(RemoteProtocolError, match=r"frame length 2147483648 exceeds the limit of 16777216"):
+        with pytest.raises(RemoteProtocolError, match=r"frame length 2147483648 exceeds the limit of 67108864"):
             decoder.next_frame()
         _, peak = tracemalloc.get_traced_memory()
     finally:

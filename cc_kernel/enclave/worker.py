@@ -38,6 +38,7 @@ from cc_kernel.errors import CCKernelError, ChannelError, ProtocolError
 from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import OUTPUT_MESSAGES, Connection, Role
 from cc_kernel.protocol.flow import output_cost
+from cc_kernel.protocol.framing import DEFAULT_MAX_FRAME_SIZE
 
 log = logging.getLogger("cc_kernel.enclave")
 
@@ -175,7 +176,7 @@ class Session:
 
     def _emit(self, kind: str, content: dict[str, Any]) -> None:
         """OutputSink for the shell: one output message, with credit-based flow control."""
-        msg = _output_message(kind, content, self._current_req)
+        msg = _checked_output(_output_message(kind, content, self._current_req))
         size = output_cost(msg)
         with self._window:
             while self._outstanding > OUTPUT_WINDOW and not self._stopped.is_set():
@@ -403,6 +404,31 @@ def _output_message(kind: str, content: dict[str, Any], req_id: int) -> m.Messag
             fields["target_name"] = content.get("target_name", "")
         return cls(**fields)
     raise ValueError(f"unknown output kind {kind!r}")
+
+
+#: Output larger than this is replaced by a notice (a frame must fit DEFAULT_MAX_FRAME_SIZE with headroom).
+MAX_OUTPUT_COST = DEFAULT_MAX_FRAME_SIZE - 1024 * 1024
+
+
+def _checked_output(msg: m.Message) -> m.Message:
+    """The message itself if it can be sent; else a stderr notice saying why it was not.
+
+    A field the protocol cannot carry (NaN in JSON, an oversized value) would otherwise put the connection
+    into ERROR and end the session; the user sees what happened instead.
+    """
+    req_id = getattr(msg, "req_id", 0)
+    cost = output_cost(msg)
+    if cost > MAX_OUTPUT_COST:
+        return m.Stream(req_id=req_id, name="stderr", text=(
+            f"[cc-kernel] an output of about {cost // (1024 * 1024)} MiB exceeds the channel's "
+            f"{MAX_OUTPUT_COST // (1024 * 1024)} MiB message limit and was not sent.\n"))
+    if isinstance(msg, m.Stream):
+        return msg
+    try:
+        m.encode_message(msg)
+    except ProtocolError as exc:
+        return m.Stream(req_id=req_id, name="stderr", text=f"[cc-kernel] an output could not be sent: {exc}\n")
+    return msg
 
 
 def _execute_reply(req_id: int, r: dict[str, Any], count: int) -> m.ExecuteReply:

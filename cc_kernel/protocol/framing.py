@@ -15,7 +15,7 @@ from cc_kernel.errors import LocalProtocolError, RemoteProtocolError
 from cc_kernel.protocol import codec
 
 #: Default cap on one frame's body. The header itself could express up to 4 GiB - 1.
-DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
+DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
 HEADER_SIZE: Final = 4
 _MAX_EXPRESSIBLE: Final = 2**32 - 1
 # Compact only once at least this many bytes are dead, so tiny frames do not cause a copy each.

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The README's main command: create .venv, install cc-kernel with JupyterLab, install the kernelspecs into this
+# environment, pin the simulated enclave's measurement, and open JupyterLab on notebooks/ with the simulated TEE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[lab]"
+.venv/bin/cc-kernel install --sys-prefix
+# CurveZMQ on the frontend <-> kernel hop when the kernel supports it (both our kernelspecs declare it).
+exec .venv/bin/jupyter lab --ServerApp.root_dir=notebooks --KernelManager.transport_encryption=auto "$@"
