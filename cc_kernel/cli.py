@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--prefix", default=None, help="install under PREFIX/share/jupyter/kernels")
     inst.add_argument("--no-pin", action="store_true",
                       help="do not pin the simulated enclave's measurement into the simulation kernel's policy")
+
+    aud = sub.add_parser("audit", help="attested session logs: verify offline, show")
+    aud_sub = aud.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    averify = aud_sub.add_parser(
+        "verify", help="re-verify a session log offline (exit 0 valid, 1 invalid or unterminated, 2 unreadable)")
+    averify.add_argument("log", type=Path, help="session log file")
+    averify.add_argument("--policy", type=Path, default=None,
+                         help="appraise under this policy (default: the policy recorded in the log)")
+    averify.add_argument("--notebook", type=Path, default=None,
+                         help="also match this notebook's code cells against the receipts")
+    averify.add_argument("--sim-dir", type=Path, default=None,
+                         help="simulated TEE authority whose anchors verify simulated evidence (default: this "
+                              "user's; used only if the policy allows simulation)")
+    averify.add_argument("--json", action="store_true", help="print the report as JSON")
+    ashow = aud_sub.add_parser("show", help="print a session log's timeline (not verified)")
+    ashow.add_argument("log", type=Path, help="session log file")
+    ashow.add_argument("--json", action="store_true", help="print the entries as JSON")
     return p
 
 
@@ -88,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             return _attest(args)
         if args.command == "install":
             return _install(args)
+        if args.command == "audit":
+            return _audit(args)
     except VerificationError as exc:
         _err(f"verification failed:\n{exc}")
         return EXIT_INVALID
@@ -179,6 +199,11 @@ def _enclave(args: argparse.Namespace) -> int:
     bound = sup.bind()
     mode = "SIMULATED TEE (not hardware-protected)"
     print(f"cc-kernel enclave serving on {bound} — {mode}", flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(EXIT_OK)  # unwinds serve_forever, which stops every enclave process it started
+
+    signal.signal(signal.SIGTERM, stop)  # `kill`, systemd, docker stop: stop like Ctrl-C, not abruptly
     sup.serve_forever()
     return EXIT_OK
 
@@ -247,3 +272,81 @@ def _install(args: argparse.Namespace) -> int:
     if not args.no_pin:
         print(f"pinned the simulated enclave's measurement in {pin_simulation_policy()}")
     return EXIT_OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    try:
+        data = args.log.read_bytes()
+    except OSError as exc:
+        _err(f"cannot read the audit log {args.log}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    if args.audit_command == "show":
+        return _audit_show(args, data)
+    return _audit_verify(args, data)
+
+
+def _audit_sim_anchors(sim_dir: Path | None) -> Any:
+    """The simulation anchors from a simulated authority directory (certificates only), or None if absent."""
+    from cc_kernel.attestation.anchors import simulation_anchors
+    from cc_kernel.errors import ConfigError
+    from cc_kernel.simstore import simulation_dir
+
+    directory = sim_dir or simulation_dir()
+    try:
+        ark, ask = (directory / "ark-cert.pem").read_bytes(), (directory / "ask-cert.pem").read_bytes()
+    except FileNotFoundError:
+        if sim_dir is not None:
+            raise ConfigError(f"no simulated TEE authority in {directory} (ark-cert.pem, ask-cert.pem)") from None
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the simulated TEE anchors in {directory}: {exc.strerror}") from exc
+    try:
+        return simulation_anchors(ark, ask)
+    except ValueError as exc:
+        raise ConfigError(f"simulated TEE anchors in {directory} are invalid: {exc}") from exc
+
+
+def _audit_verify(args: argparse.Namespace, data: bytes) -> int:
+    from cc_kernel.attestation.anchors import hardware_anchors
+    from cc_kernel.audit.render import cells_lines, report_json, report_lines
+    from cc_kernel.audit.verify import match_notebook, verify_log
+
+    policy = _load_policy_file(args.policy) if args.policy else None
+    notebook = None
+    if args.notebook is not None:
+        try:
+            notebook = json.loads(args.notebook.read_bytes())
+        except OSError as exc:
+            _err(f"cannot read the notebook {args.notebook}: {exc.strerror or exc}")
+            return EXIT_USAGE
+        except ValueError as exc:
+            _err(f"{args.notebook} is not a JSON notebook: {exc}")
+            return EXIT_USAGE
+    report = verify_log(data, policy=policy, anchors=hardware_anchors(),
+                        simulation_anchors=_audit_sim_anchors(args.sim_dir), now=datetime.now(UTC))
+    cells = match_notebook(report, notebook) if notebook is not None else None
+    if args.json:
+        print(json.dumps(report_json(report, cells=cells), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(report_lines(report, source=str(args.log))))
+        if cells is not None:
+            caveat = "" if report.status == "valid" else " (only against the entries that verify)"
+            print(f"notebook {args.notebook}: {len(cells)} code cells{caveat}")
+            print("\n".join(cells_lines(cells)))
+    return EXIT_OK if report.valid else EXIT_INVALID
+
+
+def _audit_show(args: argparse.Namespace, data: bytes) -> int:
+    from cc_kernel.audit.render import entry_json, timeline_lines
+    from cc_kernel.audit.verify import read_log_unverified
+
+    log = read_log_unverified(data)
+    if args.json:
+        print(json.dumps({"verified": False, "entries": [entry_json(e) for e in log.entries],
+                          "problems": [p.to_json_dict() for p in log.problems]}, indent=2, ensure_ascii=False))
+    else:
+        print(f"{args.log}: {len(log.entries)} entries — NOT verified (run `cc-kernel audit verify {args.log}`)")
+        print("\n".join(timeline_lines(log.entries)))
+        for problem in log.problems:
+            print(f"problem at entry #{problem.index}: [{problem.check}] {problem.message}")
+    return EXIT_INVALID if log.problems else EXIT_OK

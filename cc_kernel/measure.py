@@ -23,7 +23,7 @@ from cc_kernel.attestation.measurement import measurement_of_manifest
 #: Distributions the enclave imports directly; their requirements are followed transitively.
 ENCLAVE_DISTRIBUTIONS = ("ipython", "msgpack", "cryptography", "numpy", "cbor2", "matplotlib-inline", "comm")
 #: cc_kernel parts that never run in the enclave (the Jupyter side and test helpers).
-_NOT_ENCLAVE = ("kernel", "testing", "cli.py", "__main__.py")
+_NOT_ENCLAVE = ("kernel", "testing", "cli.py", "__main__.py", "teaching.py")
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from kernel_env import jupyter_env  # noqa: F401 - the isolated Jupyter environment for tests that start kernels
 
 from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority, create_authority
@@ -69,3 +70,26 @@ def sim_authority(sim_keys: SimKeys) -> SimulationAuthority:
 @pytest.fixture(scope="session")
 def sim_anchors(sim_authority: SimulationAuthority) -> TrustAnchors:
     return sim_authority.anchors()
+
+
+# --- the attested channel (tests/test_channel*.py, tests/test_cli.py) ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cc_data_dir(tmp_path_factory: pytest.TempPathFactory, sim_authority: SimulationAuthority) -> Path:
+    """A private Jupyter data directory holding THE session's simulated authority (no key generation)."""
+    from cc_kernel.testing.enclaves import install_authority
+
+    data_dir = tmp_path_factory.mktemp("jupyter-data")
+    install_authority(data_dir, sim_authority)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def sim_policy_path(cc_data_dir: Path) -> Path:
+    """A policy file pinning this installation's simulated enclave (``cc-kernel policy init --simulation``)."""
+    from cc_kernel.testing.enclaves import write_simulation_policy
+
+    path = cc_data_dir / "simulation-policy.toml"
+    write_simulation_policy(path)
+    return path

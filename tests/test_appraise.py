@@ -161,7 +161,7 @@ def test_wrong_measurement_lists_got_expected_and_the_fix() -> None:
     assert failure.index == 1
     assert "[[accept]] #1" in failure.message
     text = str(exc)
-    assert "cc-kernel policy init --output FILE" in text
+    assert "cc-kernel policy init --simulation --output FILE --force" in text
     assert REPIN_HINT in text
     assert "test.toml" in text
 

@@ -437,7 +437,7 @@ def test_an_entry_must_pin_a_measurement_unless_unsafe(entry: str, keys: str) ->
     message = error_of(f"version = 1\n[[accept]]\n{entry}\n")
     assert f"pins no measurement: set {keys}" in message
     assert "unsafe_any_measurement = true" in message
-    assert "cc-kernel policy init --output FILE" in message
+    assert "cc-kernel policy init --simulation" in message
     policy = load_policy(f"version = 1\n[[accept]]\n{entry}\nunsafe_any_measurement = true\n")
     assert policy.unsafe_flags == ("unsafe_any_measurement",)
 

@@ -335,7 +335,7 @@ def _build_policy(raw: dict[str, Any], ctx: _Ctx, canonical: bytes) -> Policy:
     if entries_raw is None or entries_raw == []:
         ctx.fail(
             "the policy has no [[accept]] entries, so it would accept nothing (fail closed); add at least "
-            "one [[accept]] entry, e.g. with `cc-kernel policy init --output FILE`"
+            "one [[accept]] entry, e.g. with `cc-kernel policy init --simulation --output FILE`"
         )
     if not isinstance(entries_raw, list) or not all(isinstance(e, dict) for e in entries_raw):
         ctx.fail(f'key "accept" must be an array of tables (write [[accept]]), got {_type_name(entries_raw)}')
@@ -407,7 +407,8 @@ def _require_measurement(
         )
     if not common["unsafe_any_measurement"] and not pinned:
         ctx.fail(
-            f"{where} pins no measurement: set {keys} (re-pin with `cc-kernel policy init --output FILE`), "
+            f"{where} pins no measurement: set {keys} (pin with `cc-kernel policy init --simulation` or "
+            "`--platform P --measurement HEX`), "
             "or, to accept any enclave code, set unsafe_any_measurement = true"
         )
 
@@ -807,7 +808,7 @@ def render_policy(
         "# written by `cc-kernel policy init`.",
         "# The kernel sends no code to an enclave unless its verified evidence matches an [[accept]] entry.",
         "# Every weakening is spelled unsafe_*; each one in use turns the badge amber and is written to the",
-        "# audit log. After a deliberate enclave change, re-pin with `cc-kernel policy init --output FILE`.",
+        "# audit log. After a deliberate enclave change, re-pin: `cc-kernel policy init ... --force`.",
     ]
     if note:
         lines.extend(f"# {line}" for line in note.splitlines())

@@ -50,7 +50,9 @@ TRUST_CLAIMS: Final = ("hardware", "instance-identity", "configuration", "execut
 
 REPIN_HINT: Final = (
     "If you changed the enclave on purpose, re-pin its measurement with "
-    "`cc-kernel policy init --output FILE`; otherwise this is not the enclave code you pinned: "
+    "`cc-kernel policy init --simulation --output FILE --force` (simulation) or "
+    "`cc-kernel policy init --platform P --measurement HEX --output FILE --force` (hardware); "
+    "otherwise this is not the enclave code you pinned: "
     "do not send it your data."
 )
 _TCB_FLAGS: Final = frozenset(

@@ -98,5 +98,8 @@ async def connect_attested(
             await asyncio.wait_for(channel.send(Fatal(reason=f"attestation refused: {type(exc).__name__}")), 1.0)
         await channel.aclose()
         raise
+    except BaseException:  # cancelled (e.g. an outer timeout) or a programming error: still close the channel
+        await channel.aclose()
+        raise
     timings["total"] = (time.perf_counter() - t0) * 1000
     return AttestedChannel(channel=channel, peer=peer, session_id=session_id, timings_ms=timings)

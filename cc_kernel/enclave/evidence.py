@@ -12,8 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cc_kernel.attestation.binding import expected_report_data
 from cc_kernel.attestation.envelope import EvidenceEnvelope
+from cc_kernel.attestation.platforms import HARDWARE_INTERFACES
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority, sign_report, simulated_envelope
+from cc_kernel.crypto.keys import new_tls_key, spki_der_of_key
 from cc_kernel.errors import EvidenceUnavailable
 
 #: Guest policy bit 19: the hypervisor may read and write guest memory through the debug API.
@@ -37,6 +40,10 @@ class SimulatedSource:
 
     ``faults`` switches on teaching faults (names in FAULTS). For ``old-tcb`` the caller passes an authority
     whose VCEK was derived for an older TCB (as AMD derives one VCEK per TCB); the report states that TCB.
+    ``swapped-key``: every report binds the SPKI of another key than the TLS key the caller bound (what a
+    host presenting its own certificate in front of a genuine enclave would show). ``replay``: the first
+    envelope collected (the start-up evidence in the certificate, in a one-session process) is answered
+    again to every later challenge, as a host replaying recorded evidence would.
     """
 
     authority: SimulationAuthority
@@ -44,6 +51,7 @@ class SimulatedSource:
     faults: frozenset[str] = frozenset()
     name: str = "simulation"
     _first: EvidenceEnvelope | None = field(default=None, repr=False)
+    _other_spki: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS)
@@ -55,24 +63,23 @@ class SimulatedSource:
     ) -> EvidenceEnvelope:
         if "replay" in self.faults and self._first is not None and nonce != bytes(len(nonce)):
             return self._first  # a host replaying evidence recorded from an earlier connection
+        if "swapped-key" in self.faults:
+            if self._other_spki is None:
+                self._other_spki = spki_der_of_key(new_tls_key())
+            report_data = expected_report_data(
+                tls_spki=self._other_spki, audit_pub=audit_pub, nonce=nonce, session_id=session_id
+            )
         policy = 0x30000 | (DEBUG_POLICY_BIT if "debug" in self.faults else 0)
         report = sign_report(self.authority, report_data=report_data, measurement=self.measurement, policy=policy)
         env = simulated_envelope(
             self.authority, report, audit_pub=audit_pub, session_id=session_id, nonce=nonce,
             collected_at_ms=int(time.time() * 1000),
         )
-        if self._first is None and nonce != bytes(len(nonce)):
+        if self._first is None:
             self._first = env
         return env
 
 
-#: Where each hardware evidence interface lives (ATTESTATION.md §1d, §1e, §1c).
-HARDWARE_INTERFACES = (
-    ("configfs-tsm (SEV-SNP / TDX)", "/sys/kernel/config/tsm/report"),
-    ("SEV-SNP guest device", "/dev/sev-guest"),
-    ("Gramine SGX attestation", "/dev/attestation/quote"),
-    ("AWS Nitro Secure Module", "/dev/nsm"),
-)
 
 
 def detect_hardware_source() -> EvidenceSource:

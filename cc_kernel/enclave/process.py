@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -53,14 +55,16 @@ def _setup_logging(level: str) -> None:
     root.propagate = False
 
 
-def _private_environment() -> None:
+def _private_environment() -> str:
     """Point HOME, caches and tool configuration at a private, empty directory: nothing of the session is
-    written to the host's files, and no host-side configuration is loaded into the measured interpreter."""
+    written to the host's files, and no host-side configuration is loaded into the measured interpreter.
+    Returns the directory; the caller removes it when the session ends."""
     private = tempfile.mkdtemp(prefix="cc-enclave-home-")
     for var in ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR"):
         os.environ[var] = private
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     os.environ.pop("PYTHONSTARTUP", None)
+    return private
 
 
 def _receive_fd(control: socket.socket) -> socket.socket:
@@ -83,7 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     except CCKernelError as exc:
         log.error("cannot produce evidence: %s", exc)
         return 3
-    _private_environment()
+    private_home = _private_environment()
+
+    def _terminate(signum: int, _frame: object) -> None:  # SIGTERM from the kernel or supervisor
+        shutil.rmtree(private_home, ignore_errors=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
 
     class _Sink:
         def __init__(self, emit: Callable[[str, dict[str, Any]], None]) -> None:
@@ -94,12 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     def shell_factory(emit: Callable[[str, dict[str, Any]], None], input_fn: Callable[[str, bool], str]) -> Any:
         return EnclaveShell(_Sink(emit), input_fn, capture_fds=capture)
 
-    session = Session(source=source, shell_factory=shell_factory)
-    if args.fd is not None:
-        sock = socket.socket(fileno=args.fd)
-        return session.run(sock)
-    control = socket.socket(fileno=args.control_fd)
-    return session.run(sock_provider=lambda: _receive_fd(control))
+    try:
+        session = Session(source=source, shell_factory=shell_factory)
+        if args.fd is not None:
+            sock = socket.socket(fileno=args.fd)
+            return session.run(sock)
+        control = socket.socket(fileno=args.control_fd)
+        return session.run(sock_provider=lambda: _receive_fd(control))
+    finally:  # what the session wrote under HOME (caches, the user's files) does not outlive it
+        shutil.rmtree(private_home, ignore_errors=True)
 
 
 def _evidence_source(args: argparse.Namespace) -> EvidenceSource:

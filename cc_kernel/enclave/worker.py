@@ -44,6 +44,9 @@ log = logging.getLogger("cc_kernel.enclave")
 
 #: Unacknowledged output bytes the enclave may have in flight before a printing cell blocks.
 OUTPUT_WINDOW = 8 * 1024 * 1024
+#: Seconds a client has, after the TLS handshake, to send Hello and its AttestRequest (the kernel gives up
+#: after 15 s by default); then the session ends, so silent clients cannot hold enclave processes.
+ATTEST_TIMEOUT = 30.0
 #: Largest upload accepted into the enclave (held in memory: nothing is written to disk).
 MAX_UPLOAD = 4 * 1024 * 1024 * 1024
 UPLOAD_FORMATS = ("bytes", "text", "npy")
@@ -199,8 +202,11 @@ class Session:
     def _handle(self, msg: m.Message) -> None:
         shell = self._shell
         if isinstance(msg, m.Shutdown):
+            # the reason first: the kernel closes the connection as soon as it has the reply, and the I/O
+            # thread's "peer closed" must not become the logged reason of a clean shutdown
+            self.stop_reason = "shutdown requested by the kernel"
             self._send(m.ShutdownReply(restart=msg.restart))
-            self._stop("shutdown requested by the kernel")
+            self._stop(self.stop_reason)
             raise _Stop
         if isinstance(msg, m.ExecuteRequest):
             self._current_req = msg.req_id
@@ -298,7 +304,7 @@ class Session:
             f"{upload.name} = {summary} (sha256 {digest.hex()[:16]}…)")))
 
     def _stop(self, reason: str) -> None:
-        if not self._stopped.is_set():
+        if not self._stopped.is_set() and not self.stop_reason:
             self.stop_reason = reason
         self._stopped.set()
         self._work.put(_STOP)
@@ -328,12 +334,18 @@ class Session:
         try:
             channel = await accept_server(self._sock, self._identity, Connection(Role.ENCLAVE))
             self._channel = channel
-            hello = await channel.receive()
-            if not isinstance(hello, m.Hello):
-                raise ProtocolError(f"expected Hello, got {type(hello).__name__}")
-            version = m.negotiate([m.PROTOCOL_VERSION], hello.versions)
-            await channel.send(m.Hello(role="enclave", versions=[version], software=f"cc-kernel {__version__}"))
-            challenge = await channel.receive()
+            try:  # a client that goes silent before its challenge must not hold this process forever
+                async with asyncio.timeout(ATTEST_TIMEOUT):
+                    hello = await channel.receive()
+                    if not isinstance(hello, m.Hello):
+                        raise ProtocolError(f"expected Hello, got {type(hello).__name__}")
+                    version = m.negotiate([m.PROTOCOL_VERSION], hello.versions)
+                    await channel.send(
+                        m.Hello(role="enclave", versions=[version], software=f"cc-kernel {__version__}")
+                    )
+                    challenge = await channel.receive()
+            except TimeoutError:
+                raise TimeoutError(f"no attestation challenge within {ATTEST_TIMEOUT} s") from None
             if not isinstance(challenge, m.AttestRequest):
                 raise ProtocolError(f"expected AttestRequest, got {type(challenge).__name__}")
             env = self._source.collect(

@@ -28,6 +28,7 @@ from IPython.core.error import StdinNotImplementedError
 from traitlets import Bool, Enum, Float, List, Unicode, default
 
 from cc_kernel import __version__
+from cc_kernel.attestation.platforms import HARDWARE_INTERFACES
 from cc_kernel.attestation.policy import Policy, load_policy
 from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.channel.transport import parse_address
@@ -143,6 +144,11 @@ class ConfidentialKernel(Kernel):
     # -- start-up ----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Nothing this process writes may reach the notebook outside a cell: IPKernelApp routed sys.stdout and
+        # sys.stderr to IOPub (unparented, since this kernel never sets a parent for them); send them back to
+        # the process's own streams, which end up in the Jupyter server's log. Enclave output never passes here.
+        if sys.__stdout__ is not None and sys.__stderr__ is not None:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         super().start()
         self._main_loop = asyncio.get_event_loop()
         self._ready = asyncio.ensure_future(self._connect())
@@ -155,11 +161,14 @@ class ConfidentialKernel(Kernel):
             except OSError as exc:
                 raise PolicyError(f"cannot read the policy file {path}: {exc.strerror}") from exc
         if self.mode == "hardware":
-            raise PolicyError(
-                "the hardware kernel needs a policy pinning your enclave's measurement: set CC_KERNEL_POLICY "
-                "(or ConfidentialKernel.policy_file) to a file made with `cc-kernel policy init --platform P "
-                "--measurement HEX --output FILE`"
-            )
+            needs = ("the hardware kernel needs a policy pinning your enclave's measurement: set CC_KERNEL_POLICY "
+                     "(or ConfidentialKernel.policy_file) to a file made with `cc-kernel policy init --platform P "
+                     "--measurement HEX --output FILE`")
+            if not self.enclave and not any(os.path.exists(path) for _name, path in HARDWARE_INTERFACES):
+                # A machine without a TEE: say that first (the policy would not help), as the enclave would.
+                looked = "; ".join(f"{name} at {path}" for name, path in HARDWARE_INTERFACES)
+                raise EnclaveError(f"no TEE hardware found on this machine (looked for: {looked}); also, {needs}")
+            raise PolicyError(needs)
         return self._simulation_policy()
 
     def _simulation_policy(self) -> Policy:
@@ -186,6 +195,7 @@ class ConfidentialKernel(Kernel):
                 platform="simulation" if self.mode == "simulation" else "hardware",
                 sim_dir=Path(self.sim_dir) if self.sim_dir else None,
                 faults=tuple(self.faults),
+                session_id=bytes.fromhex(self.session_hex),  # the badge's session id is the one attested
             )
             self._link = EnclaveLink(spec, policy=policy, simulation_anchors=sim, on_output=self._forward_output,
                                      on_closed=self._enclave_closed)

@@ -51,6 +51,8 @@ class LaunchSpec:
     sim_dir: Path | None = None
     faults: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: The session id the evidence must bind (the one the badge and kernel_info show); random if None.
+    session_id: bytes | None = None
 
 
 class EnclaveLink:
@@ -94,7 +96,7 @@ class EnclaveLink:
         try:
             self.attested = await connect_attested(
                 target, policy=self.policy, anchors=hardware_anchors(),
-                simulation_anchors=self.simulation_anchors, timeout=timeout,
+                simulation_anchors=self.simulation_anchors, session_id=self.spec.session_id, timeout=timeout,
             )
         except (ChannelError, ProtocolError) as exc:
             raise EnclaveError(self._explain_start_failure(exc)) from exc
