@@ -98,6 +98,7 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.Shutdown: m.Shutdown(restart=False),
     m.ShutdownReply: m.ShutdownReply(restart=False),
     m.AuditReceipt: m.AuditReceipt(req_id=1, receipt=b"receipt"),
+    m.AuditStart: m.AuditStart(opening_hash=b"h" * 32, redact_code=False),
     m.Ping: m.Ping(seq=1),
     m.Pong: m.Pong(seq=1),
     m.Credit: m.Credit(nbytes=10),

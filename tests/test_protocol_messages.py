@@ -167,6 +167,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.Shutdown: st.builds(m.Shutdown, restart=bools),
     m.ShutdownReply: st.builds(m.ShutdownReply, restart=bools),
     m.AuditReceipt: st.builds(m.AuditReceipt, req_id=req_ids, receipt=st.binary(min_size=1, max_size=64)),
+    m.AuditStart: st.builds(m.AuditStart, opening_hash=st.binary(min_size=32, max_size=32), redact_code=st.booleans()),
     m.Ping: st.builds(m.Ping, seq=counts),
     m.Pong: st.builds(m.Pong, seq=counts),
     m.Credit: st.builds(m.Credit, nbytes=counts),
@@ -181,7 +182,7 @@ SPEC_WIRE_NAMES = {
     "inspect_request", "inspect_reply", "is_complete_request", "is_complete_reply", "history_request",
     "history_reply", "input_request", "input_reply", "comm_open", "comm_msg", "comm_close", "comm_info_request",
     "comm_info_reply", "upload_start", "upload_chunk", "upload_end", "upload_reply", "interrupt", "shutdown",
-    "shutdown_reply", "audit_receipt", "ping", "pong", "credit", "fatal",
+    "shutdown_reply", "audit_receipt", "audit_start", "ping", "pong", "credit", "fatal",
 }  # fmt: skip
 
 

@@ -22,6 +22,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,8 @@ from typing import Any
 from cc_kernel import __version__
 from cc_kernel.attestation.binding import expected_report_data
 from cc_kernel.attestation.envelope import encode_envelope
+from cc_kernel.audit.format import STATUSES, OutputDigester, UploadInfo
+from cc_kernel.audit.receipts import ReceiptSigner, comm_input_text
 from cc_kernel.channel.ratls import STARTUP_NONCE, STARTUP_SESSION_ID
 from cc_kernel.channel.transport import FramedChannel, accept_server
 from cc_kernel.crypto.keys import AuditKey, TlsIdentity, make_tls_identity, new_tls_key, spki_der_of_key
@@ -107,6 +110,9 @@ class Session:
         self._current_req = 0
         self._shell: Any = None
         self._uploads: dict[int, _Upload] = {}
+        self._signer: ReceiptSigner | None = None
+        self._digester: OutputDigester | None = None
+        self._redact = False
         self.stop_reason = ""
 
     # -- main thread -------------------------------------------------------------------------------------
@@ -180,6 +186,9 @@ class Session:
     def _emit(self, kind: str, content: dict[str, Any]) -> None:
         """OutputSink for the shell: one output message, with credit-based flow control."""
         msg = _checked_output(_output_message(kind, content, self._current_req))
+        digester = self._digester
+        if digester is not None:
+            digester.add(msg)
         size = output_cost(msg)
         with self._window:
             while self._outstanding > OUTPUT_WINDOW and not self._stopped.is_set():
@@ -201,29 +210,47 @@ class Session:
 
     def _handle(self, msg: m.Message) -> None:
         shell = self._shell
+        if isinstance(msg, m.AuditStart):
+            if self._signer is not None and not self._signer.started:
+                self._signer.start(msg.opening_hash)
+                self._redact = msg.redact_code
+            return
         if isinstance(msg, m.Shutdown):
             # the reason first: the kernel closes the connection as soon as it has the reply, and the I/O
             # thread's "peer closed" must not become the logged reason of a clean shutdown
             self.stop_reason = "shutdown requested by the kernel"
+            if self._signer is not None and self._signer.started and not self._signer.closed:
+                closing = self._signer.sign_closing(
+                    ended_ms=_now_ms(), reason="restart" if msg.restart else "shutdown")
+                self._send(m.AuditReceipt(req_id=0, receipt=closing))
             self._send(m.ShutdownReply(restart=msg.restart))
             self._stop(self.stop_reason)
             raise _Stop
         if isinstance(msg, m.ExecuteRequest):
             self._current_req = msg.req_id
+            started = self._begin_receipt()
             reply = shell.execute(
                 msg.code, silent=msg.silent, store_history=msg.store_history,
                 user_expressions=msg.user_expressions, allow_stdin=msg.allow_stdin,
                 execution_count=msg.execution_count, cell_id=msg.cell_id,
             )
-            self._send(_execute_reply(msg.req_id, reply, msg.execution_count))
+            out = _execute_reply(msg.req_id, reply, msg.execution_count)
+            status = "interrupted" if out.ename == "KeyboardInterrupt" else out.status
+            self._receipt(msg.req_id, started, kind="silent" if msg.silent else "cell", code=msg.code,
+                          execution_count=msg.execution_count, status=status, cell_id=msg.cell_id)
+            self._send(out)
         elif isinstance(msg, m.CompleteRequest):
+            started = self._begin_receipt()
             r = shell.complete(msg.code, msg.cursor_pos)
+            self._receipt(msg.req_id, started, kind="complete", code=msg.code, status=r.get("status", "ok"))
             self._send(m.CompleteReply(
                 req_id=msg.req_id, status=r.get("status", "ok"), matches=list(r["matches"]),
                 cursor_start=r["cursor_start"], cursor_end=r["cursor_end"], metadata=r.get("metadata", {}),
             ))
         elif isinstance(msg, m.InspectRequest):
+            started = self._begin_receipt()
             r = shell.inspect(msg.code, msg.cursor_pos, msg.detail_level)
+            self._receipt(msg.req_id, started, kind="inspect", code=msg.code, status=r.get("status", "ok"))
             self._send(m.InspectReply(
                 req_id=msg.req_id, status=r.get("status", "ok"), found=bool(r.get("found")),
                 data=r.get("data", {}), metadata=r.get("metadata", {}),
@@ -246,7 +273,11 @@ class Session:
             content: dict[str, Any] = {"comm_id": msg.comm_id, "data": msg.data}
             if isinstance(msg, m.CommOpen):
                 content["target_name"] = msg.target_name
+            started = self._begin_receipt()
             shell.handle_comm(kind, content, metadata=msg.metadata, buffers=list(msg.buffers))
+            target = msg.target_name if isinstance(msg, m.CommOpen) else None
+            comm_text = comm_input_text(kind, msg.comm_id, msg.data, target)
+            self._receipt(msg.req_id, started, kind="comm", code=comm_text, status="ok")
         elif isinstance(msg, m.UploadStart | m.UploadChunk | m.UploadEnd):
             self._handle_upload(msg)
         else:
@@ -294,6 +325,10 @@ class Session:
                 f"cannot decode {upload.name!r} as {upload.fmt}: {exc}")))
             return
         self._shell.ipython.user_ns[upload.name] = value
+        if self._signer is not None and self._signer.started:
+            started = self._begin_receipt()
+            self._receipt(msg.req_id, started, kind="upload", code="", status="ok",
+                          upload=UploadInfo(name=upload.name, sha256=digest, size=len(data), fmt=upload.fmt))
         if hasattr(value, "shape") and hasattr(value, "dtype"):
             summary = f"numpy array {value.shape} {value.dtype}"
         elif isinstance(value, str):
@@ -302,6 +337,26 @@ class Session:
             summary = f"bytes of {len(value)} bytes"
         self._send(m.UploadReply(req_id=msg.req_id, status="ok", message=(
             f"{upload.name} = {summary} (sha256 {digest.hex()[:16]}…)")))
+
+    def _begin_receipt(self) -> int:
+        """Start collecting output digests for the request about to run; returns its start time (ms)."""
+        if self._signer is not None and self._signer.started:
+            self._digester = OutputDigester()
+        return _now_ms()
+
+    def _receipt(self, req_id: int, started_ms: int, *, kind: str, code: str, status: str,
+                 execution_count: int = 0, cell_id: str | None = None, upload: UploadInfo | None = None) -> None:
+        """Sign and send the receipt of a finished request (before its reply), if the kernel keeps a log."""
+        digester, self._digester = self._digester, None
+        signer = self._signer
+        if signer is None or not signer.started or signer.closed:
+            return
+        receipt = signer.sign_receipt(
+            kind=kind, execution_count=execution_count, code=code,
+            outputs=(digester or OutputDigester()).result(), status=status if status in STATUSES else "error",
+            started_ms=started_ms, ended_ms=_now_ms(), cell_id=cell_id, redact_code=self._redact, upload=upload,
+        )
+        self._send(m.AuditReceipt(req_id=req_id, receipt=receipt))
 
     def _stop(self, reason: str) -> None:
         if not self._stopped.is_set() and not self.stop_reason:
@@ -355,6 +410,7 @@ class Session:
                 ),
                 audit_pub=self._audit_key.public_bytes, session_id=challenge.session_id, nonce=challenge.nonce,
             )
+            self._signer = ReceiptSigner(self._audit_key, challenge.session_id)
             await channel.send(m.AttestResponse(envelope=encode_envelope(env)))
             while not self._stopped.is_set():
                 msg = await channel.receive()
@@ -420,6 +476,10 @@ def _output_message(kind: str, content: dict[str, Any], req_id: int) -> m.Messag
 
 #: Output larger than this is replaced by a notice (a frame must fit DEFAULT_MAX_FRAME_SIZE with headroom).
 MAX_OUTPUT_COST = DEFAULT_MAX_FRAME_SIZE - 1024 * 1024
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _checked_output(msg: m.Message) -> m.Message:

@@ -71,7 +71,7 @@ def _rows(b: BadgeState) -> list[tuple[str, str]]:
         rows.append(("detail", b.detail))
     rows.append(("enclave", b.mode))
     rows.append(("session", b.session_id))
-    rows.append(("audit log", b.audit_log or "not recorded in this version"))
+    rows.append(("audit log", b.audit_log or "none (audit disabled or not yet open)"))
     rows.append(("as of", b.at.strftime("%Y-%m-%d %H:%M:%S UTC") + " (a saved badge is not live)"))
     return rows
 

@@ -33,6 +33,7 @@ from cc_kernel.attestation.policy import Policy, load_policy
 from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.channel.transport import parse_address
 from cc_kernel.errors import (
+    AuditError,
     CCKernelError,
     ConfigError,
     EnclaveError,
@@ -41,6 +42,7 @@ from cc_kernel.errors import (
     VerificationError,
 )
 from cc_kernel.kernel import badge
+from cc_kernel.kernel.auditlog import ENV_AUDIT_DIR, AuditFile, default_audit_dir
 from cc_kernel.kernel.install import pin_simulation_policy, simulation_policy_path
 from cc_kernel.kernel.link import EnclaveLink, LaunchSpec
 from cc_kernel.protocol import messages as m
@@ -73,6 +75,24 @@ class ConfidentialKernel(Kernel):
     faults = List(Unicode(), config=True, help="teaching faults for the simulated enclave. Env: CC_KERNEL_FAULTS")
     attest_timeout = Float(60.0, config=True, help="seconds to wait for the enclave to start and attest")
     show_badge = Bool(True, config=True, help="show the attestation badge as the first output of a session")
+    audit = Bool(True, config=True, help="keep an enclave-signed session log. Env: CC_KERNEL_AUDIT=0 disables")
+    audit_dir = Unicode("", config=True,
+                        help="directory of session logs (default <jupyter data dir>/cc_kernel/audit). "
+                        "Env: CC_KERNEL_AUDIT_DIR")
+    redact_code = Bool(False, config=True,
+                       help="receipts carry only the hash of each cell's code. Env: CC_KERNEL_AUDIT_REDACT=1")
+
+    @default("audit")
+    def _audit_default(self) -> bool:
+        return os.environ.get("CC_KERNEL_AUDIT", "1") not in ("0", "false", "no")
+
+    @default("audit_dir")
+    def _audit_dir_default(self) -> str:
+        return os.environ.get(ENV_AUDIT_DIR, "")
+
+    @default("redact_code")
+    def _redact_default(self) -> bool:
+        return os.environ.get("CC_KERNEL_AUDIT_REDACT", "0") in ("1", "true", "yes")
 
     @default("policy_file")
     def _policy_default(self) -> str:
@@ -104,6 +124,8 @@ class ConfidentialKernel(Kernel):
         self._policy: Policy | None = None
         self._stdin_cancel = threading.Event()
         self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._audit: Any = None
+        self._audit_file: AuditFile | None = None
         atexit.register(self._atexit)
 
     @property
@@ -198,8 +220,10 @@ class ConfidentialKernel(Kernel):
                 session_id=bytes.fromhex(self.session_hex),  # the badge's session id is the one attested
             )
             self._link = EnclaveLink(spec, policy=policy, simulation_anchors=sim, on_output=self._forward_output,
-                                     on_closed=self._enclave_closed)
+                                     on_closed=self._enclave_closed, on_receipt=self._on_receipt)
             attested = await self._link.start(timeout=self.attest_timeout)
+            if self.audit:
+                await self._open_audit_log(attested.peer, policy)
         except BaseException as exc:
             self._failure = exc
             self._set_badge(state="refused", failures=_failure_lines(exc), detail=_fix_hint(exc, self.mode))
@@ -209,6 +233,36 @@ class ConfidentialKernel(Kernel):
         self._set_badge(state=self._result.status, result=self._result)
         self.log.info("enclave attested: %s", self._result.status)
         return self._result
+
+    # -- audit log ------------------------------------------------------------------------------------------------
+
+    async def _open_audit_log(self, peer: Any, policy: Policy) -> None:
+        """Create this session's log (opening entry: evidence, policy, result) and tell the enclave to chain
+        its receipts to it. Fails closed: without a log, when one is asked for, no code runs."""
+        from cc_kernel.audit.receipts import LogWriter, make_opening
+
+        directory = Path(self.audit_dir).expanduser() if self.audit_dir else default_audit_dir()
+        self._audit_file = await asyncio.to_thread(AuditFile, directory, self.session_hex)
+        self._audit = LogWriter(self._audit_file.write)
+        opening = make_opening(
+            result=peer.result, envelope_bytes=peer.envelope_bytes, tls_spki=peer.tls_spki, policy=policy,
+            opened_ms=int(time.time() * 1000),
+            versions={"cc_kernel": __version__, "python": LANGUAGE_INFO["version"]},  # type: ignore[dict-item]
+            settings={"redact_code": self.redact_code},
+        )
+        opening_hash = self._audit.open(opening)
+        assert self._link is not None
+        await self._link.send(m.AuditStart(opening_hash=opening_hash, redact_code=self.redact_code))
+        self._badge_state.audit_log = str(self._audit_file.path)
+        self.log.info("audit log: %s", self._audit_file.path)
+
+    def _on_receipt(self, msg: m.AuditReceipt) -> None:
+        """Check and append one enclave-signed receipt (raises on a bad one: the link then stops)."""
+        if self._audit is None:
+            raise AuditError("the enclave sent an audit receipt but this session keeps no log")
+        self._audit.append(msg.receipt)
+        if self._audit.closed and self._audit_file is not None:
+            self._audit_file.close()
 
     # -- badge ---------------------------------------------------------------------------------------------------
 
@@ -584,6 +638,8 @@ class ConfidentialKernel(Kernel):
             self._ready.cancel()
         if self._link is not None:
             await self._link.shutdown(restart=restart)
+        if self._audit_file is not None:
+            await asyncio.to_thread(self._audit_file.close)
 
     def _atexit(self) -> None:
         if self._link is not None:

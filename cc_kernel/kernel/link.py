@@ -66,12 +66,14 @@ class EnclaveLink:
         simulation_anchors: TrustAnchors | None,
         on_output: Callable[[m.Message], None],
         on_closed: Callable[[str], None],
+        on_receipt: Callable[[m.AuditReceipt], None] | None = None,
     ) -> None:
         self.spec = spec
         self.policy = policy
         self.simulation_anchors = simulation_anchors
         self._on_output = on_output
         self._on_closed = on_closed
+        self._on_receipt = on_receipt
         self.process: subprocess.Popen[bytes] | None = None
         self.attested: AttestedChannel | None = None
         self._pending: dict[int, asyncio.Queue[m.Message | BaseException]] = {}
@@ -204,7 +206,14 @@ class EnclaveLink:
                 elif isinstance(msg, m.ShutdownReply):
                     reason = "the enclave shut down"
                     break
-                elif isinstance(msg, m.Pong | m.AuditReceipt):
+                elif isinstance(msg, m.AuditReceipt):
+                    if self._on_receipt is not None:
+                        try:
+                            self._on_receipt(msg)
+                        except CCKernelError as exc:  # a receipt that does not verify: stop trusting the session
+                            reason = f"the enclave sent an invalid audit receipt ({exc}); session stopped"
+                            break
+                elif isinstance(msg, m.Pong):
                     continue
                 else:
                     log.warning("unexpected %s from the enclave", type(msg).__name__)

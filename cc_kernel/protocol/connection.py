@@ -31,6 +31,7 @@ from cc_kernel.protocol.messages import (
     AttestRequest,
     AttestResponse,
     AuditReceipt,
+    AuditStart,
     ClearOutput,
     CommClose,
     CommInfoReply,
@@ -110,6 +111,7 @@ class AttestationVerified:
 #: Kernel -> enclave application messages: only in READY, i.e. only after the kernel verified the evidence.
 KERNEL_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
     {
+        AuditStart,
         ExecuteRequest,
         CompleteRequest,
         InspectRequest,

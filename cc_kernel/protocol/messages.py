@@ -684,6 +684,18 @@ class AuditReceipt(Message):
     receipt: Annotated[bytes, _Len(1, MAX_RECEIPT)]
 
 
+@_message("audit_start")
+@dataclass(frozen=True, slots=True)
+class AuditStart(Message):
+    """Kernel -> enclave, right after attestation: chain receipts to the log's opening entry (its hash).
+
+    ``redact_code``: receipts carry only the code's hash, not the code itself.
+    """
+
+    opening_hash: Annotated[bytes, _Len(32, 32)]
+    redact_code: bool
+
+
 @_message("ping")
 @dataclass(frozen=True, slots=True)
 class Ping(Message):
