@@ -6,20 +6,23 @@ Measures, in one run, on this machine, interleaved round by round (raw, channel,
     to a sink process that reads and discards them; timed until the sink confirms the last byte. Same TLS
     contexts as the channel (``transport.client_context`` / ``server_context``): same TLS 1.3 cipher suite.
 (b) the channel: 64 KiB ``UploadChunk`` messages over an attested channel (TCP) to a REAL enclave process behind
-    ``cc-kernel enclave serve``. The enclave decrypts, deframes, decodes and validates each message and hands
+    ``cc-kernel enclave serve``: the real ``FramedChannel`` at both ends (``connect_attested`` here, the
+    enclave's ``accept_server``). The enclave decrypts, deframes, decodes and validates each message and hands
     it to its main thread, which drops it (no upload was started for that request id); timed until the reply
     to an ``IsCompleteRequest`` sent last, which the main thread answers after the last chunk.
 (b+) an upload end to end: the same chunks into a started 64 MiB upload, timed until the ``UploadReply`` (the
     enclave also buffered every byte, copied it out and checked its SHA-256): channel + application work.
-(b') the kernel's sending path alone: the same frames through ``FramedChannel`` to the raw sink of (a).
+(b') the kernel's sending path alone: the same frames through ``FramedChannel`` (``open_client``) to the raw
+    sink of (a).
 (c) connect + attest (TCP connect, TLS 1.3 handshake, challenge, fresh evidence, full verification: chain,
     signature, binding, policy) over N connections to ``cc-kernel enclave serve``, each started once the
     supervisor's warm spare is idle (the production case: a spare is always ready); and a few back-to-back
     connections, which each wait for the next spare's interpreter to start.
 (d) where the receiving time goes: receiver CPU per 64 KiB UploadChunk in a sink process, for the channel's
-    receive path as it is (``FramedChannel`` over an asyncio ``StreamReader``) and two PROTOTYPES that exist
-    only in this file: an ``asyncio.BufferedProtocol`` feeding ``Connection.receive_data`` (the smallest change
-    to transport.py), and one decrypting straight into the frame buffer (no FrameDecoder copies).
+    receive path (``FramedChannel`` from ``accept_server``: TLS decrypted into a reusable buffer, fed to
+    ``Connection.receive_data``) and, for comparison, a PROTOTYPE that exists only in this file: decrypting
+    straight into the frame buffer and decoding frames from a memoryview (no FrameDecoder, no state machine:
+    a lower bound for framing in Python), and the raw TLS sink of (a) (no framing at all).
 
 Besides wall-clock throughput it reports CPU time per MiB of each end (``time.process_time`` here, the sink's
 own, the enclave's from ``/proc/PID/stat``): on a shared machine wall time varies with other users' load, CPU
@@ -50,7 +53,7 @@ from typing import Any
 from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors
 from cc_kernel.attestation.policy import Policy
 from cc_kernel.channel.client import AttestedChannel, connect_attested
-from cc_kernel.channel.transport import STREAM_LIMIT, FramedChannel, client_context, server_context
+from cc_kernel.channel.transport import Address, accept_server, client_context, open_client, server_context
 from cc_kernel.crypto.keys import make_tls_identity, new_tls_key
 from cc_kernel.errors import PolicyViolation
 from cc_kernel.protocol import codec
@@ -154,18 +157,23 @@ def wait_spare_idle(sup: SupervisorProcess, timeout: float = 10.0) -> int | None
 # --- (a) raw TLS -------------------------------------------------------------------------------------------
 
 
-def raw_sink() -> None:
-    """Subprocess: accept one TLS connection, read the number of bytes announced in its first 8, answer b"k",
-    then print the CPU seconds it spent receiving."""
+def _done_frame() -> bytes:
+    """What every sink answers once it has received all the bytes: one protocol frame (a Pong), which a
+    FramedChannel reads as a message and a raw TLS client as "some bytes"."""
+    _, enclave = _ready_pair()
+    return enclave.send(m.Pong(seq=1))
+
+
+def raw_sink(total: int) -> None:
+    """Subprocess: accept one TLS connection, read ``total`` bytes and discard them, answer with a Pong frame,
+    then print the CPU seconds it spent receiving (from the end of the handshake)."""
     ctx = server_context(make_tls_identity(new_tls_key(), now=datetime.now(UTC)))
+    done = _done_frame()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         print(listener.getsockname()[1], flush=True)
         conn, _ = listener.accept()
         with ctx.wrap_socket(conn, server_side=True) as tls:
-            header = b""
-            while len(header) < 8:
-                header += tls.recv(8 - len(header))
-            total, got = int.from_bytes(header, "big"), 0
+            got = 0
             buf = bytearray(256 * KIB)
             cpu0 = time.process_time()
             while got < total:
@@ -174,12 +182,12 @@ def raw_sink() -> None:
                     break
                 got += n
             cpu = time.process_time() - cpu0
-            tls.sendall(b"k")
+            tls.sendall(done)
     print(f"{cpu:.6f}", flush=True)
 
 
-def _start_sink() -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, __file__, "--raw-sink"], stdout=subprocess.PIPE, text=True)
+def _start_sink(total: int) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, __file__, "--raw-sink", str(total)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline())
 
@@ -192,14 +200,14 @@ def _sink_cpu(proc: subprocess.Popen[str]) -> float:
 
 
 def bench_raw_tls(total: int) -> Run:
-    proc, port = _start_sink()
+    total = total // CHUNK * CHUNK
+    proc, port = _start_sink(total)
     payload = os.urandom(CHUNK)
     with socket.create_connection(("127.0.0.1", port)) as sock, client_context().wrap_socket(sock) as tls:
-        tls.sendall(total.to_bytes(8, "big"))
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(total // CHUNK):
             tls.sendall(payload)
-        if tls.recv(1) != b"k":
+        if not tls.recv(64):
             raise RuntimeError("the raw sink did not confirm")
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return Run(total, wall, cpu, _sink_cpu(proc))
@@ -207,23 +215,23 @@ def bench_raw_tls(total: int) -> Run:
 
 async def bench_framed_send(total: int) -> Run:
     """UploadChunk frames through the kernel's FramedChannel (a READY Connection) to the raw sink."""
-    proc, port = _start_sink()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(), server_hostname="")
     conn, _ = _ready_pair()  # BENCHMARK ONLY: no attestation on this path (see _ready_pair)
-    channel = FramedChannel(reader, writer, conn)
     payload = os.urandom(CHUNK)
-    probe = conn.send(m.UploadChunk(req_id=1, data=payload))  # one frame, to learn its size
-    frames = max(1, total // len(probe))
-    writer.write((len(probe) * frames).to_bytes(8, "big"))  # the sink counts bytes; it cannot parse frames
-    t0, c0 = time.perf_counter(), time.process_time()
-    writer.write(probe)
-    for _ in range(frames - 1):
-        await channel.send(m.UploadChunk(req_id=1, data=payload))
-    if await reader.readexactly(1) != b"k":
-        raise RuntimeError("the raw sink did not confirm")
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    writer.close()
-    return Run(len(probe) * frames, wall, cpu, _sink_cpu(proc))
+    frame_size = len(conn.send(m.UploadChunk(req_id=1, data=payload)))  # the sink counts bytes, cannot parse
+    frames = max(1, total // frame_size)
+    proc, port = _start_sink(frame_size * (frames + 1))
+    channel = await open_client(Address("tcp", host="127.0.0.1", port=port), conn)
+    try:
+        await channel.send(m.UploadChunk(req_id=1, data=payload))  # warm-up frame, untimed (counted by the sink)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(frames):
+            await channel.send(m.UploadChunk(req_id=1, data=payload))
+        if not isinstance(await channel.receive(), m.Pong):
+            raise RuntimeError("the raw sink did not confirm")
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        await channel.aclose()
+    return Run(frame_size * frames, wall, cpu, _sink_cpu(proc))
 
 
 # --- (b) the channel to a real enclave -----------------------------------------------------------------------
@@ -330,17 +338,19 @@ async def bench_connect(target: Target, count: int, *, warm: bool) -> tuple[list
 
 
 class _DecryptIntoFrames(asyncio.BufferedProtocol):
-    """PROTOTYPE receive path (not used by cc_kernel): asyncio's SSL transport decrypts straight into this
-    buffer and frames are decoded from a memoryview: the same work per message as FramedChannel (msgpack
-    decode + message validation) minus the StreamReader and FrameDecoder copies. The stream starts with the
-    announced byte count (8 bytes)."""
+    """PROTOTYPE receive path (not used by cc_kernel), a lower bound: asyncio's SSL transport decrypts straight
+    into this buffer and frames are decoded from a memoryview: msgpack decode + message validation as in the
+    channel, minus the FrameDecoder copies and the state machine."""
 
-    def __init__(self) -> None:
+    def __init__(self, total: int) -> None:
         self.buf = bytearray(8 * MIB)
         self.start = self.end = self.received = 0
-        self.total: int | None = None
-        self.cpu0 = 0.0
+        self.total = total
+        self.cpu0 = time.process_time()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.cpu0 = time.process_time()  # the handshake is over
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if len(self.buf) - self.end < 256 * KIB:
@@ -351,12 +361,6 @@ class _DecryptIntoFrames(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.end += nbytes
-        if self.total is None:
-            if self.end - self.start < 8:
-                return
-            self.total = int.from_bytes(self.buf[self.start : self.start + 8], "big")
-            self.start += 8
-            self.cpu0 = time.process_time()
         with memoryview(self.buf) as view:
             while self.end - self.start >= 4:
                 length = int.from_bytes(view[self.start : self.start + 4], "big")
@@ -374,79 +378,33 @@ class _DecryptIntoFrames(asyncio.BufferedProtocol):
         return False
 
 
-class _DecryptIntoConnection(asyncio.BufferedProtocol):
-    """PROTOTYPE of the smallest change to transport.py: no StreamReader; asyncio's SSL transport decrypts
-    into a reusable buffer that is fed to ``Connection.receive_data`` (FrameDecoder and state machine as
-    today). The stream starts with the announced byte count (8 bytes)."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.buf = bytearray(256 * KIB)
-        self.conn = conn
-        self.header = b""
-        self.total: int | None = None
-        self.received = 0
-        self.cpu0 = 0.0
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return memoryview(self.buf)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        with memoryview(self.buf) as view:
-            data = view[:nbytes]
-            if self.total is None:
-                need = 8 - len(self.header)
-                self.header += bytes(data[:need])
-                data = data[need:]
-                if len(self.header) < 8:
-                    return
-                self.total = int.from_bytes(self.header, "big")
-                self.cpu0 = time.process_time()
-            if len(data):
-                self.conn.receive_data(data)
-            data.release()
-        while isinstance(event := self.conn.next_event(), m.UploadChunk):
-            self.received += len(event.data)
-        if self.received >= self.total and not self.done.done():
-            self.done.set_result(None)
-
-    def eof_received(self) -> bool:
-        return False
-
-
-def frame_sink(mode: str) -> None:
-    """Subprocess: receive UploadChunk frames (announced byte count first) with ``mode`` ("streams": the
-    FramedChannel of transport.py; "connection" / "buffered": the prototypes above); print receiver CPU µs
-    per 64 KiB."""
+def frame_sink(mode: str, total: int) -> None:
+    """Subprocess: receive UploadChunk frames carrying ``total`` payload bytes with ``mode`` ("channel": the
+    FramedChannel of transport.py; "buffered": the prototype above); answer with a Pong frame; print receiver
+    CPU µs per 64 KiB."""
 
     async def serve(conn_sock: socket.socket) -> float:
         loop = asyncio.get_running_loop()
-        ctx = server_context(make_tls_identity(new_tls_key(), now=datetime.now(UTC)))
-        if mode == "streams":
-            reader = asyncio.StreamReader(limit=STREAM_LIMIT)
-            protocol = asyncio.StreamReaderProtocol(reader)
-            transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn_sock, ssl=ctx)
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            total = int.from_bytes(await reader.readexactly(8), "big")
-            channel = FramedChannel(reader, writer, _ready_pair()[1])
+        identity = make_tls_identity(new_tls_key(), now=datetime.now(UTC))
+        if mode == "channel":
+            channel = await accept_server(conn_sock, identity, _ready_pair()[1])
             received, c0 = 0, time.process_time()
             while received < total:
                 msg = await channel.receive()
                 assert isinstance(msg, m.UploadChunk)
                 received += len(msg.data)
-        elif mode == "connection":
-            fed = _DecryptIntoConnection(_ready_pair()[1])
-            transport, _ = await loop.connect_accepted_socket(lambda: fed, conn_sock, ssl=ctx)
-            await fed.done
-            received, c0 = fed.received, fed.cpu0
+            cpu = time.process_time() - c0
+            await channel.send(m.Pong(seq=1))
+            await asyncio.sleep(0.05)  # let the confirmation leave before the loop closes
+            await channel.aclose()
         else:
-            proto = _DecryptIntoFrames()
-            transport, _ = await loop.connect_accepted_socket(lambda: proto, conn_sock, ssl=ctx)
+            proto = _DecryptIntoFrames(total)
+            transport, _ = await loop.connect_accepted_socket(lambda: proto, conn_sock, ssl=server_context(identity))
             await proto.done
-            received, c0 = proto.received, proto.cpu0
-        cpu = time.process_time() - c0
-        transport.write(b"k")
-        await asyncio.sleep(0.05)  # let the confirmation leave before the loop closes
+            received, cpu = proto.received, time.process_time() - proto.cpu0
+            transport.write(_done_frame())
+            await asyncio.sleep(0.05)
+            transport.close()
         return cpu / (received / CHUNK) * 1e6
 
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -474,17 +432,19 @@ def _ready_pair() -> tuple[Connection, Connection]:
 
 async def receive_path_cpu(mode: str, total: int) -> float:
     """Receiver CPU µs per 64 KiB UploadChunk for receive path ``mode`` (sender: this process, asyncio)."""
-    proc = subprocess.Popen([sys.executable, __file__, "--frame-sink", mode], stdout=subprocess.PIPE, text=True)
+    total = total // CHUNK * CHUNK
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--frame-sink", mode, str(total)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     port = int(proc.stdout.readline())
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(), server_hostname="")
     kernel, _ = _ready_pair()
     payload = os.urandom(CHUNK)
-    writer.write((total // CHUNK * CHUNK).to_bytes(8, "big"))
     for _ in range(total // CHUNK):
         writer.write(kernel.send(m.UploadChunk(req_id=1, data=payload)))
         await writer.drain()
-    if await reader.readexactly(1) != b"k":
+    if not await reader.read(64):
         raise RuntimeError("the frame sink did not confirm")
     writer.close()
     cpu = float(proc.stdout.readline())
@@ -514,19 +474,19 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--back-to-back", type=int, default=5)
     p.add_argument("--max-busy", type=float, default=0.25, help="wait for the CPUs to be at most this busy")
-    p.add_argument("--raw-sink", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--frame-sink", choices=["streams", "connection", "buffered"], help=argparse.SUPPRESS)
+    p.add_argument("--raw-sink", type=int, metavar="BYTES", help=argparse.SUPPRESS)
+    p.add_argument("--frame-sink", nargs=2, metavar=("MODE", "BYTES"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.raw_sink:
-        raw_sink()
+    if args.raw_sink is not None:
+        raw_sink(args.raw_sink)
         return 0
     if args.frame_sink:
-        frame_sink(args.frame_sink)
+        frame_sink(args.frame_sink[0], int(args.frame_sink[1]))
         return 0
     total = args.mib * MIB
 
     raw, framed, chan, upload = [], [], [], []
-    receive_paths: dict[str, list[float]] = {"streams": [], "connection": [], "buffered": []}
+    receive_paths: dict[str, list[float]] = {"channel": [], "buffered": []}
     busy: list[float] = []
     with tempfile.TemporaryDirectory(prefix="cc-bench-") as tmp:
         data_dir = Path(tmp)
@@ -575,11 +535,9 @@ def main() -> int:
           f"{'PASS' if ratio >= 0.5 else 'MISS'}")
     print(f"{'ratio (b) / (a), one core per end (CPU time)':<64} {cpu_ratio:10.2f}")
     print(f"\n{'(d) receiver CPU µs per 64 KiB UploadChunk (median of rounds)':<64}")
-    print(f"{'     FramedChannel over asyncio StreamReader (transport.py)':<64} "
-          f"{statistics.median(receive_paths['streams']):10.1f}")
-    print(f"{'     prototype 1: BufferedProtocol -> Connection.receive_data':<64} "
-          f"{statistics.median(receive_paths['connection']):10.1f}")
-    print(f"{'     prototype 2: decrypt into the frame buffer, no FrameDecoder':<64} "
+    print(f"{'     FramedChannel (transport.py: BufferedProtocol -> Connection)':<64} "
+          f"{statistics.median(receive_paths['channel']):10.1f}")
+    print(f"{'     prototype: decrypt into the frame buffer, no FrameDecoder':<64} "
           f"{statistics.median(receive_paths['buffered']):10.1f}")
     print(f"{'     raw TLS sink (recv_into, no framing), from (a)':<64} "
           f"{a.cpu_recv / (a.nbytes / CHUNK) * 1e6:10.1f}")

@@ -30,6 +30,11 @@ Metrics (all timed in this client process with ``time.perf_counter``, through ju
   imported and the array made in an earlier cell); per round the best sample (CPU-bound work: interference only
   adds time), also the round's median.
 
+Audit log on/off (issue 4; also alone with --audit-only): two confidential kernels in the same run, one keeping its
+session log (the default) and one with CC_KERNEL_AUDIT=0, the trivial-cell round-trip median measured in alternating
+blocks as above; the ratio on / off has the target <= 1.1x (enclave signing plus the kernel's checked append; the
+fsync happens on the kernel's writer thread, off the reply path).
+
 Nothing is written to the user's Jupyter directories: the kernelspecs are installed into a temporary prefix and
 JUPYTER_PATH / JUPYTER_DATA_DIR point at temporary directories for the duration of the run.
 """
@@ -504,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet-wait", type=float, default=60.0, metavar="SECONDS",
                     help="longest wait for a quiet machine before measuring anyway (default 60)")
     ap.add_argument("--json", type=Path, default=None, help="write the raw numbers to this JSON file")
+    ap.add_argument("--audit-only", action="store_true",
+                    help="measure only the audit log on/off round-trip ratio (confidential kernel only)")
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
     kernels = (STOCK, args.confidential_kernel)
@@ -515,17 +522,26 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     tmp = private_jupyter_env()
+    results: list[RoundResult] = []
     try:
         numpy_iters = args.numpy_iterations
-        warm_up(kernels, log)
-        results = []
-        for rnd in range(1, plan.rounds + 1):
-            results.extend(measure_round(kernels, rnd, plan, numpy_iters, (args.max_busy, args.quiet_wait), log))
+        if args.audit_only:
+            warm_up((args.confidential_kernel,) * 2, log)
+        else:
+            warm_up(kernels, log)
+            for rnd in range(1, plan.rounds + 1):
+                results.extend(measure_round(kernels, rnd, plan, numpy_iters, (args.max_busy, args.quiet_wait), log))
+        audit = audit_ratio(args.confidential_kernel, plan, (args.max_busy, args.quiet_wait), log)
     finally:
         tmp.cleanup()
-    table, rows = report(results, kernels, plan, numpy_iters)
-    print(table)
+    rows: list[dict[str, Any]] = []
+    if results:
+        table, rows = report(results, kernels, plan, numpy_iters)
+        print(table)
+    print(audit["line"])
     misses = [r["metric"] for r in rows if r["verdict"] == "MISS"]
+    if audit["verdict"] == "MISS":
+        misses.append("audit_on_off_rtt")
     print("all targets met" if not misses else f"targets missed: {', '.join(misses)}")
     if args.json is not None:
         load = os.getloadavg()
@@ -535,13 +551,64 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                         "loadavg_at_end": load},
             "code": _git_state(), "kernels": kernels, "plan": plan.__dict__, "numpy_iterations": numpy_iters,
-            "table": rows,
+            "table": rows, "audit_on_off": {k: v for k, v in audit.items() if k != "line"},
             "rounds": [{"kernel": r.kernel, "round": r.round, "summary": r.summary, "samples": r.samples}
                        for r in results],
         }
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
         log(f"raw numbers written to {args.json}")
     return 0 if not misses else 1
+
+
+# -- audit log on / off (issue 4) -------------------------------------------------------------------------------
+
+#: Target on the trivial-cell round-trip median, session log on / off (issue 4).
+AUDIT_TARGET = 1.1
+
+
+def audit_ratio(kernel: str, plan: Plan, quiet: tuple[float, float], log: Callable[[str], None]) -> dict[str, Any]:
+    """Trivial-cell round-trip median of ``kernel`` with its session log (default) vs ``CC_KERNEL_AUDIT=0``.
+
+    Per round: a fresh kernel of each setting, blocks of 25 cells alternating between them (as ``measure_round``);
+    the round's median per setting; the result is the median over rounds and the ratio on / off.
+    """
+    max_busy, patience = quiet
+    medians: dict[str, list[float]] = {"on": [], "off": []}
+    for rnd in range(1, plan.rounds + 1):
+        order = ("on", "off") if rnd % 2 else ("off", "on")
+        benches: dict[str, Bench] = {}
+        samples: dict[str, list[float]] = {"on": [], "off": []}
+        try:
+            for setting in order:
+                wait_quiet(max_busy, patience, log)
+                saved = os.environ.get("CC_KERNEL_AUDIT")
+                os.environ["CC_KERNEL_AUDIT"] = "1" if setting == "on" else "0"  # the kernel inherits it
+                try:
+                    benches[setting] = start(kernel)
+                finally:
+                    if saved is None:
+                        os.environ.pop("CC_KERNEL_AUDIT", None)
+                    else:
+                        os.environ["CC_KERNEL_AUDIT"] = saved
+            for setting in order:
+                benches[setting].round_trips(0, plan.rtt_warmup)
+            for _ in range(max(1, plan.rtt_n // 25)):
+                for setting in order:
+                    wait_quiet(max_busy, patience, log)
+                    samples[setting].extend(benches[setting].round_trips(25, warmup=2))
+        finally:
+            for bench in benches.values():
+                bench.close()
+        for setting in order:
+            medians[setting].append(statistics.median(samples[setting]))
+        log(f"  audit round {rnd}: on {medians['on'][-1]:.3f} ms, off {medians['off'][-1]:.3f} ms")
+    on, off = statistics.median(medians["on"]), statistics.median(medians["off"])
+    ratio = on / off if off else float("inf")
+    verdict = "PASS" if ratio <= AUDIT_TARGET else "MISS"
+    line = (f"audit log on / off ({kernel}, trivial cell round-trip median over {plan.rounds} rounds): "
+            f"off {off:.2f} ms, on {on:.2f} ms, ratio {ratio:.2f}x (target <= {AUDIT_TARGET:g}x) {verdict}")
+    return {"on_ms": on, "off_ms": off, "ratio": ratio, "target": AUDIT_TARGET, "verdict": verdict,
+            "rounds": medians, "line": line}
 
 
 if __name__ == "__main__":

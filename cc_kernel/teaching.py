@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import html
 import os
+import queue
 import re
 import shutil
 import signal
@@ -70,6 +71,7 @@ __all__ = [
     "Chunk",
     "Diagram",
     "EvidenceExchange",
+    "LabKernel",
     "Panels",
     "Recording",
     "Relay",
@@ -758,6 +760,155 @@ class CellRun:
         return _pre(self.render())
 
 
+class LabKernel:
+    """A real Jupyter kernel started by ``TeachingLab.start_kernel`` that stays up for several requests: cells
+    (also silent ones, as a variable viewer sends), completions and inspections — then a clean shutdown, as a
+    frontend does it. A Confidential Python kernel's badge names its session log (``audit_log``).
+
+    Use it as a context manager or call ``shutdown()``; the lab shuts it down at the latest in ``close()``.
+    """
+
+    _BADGE_PREFIX: Final = "application/vnd.cc-kernel.attestation"
+
+    def __init__(self, loop: _LoopThread, kernel: str, log_path: Path) -> None:
+        self.kernel = kernel
+        #: Every cell run so far, in order (``CellRun``; ``connection_info`` and ``kernel_log`` left empty).
+        self.cells: list[CellRun] = []
+        self._loop = loop
+        self._log_path = log_path
+        self._log: Any = None
+        self._km: Any = None
+        self._kc: Any = None
+        self._badge: Mapping[str, Any] | None = None
+        self._badge_text = ""
+        self.closed = False
+
+    async def _start(self, kernels: Path, env: dict[str, str], connection_file: Path, timeout: float) -> None:
+        from jupyter_client.kernelspec import KernelSpecManager
+        from jupyter_client.manager import AsyncKernelManager
+
+        km = AsyncKernelManager(kernel_name=self.kernel,
+                                kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels)]))
+        km.connection_file = str(connection_file)
+        self._km = km
+        self._log = self._log_path.open("wb")
+        await km.start_kernel(env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._kc = km.client()
+        self._kc.start_channels()
+        await self._kc.wait_for_ready(timeout=timeout)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"this {self.kernel} kernel has been shut down")
+
+    def run(self, code: str, *, silent: bool = False, timeout: float = 30.0) -> CellRun:
+        """Execute ``code`` (``silent=True``: as a variable viewer would — no history, no execution count) and
+        return what came back.
+
+        Raises:
+            TimeoutError: no reply within ``timeout`` seconds.
+        """
+        self._check_open()
+        outputs: list[dict[str, Any]] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] not in ("status", "execute_input"):
+                outputs.append({"msg_type": msg["msg_type"], "content": msg["content"]})
+
+        async def execute() -> tuple[dict[str, Any], float]:
+            t0 = time.monotonic()
+            reply = await self._kc.execute_interactive(code, silent=silent, timeout=timeout, output_hook=hook,
+                                                       allow_stdin=False)
+            return reply, time.monotonic() - t0
+
+        reply, seconds = self._loop.run(execute(), timeout + 5.0)
+        for out in outputs:  # the badge is shown once, then updated in place: keep its latest version
+            data = out["content"].get("data", {})
+            for mime, value in data.items():
+                if mime.startswith(self._BADGE_PREFIX) and isinstance(value, Mapping):
+                    self._badge, self._badge_text = value, str(data.get("text/plain", ""))
+        run = CellRun(kernel=self.kernel, code=code, status=str(reply["content"]["status"]), outputs=tuple(outputs),
+                      seconds=seconds, connection_info={}, kernel_log="")
+        self.cells.append(run)
+        return run
+
+    def _request(self, method: str, *args: Any, timeout: float) -> dict[str, Any]:
+        self._check_open()
+
+        async def ask() -> dict[str, Any]:
+            msg_id = getattr(self._kc, method)(*args)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    reply = await self._kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise TimeoutError(f"no {method}_reply within {timeout} s") from None
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    return dict(reply["content"])
+
+        return self._loop.run(ask(), timeout + 5.0)
+
+    def complete(self, code: str, cursor_pos: int | None = None, *, timeout: float = 30.0) -> dict[str, Any]:
+        """A ``complete_request`` (what Tab sends); returns the reply content (``matches``, ...)."""
+        return self._request("complete", code, len(code) if cursor_pos is None else cursor_pos, timeout=timeout)
+
+    def inspect(self, code: str, cursor_pos: int | None = None, *, timeout: float = 30.0) -> dict[str, Any]:
+        """An ``inspect_request`` (what Shift+Tab sends); returns the reply content (``found``, ``data``)."""
+        return self._request("inspect", code, len(code) if cursor_pos is None else cursor_pos, timeout=timeout)
+
+    @property
+    def badge(self) -> Mapping[str, Any] | None:
+        """The latest machine-readable attestation badge this kernel showed (None before its first cell)."""
+        return self._badge
+
+    @property
+    def badge_text(self) -> str:
+        return self._badge_text
+
+    @property
+    def audit_log(self) -> Path | None:
+        """The session log this kernel writes, as its badge names it (None: no log, or no cell run yet)."""
+        path = self._badge.get("audit_log") if self._badge is not None else None
+        return Path(path) if path else None
+
+    @property
+    def kernel_log(self) -> str:
+        """What the kernel process printed (its log)."""
+        return self._log_path.read_text(errors="replace") if self._log_path.exists() else ""
+
+    def shutdown(self, *, timeout: float = 15.0) -> None:
+        """Shut the kernel down as a frontend does (a shutdown_request); idempotent. A Confidential Python
+        kernel's enclave signs the closing entry of its session log on the way out."""
+        if self.closed:
+            return
+        self.closed = True
+
+        async def stop() -> None:
+            if self._kc is not None:
+                self._kc.stop_channels()
+            if self._km is not None:
+                with contextlib.suppress(Exception):
+                    await self._km.shutdown_kernel(now=False)
+                if self._km.has_kernel:
+                    await self._km.shutdown_kernel(now=True)
+
+        try:
+            self._loop.run(stop(), timeout)
+        finally:
+            if self._log is not None:
+                self._log.close()
+
+    def __enter__(self) -> LabKernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        state = "shut down" if self.closed else "running"
+        return f"<LabKernel {self.kernel}: {state}, {len(self.cells)} cells run, audit log {self.audit_log}>"
+
+
 # --- report and chain descriptions (notebook 2) -----------------------------------------------------------
 
 _FIELD_NOTES: Final[Mapping[str, str]] = {
@@ -1014,6 +1165,7 @@ class _Resources:
         self.servers: list[_Server] = []
         self.relays: list[Relay] = []
         self.replayers: list[_ReplayServer] = []
+        self.kernels: list[LabKernel] = []
         self.closed = False
 
     def close(self) -> None:
@@ -1021,6 +1173,9 @@ class _Resources:
             return
         self.closed = True
         if self.loop is not None:
+            for kernel in self.kernels:
+                with contextlib.suppress(Exception):
+                    kernel.shutdown()
             for relay in self.relays:
                 with contextlib.suppress(Exception):
                     self.loop.run(relay.aclose(), 5.0)
@@ -1321,6 +1476,49 @@ class TeachingLab:
             ipykernel.kernelspec.install(prefix=str(self.root / "prefix"))
             self._kernelspecs_ready = True
         return kernels
+
+    def start_kernel(
+        self,
+        kernel: str = "confidential-python-sim",
+        *,
+        enclave: str | None = None,
+        policy: Policy | None = None,
+        audit_dir: str | Path | None = None,
+        redact_code: bool = False,
+        timeout: float = 60.0,
+    ) -> LabKernel:
+        """Start a real Jupyter kernel that stays up: run several cells in it with ``LabKernel.run``, then
+        ``shutdown()``.
+
+        For ``confidential-python-sim``: it connects to ``enclave`` (else starts its own local enclave),
+        verified with ``policy`` (default ``self.policy()``), and keeps its session log in ``audit_dir``
+        (``CC_KERNEL_AUDIT_DIR``; default: the lab's Jupyter data directory), with code redacted if
+        ``redact_code``. The caller's own ``CC_KERNEL_*`` settings are never passed on.
+
+        Raises:
+            TimeoutError: the kernel did not become ready in time.
+        """
+        kernels = self._ensure_kernelspecs()
+        env = self._child_env()
+        if kernel != "python3":
+            env["CC_KERNEL_POLICY"] = (policy if policy is not None else self.policy()).source
+            if enclave is not None:
+                env["CC_KERNEL_ENCLAVE"] = enclave
+            if audit_dir is not None:
+                env["CC_KERNEL_AUDIT_DIR"] = str(audit_dir)
+            if redact_code:
+                env["CC_KERNEL_AUDIT_REDACT"] = "1"
+        self._kernel_count += 1
+        n = self._kernel_count
+        started = LabKernel(self._loop, kernel, self.root / "logs" / f"kernel-{n}-{kernel}.log")
+        self._res.kernels.append(started)
+        try:
+            self._loop.run(started._start(kernels, env, self.root / "runtime" / f"kernel-{n}.json", timeout),
+                           timeout + 30.0)
+        except BaseException:
+            started.shutdown()
+            raise
+        return started
 
     def run_cell(
         self,

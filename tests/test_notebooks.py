@@ -1,6 +1,6 @@
-"""The teaching notebooks (notebooks/01-04) run top to bottom on ``confidential-python-sim`` with nbclient, each in
+"""The teaching notebooks (notebooks/01-05) run top to bottom on ``confidential-python-sim`` with nbclient, each in
 under 60 s, and show what they teach: the badge, ciphertext on the wire, the verifier's steps, every refusal with
-its check, and aggregates computed inside the enclave that match the data.
+its check, aggregates computed inside the enclave that match the data, and the audit log's verdicts.
 
 Each notebook runs once per test session, from a copy (notebooks/ and the generator script, in the same relative
 layout) in a temporary directory, inside the isolated Jupyter environment of ``kernel_env.jupyter_env``.
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01-data-in-use", "02-attestation-step-by-step", "03-what-attestation-catches",
-             "04-confidential-analytics")
+             "04-confidential-analytics", "05-auditing-a-session")
 #: The issue's budget for one notebook, top to bottom, on this machine.
 BUDGET_S = 60.0
 #: What notebook 1 plants in its cell (the test checks the relay never saw it for the confidential kernel).
@@ -262,3 +262,33 @@ def test_04_releases_aggregates_that_match_the_data(run: Any) -> None:
     assert not re.search(r"P\d{7}", nb.all_text())
     assert str(records["name"][0]) not in nb.all_text()
     assert not (nb.workdir / "notebooks" / "synthetic-data").exists()
+
+
+def test_05_verifies_the_session_log_and_pinpoints_each_tampering(run: Any) -> None:
+    nb = run("05-auditing-a-session")
+    ran = nb.text(nb.cell("from cc_kernel.teaching import TeachingLab"))
+    assert "[1] ok" in ran and "[3] ok" in ran and "mean HbA1c: 6.76" in ran
+    extras = nb.text(nb.cell('analyst.run("len(hba1c)", silent=True)'))
+    assert "'statistics'" in extras and "found: True" in extras
+    assert "SIMULATION — not hardware-protected" in extras and "audit log: " in extras
+    assert re.search(r"session-\S+\.cclog\nmode 600, \d+ bytes", nb.text(nb.cell("analyst.shutdown()")))
+    shown = nb.text(nb.cell("import subprocess"))
+    assert "NOT verified" in shown
+    for kind in (" opening ", " cell ", " silent ", " complete ", " inspect ", " closing "):
+        assert kind in shown, kind
+    valid = nb.text(nb.cell('cc_kernel("audit", "verify", LOG, *SIM)'))
+    assert "VALID — 8 entries, closed cleanly" in valid and "[exit status 0]" in valid
+    forged = nb.text(nb.cell("data = log.read_bytes()"))
+    assert "INVALID — first bad entry #1 (check entry.signature)" in forged and "[exit status 1]" in forged
+    assert "[receipt.code_sha256]" in forged
+    dropped = nb.text(nb.cell("from cc_kernel.audit.verify import read_log_unverified"))
+    assert "INVALID — first bad entry #2 (check entry.seq)" in dropped
+    cut = nb.text(nb.cell('(lab.root / "cut.cclog")'))
+    assert "UNTERMINATED" in cut and "INVALID" not in cut and "[exit status 1]" in cut
+    hardware = nb.text(nb.cell("from cc_kernel.attestation.policy import render_policy"))
+    assert "INVALID — first bad entry #0" in hardware and "UntrustedRoot" in hardware
+    cells = nb.text(nb.cell("import nbformat"))
+    assert "VALID" in cells and "[exit status 0]" in cells
+    verdicts = re.findall(r"cell (\d+) +\[(\d+)\] (MATCHES|EDITED after execution|NOT EXECUTED)", cells)
+    assert verdicts == [("0", "1", "MATCHES"), ("1", "2", "EDITED after execution"), ("2", "3", "MATCHES")], cells
+    assert re.search(r"cell 3 +\[ \] NOT EXECUTED", cells)

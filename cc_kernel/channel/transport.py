@@ -1,15 +1,23 @@
-"""I/O: the one module with sockets and TLS. TLS 1.3 only (stdlib ssl), asyncio streams, protocol frames.
+"""I/O: the one module with sockets and TLS. TLS 1.3 only (stdlib ssl), asyncio protocols, protocol frames.
 
 Invariants: every connection is TLS 1.3 (no fallback); the client does not verify the certificate through a CA
 (stdlib ssl has no custom verify callback) — the attested peer check in ``channel.ratls`` does that before any
 application byte is sent, and ``protocol.Connection`` refuses to encode application messages before it; the
 server's private key is loaded from memory (a memfd), never written to disk; socket and TLS failures surface
 as BrokenChannelError / ConnectError, never as raw OSError/ssl.SSLError.
+
+Receiving: asyncio's TLS transport decrypts into one reusable buffer of ``_ChannelProtocol`` (an
+``asyncio.BufferedProtocol``), whose bytes go straight into ``Connection.receive_data``; ``FramedChannel.receive``
+takes messages from the Connection and waits on a future when it needs more. Memory stays bounded: once the
+bytes fed to the Connection and not yet returned as messages exceed ``RECEIVE_HIGH_WATER`` (not counting an
+unfinished frame, itself at most ``max_frame_size``), reading pauses until the consumer brings them down to
+``RECEIVE_LOW_WATER``. Sending: writes wait for the transport's buffer to drain below its low-water mark.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import socket
@@ -17,6 +25,7 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from cc_kernel.crypto.keys import TlsIdentity
 from cc_kernel.errors import (
@@ -30,9 +39,16 @@ from cc_kernel.protocol.connection import Connection, ConnectionClosed
 from cc_kernel.protocol.framing import NEED_DATA
 from cc_kernel.protocol.messages import Message
 
-READ_CHUNK = 256 * 1024
-#: asyncio stream buffer limits: a slow consumer pauses reading instead of buffering without bound.
+#: Size of the buffer the TLS transport decrypts into: at most this many bytes are handed to the Connection per
+#: callback. Larger than the 256 KiB asyncio reads from the socket at a time, so one read is one callback.
+READ_CHUNK = 1024 * 1024
+#: asyncio stream buffer limits (the streams in ``cc_kernel.testing``): a slow consumer pauses reading instead
+#: of buffering without bound.
 STREAM_LIMIT = 4 * 1024 * 1024
+#: Received bytes waiting in the Connection (whole frames not yet taken by ``receive``) above which reading
+#: pauses, and below which it resumes.
+RECEIVE_HIGH_WATER = STREAM_LIMIT
+RECEIVE_LOW_WATER = STREAM_LIMIT // 2
 
 
 @dataclass(frozen=True)
@@ -106,24 +122,171 @@ def server_context(identity: TlsIdentity) -> ssl.SSLContext:
     return ctx
 
 
-class FramedChannel:
-    """A TLS stream carrying protocol frames. One task reads; sends are serialised by a lock."""
+class _ChannelProtocol(asyncio.BufferedProtocol):
+    """The asyncio side of a FramedChannel: decrypted bytes into the Connection, wake-ups, flow control.
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
+    Callbacks never raise (asyncio would log a traceback): what happened is recorded for ``FramedChannel``.
+    """
+
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._loop = asyncio.get_running_loop()
+        self._view = memoryview(bytearray(READ_CHUNK))  # reused: the Connection copies what it is fed
+        self.transport: asyncio.Transport | None = None
+        self.bytes_received = 0
+        # bytes fed to the Connection and not yet taken by receive() as messages; of those, ``unfinished`` are
+        # the start of a frame still arriving (set when receive() last found no whole frame)
+        self.backlog = 0
+        self.unfinished = 0
+        self.reading_paused = False
+        self.eof = False  # the peer closed its side (TLS close_notify, or the connection ended without error)
+        self.lost = False  # connection_lost() was called
+        self.error: Exception | None = None  # the failure that ended the connection, if one did
+        self.feed_error: Exception | None = None  # Connection.receive_data refused bytes (it is in ERROR)
+        self._waiter: asyncio.Future[None] | None = None
+        self._writing_paused = False
+        self._drain_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._lost_future = self._loop.create_future()
+
+    # --- asyncio callbacks -----------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # asyncio's TLS transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_received += nbytes
+        if self.feed_error is None:
+            try:
+                with self._view[:nbytes] as data:
+                    self.conn.receive_data(data)
+            except Exception as exc:  # the Connection is in ERROR: receive() raises that error
+                self.feed_error = exc
+                self.pause_reading()
+            else:
+                self.backlog += nbytes
+                if self.backlog - self.unfinished > RECEIVE_HIGH_WATER:
+                    self.pause_reading()
+        self.wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.wake()
+        return False  # the transport closes itself (asyncio's TLS transport always does)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if exc is None:
+            self.eof = True
+        else:
+            self.error = exc
+        self.wake()
+        self.wake_senders()
+        if not self._lost_future.done():
+            self._lost_future.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self.wake_senders()
+
+    # --- for FramedChannel -----------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Wake the task waiting in ``wait_for_data``, if any."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def wake_senders(self) -> None:
+        """Wake the tasks waiting in ``drain``."""
+        while self._drain_waiters:
+            waiter = self._drain_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.lost:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            if self.transport is not None and not self.lost:
+                self.transport.resume_reading()
+
+    async def wait_for_data(self) -> None:
+        """Wait for more bytes, EOF or the end of the connection; the Connection holds no whole frame.
+
+        Raises:
+            RuntimeError: another task is already waiting (one task reads).
+        """
+        if self._waiter is not None:
+            raise RuntimeError("receive() called while another task is already waiting for a message")
+        self.unfinished = self.backlog  # all of it is the start of one frame: it must be read on
+        self.resume_reading()
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is above its high-water mark (until it drained below the low).
+
+        Raises:
+            OSError: the connection is lost (ConnectionResetError, or the failure that ended it).
+        """
+        if self.error is not None:
+            raise self.error
+        if self.transport is not None and self.transport.is_closing():
+            await asyncio.sleep(0)  # let a scheduled connection_lost() run first
+        if self.lost:
+            raise ConnectionResetError("Connection lost")
+        if not self._writing_paused:
+            return
+        waiter = self._loop.create_future()
+        self._drain_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            with contextlib.suppress(ValueError):
+                self._drain_waiters.remove(waiter)
+        if self.lost:
+            raise self.error or ConnectionResetError("Connection lost")
+
+    async def wait_lost(self) -> None:
+        await asyncio.shield(self._lost_future)
+
+
+class FramedChannel:
+    """A TLS stream carrying protocol frames. One task reads; sends are serialised by a lock.
+
+    Made by ``open_client`` and ``accept_server``.
+    """
+
+    def __init__(self, transport: asyncio.Transport, protocol: _ChannelProtocol) -> None:
+        """Raises ConnectError if the connection is not TLS 1.3 (the transport is then closed)."""
+        self._transport = transport
+        self._protocol = protocol
+        self.conn = protocol.conn
         self._send_lock = asyncio.Lock()
         self._closed = False
-        ssl_obj = writer.get_extra_info("ssl_object")
+        ssl_obj = transport.get_extra_info("ssl_object")
         if ssl_obj is None or ssl_obj.version() != "TLSv1.3":
+            transport.close()
             raise ConnectError(f"channel is not TLS 1.3 (negotiated {ssl_obj and ssl_obj.version()})")
         cert = ssl_obj.getpeercert(binary_form=True)
         self.peer_cert_der: bytes | None = cert
-        #: bytes of ciphertext read and written (for benchmarks and teaching)
-        self.bytes_received = 0
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes of TLS plaintext received so far (for benchmarks and teaching)."""
+        return self._protocol.bytes_received
 
     async def send(self, msg: Message) -> None:
         """Encode and send one message, waiting while the peer is slow (backpressure).
@@ -136,53 +299,68 @@ class FramedChannel:
         if self._closed:
             raise ClosedChannelError("the channel was closed")
         async with self._send_lock:
+            if self._closed:
+                raise ClosedChannelError("the channel was closed")
             data = self.conn.send(msg)
             try:
-                self._writer.write(data)
-                await self._writer.drain()
+                self._transport.write(data)
+                await self._protocol.drain()
             except (ConnectionError, ssl.SSLError, OSError) as exc:
+                if self._closed:
+                    raise ClosedChannelError("the channel was closed") from exc
                 raise BrokenChannelError(f"sending failed: {exc}") from exc
+            if self._closed:  # closed while we waited for the peer to read
+                raise ClosedChannelError("the channel was closed")
 
     async def receive(self) -> Message:
-        """Return the next message from the peer.
+        """Return the next message from the peer. Messages that arrived whole before the connection failed
+        or ended are returned first.
 
         Raises:
             BrokenChannelError: EOF, reset or a TLS record failure (e.g. a tampered record).
             RemoteProtocolError: the peer sent a malformed or out-of-order frame.
             ClosedChannelError: we closed the channel.
         """
+        conn, protocol = self.conn, self._protocol
         while True:
             if self._closed:
                 raise ClosedChannelError("the channel was closed")
-            event = self.conn.next_event()
+            event = conn.next_event()
+            if event is NEED_DATA:
+                if protocol.feed_error is not None:  # pragma: no cover - next_event raised the Connection's error
+                    raise BrokenChannelError(f"receiving failed: {protocol.feed_error}") from protocol.feed_error
+                if protocol.error is not None:
+                    exc = protocol.error
+                    raise BrokenChannelError(f"receiving failed: {type(exc).__name__}: {exc}") from exc
+                if protocol.eof:
+                    try:
+                        conn.receive_data(b"")
+                    except RemoteProtocolError as exc:
+                        raise BrokenChannelError(f"the peer closed the channel mid-frame: {exc}") from exc
+                    conn.next_event()  # no whole frame was left: this closes the Connection
+                    raise BrokenChannelError("the peer closed the channel")
+                await protocol.wait_for_data()
+                continue
             if isinstance(event, ConnectionClosed):
                 raise BrokenChannelError(f"the peer closed the channel: {event.reason}")
-            if event is not NEED_DATA:
-                return event
-            try:
-                data = await self._reader.read(READ_CHUNK)
-            except (ConnectionError, ssl.SSLError, OSError) as exc:
-                raise BrokenChannelError(f"receiving failed: {type(exc).__name__}: {exc}") from exc
-            self.bytes_received += len(data)
-            if not data:
-                try:
-                    self.conn.receive_data(b"")
-                except RemoteProtocolError as exc:
-                    raise BrokenChannelError(f"the peer closed the channel mid-frame: {exc}") from exc
-                event = self.conn.next_event()
-                if isinstance(event, ConnectionClosed) or event is NEED_DATA:
-                    raise BrokenChannelError("the peer closed the channel")
-                return event
-            self.conn.receive_data(data)
+            protocol.backlog -= conn.last_frame_size
+            protocol.unfinished = 0  # the first frame taken after NEED_DATA is the one that was arriving
+            if protocol.reading_paused and protocol.backlog <= RECEIVE_LOW_WATER:
+                protocol.resume_reading()
+            return event
 
     async def aclose(self) -> None:
-        """Close the channel (idempotent). Pending sends fail with ClosedChannelError."""
+        """Close the channel (idempotent). Pending sends and receives fail with ClosedChannelError."""
         if self._closed:
             return
         self._closed = True
-        self._writer.close()
+        protocol = self._protocol
+        protocol.wake()
+        protocol.wake_senders()
+        protocol.resume_reading()  # the TLS shutdown reads on: do not leave reading paused
+        self._transport.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), timeout=1.0)
+            await asyncio.wait_for(protocol.wait_lost(), timeout=1.0)
 
 
 async def open_client(
@@ -194,25 +372,27 @@ async def open_client(
         ConnectError: nothing listens there, the handshake failed or timed out.
     """
     ctx = client_context()
+    loop = asyncio.get_running_loop()
+    protocol = _ChannelProtocol(conn)
     try:
         async with asyncio.timeout(timeout):
             if isinstance(address, socket.socket):
-                reader, writer = await asyncio.open_connection(
-                    sock=address, ssl=ctx, server_hostname="", limit=STREAM_LIMIT
+                transport, _ = await loop.create_connection(
+                    lambda: protocol, sock=address, ssl=ctx, server_hostname=""
                 )
             elif address.kind == "unix":
-                reader, writer = await asyncio.open_unix_connection(
-                    address.path, ssl=ctx, server_hostname="", limit=STREAM_LIMIT
+                transport, _ = await loop.create_unix_connection(
+                    lambda: protocol, address.path, ssl=ctx, server_hostname=""
                 )
             else:
-                reader, writer = await asyncio.open_connection(
-                    address.host, address.port, ssl=ctx, server_hostname="", limit=STREAM_LIMIT
+                transport, _ = await loop.create_connection(
+                    lambda: protocol, address.host, address.port, ssl=ctx, server_hostname=""
                 )
     except TimeoutError as exc:
         raise ConnectError(f"connecting to {address} timed out after {timeout} s") from exc
     except (OSError, ssl.SSLError) as exc:
         raise ConnectError(f"cannot connect to {address}: {exc}") from exc
-    return FramedChannel(reader, writer, conn)
+    return FramedChannel(transport, protocol)
 
 
 async def accept_server(
@@ -224,8 +404,7 @@ async def accept_server(
         ConnectError: the client did not complete a TLS 1.3 handshake in time.
     """
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    protocol = _ChannelProtocol(conn)
     try:
         async with asyncio.timeout(timeout):
             transport, _ = await loop.connect_accepted_socket(
@@ -235,8 +414,7 @@ async def accept_server(
         raise ConnectError(f"TLS handshake did not complete within {timeout} s") from exc
     except (OSError, ssl.SSLError) as exc:
         raise ConnectError(f"TLS handshake failed: {exc}") from exc
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    return FramedChannel(reader, writer, conn)
+    return FramedChannel(transport, protocol)
 
 
 def listen(address: Address, *, backlog: int = 16) -> socket.socket:

@@ -113,6 +113,7 @@ class Session:
         self._signer: ReceiptSigner | None = None
         self._digester: OutputDigester | None = None
         self._redact = False
+        self._execution_count = 0  # the kernel's current count: non-cell receipts carry it (docs/audit-log.md)
         self.stop_reason = ""
 
     # -- main thread -------------------------------------------------------------------------------------
@@ -228,6 +229,7 @@ class Session:
             raise _Stop
         if isinstance(msg, m.ExecuteRequest):
             self._current_req = msg.req_id
+            self._execution_count = msg.execution_count
             started = self._begin_receipt()
             reply = shell.execute(
                 msg.code, silent=msg.silent, store_history=msg.store_history,
@@ -345,14 +347,16 @@ class Session:
         return _now_ms()
 
     def _receipt(self, req_id: int, started_ms: int, *, kind: str, code: str, status: str,
-                 execution_count: int = 0, cell_id: str | None = None, upload: UploadInfo | None = None) -> None:
+                 execution_count: int | None = None, cell_id: str | None = None,
+                 upload: UploadInfo | None = None) -> None:
         """Sign and send the receipt of a finished request (before its reply), if the kernel keeps a log."""
         digester, self._digester = self._digester, None
         signer = self._signer
         if signer is None or not signer.started or signer.closed:
             return
+        count = self._execution_count if execution_count is None else execution_count
         receipt = signer.sign_receipt(
-            kind=kind, execution_count=execution_count, code=code,
+            kind=kind, execution_count=count, code=code,
             outputs=(digester or OutputDigester()).result(), status=status if status in STATUSES else "error",
             started_ms=started_ms, ended_ms=_now_ms(), cell_id=cell_id, redact_code=self._redact, upload=upload,
         )

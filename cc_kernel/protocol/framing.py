@@ -2,13 +2,17 @@
 
 Invariants: no I/O; a frame body is 1..max_frame_size bytes; a length header over the limit (or zero) is a
 RemoteProtocolError as soon as the header is seen, before any buffering for its body, so memory is bounded by
-what the peer actually sent plus one frame; buffering is amortised linear (bytearray + read offset,
-compacted once the consumed prefix is at least half the buffer).
+what the peer actually sent plus one frame; decoding is linear, with one copy per frame body: whole frames are
+copied straight out of the fed bytes (split off as they are fed, returned in order by ``next_frame``); only
+an unfinished frame is copied into a reusable buffer, which grows by doubling and is released once it grew
+beyond ``_RETAIN`` bytes and emptied.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
+import struct
 from typing import Any, Final
 
 from cc_kernel.errors import LocalProtocolError, RemoteProtocolError
@@ -18,8 +22,10 @@ from cc_kernel.protocol import codec
 DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
 HEADER_SIZE: Final = 4
 _MAX_EXPRESSIBLE: Final = 2**32 - 1
-# Compact only once at least this many bytes are dead, so tiny frames do not cause a copy each.
-_COMPACT_MIN: Final = 64 * 1024
+# Capacity of the unfinished-frame buffer kept while it is empty (reused, not freed and re-allocated for every
+# frame: large allocations are fresh mmap()ed pages, and faulting them in costs more than decoding).
+_RETAIN: Final = 1024 * 1024
+_LENGTH: Final = struct.Struct(">I")
 
 
 class NeedData(enum.Enum):
@@ -76,14 +82,18 @@ class FrameDecoder:
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         """Raises TypeError/ValueError if ``max_frame_size`` is not in 1..2**32-1."""
         self.max_frame_size = check_max_frame_size(max_frame_size)
+        self._frames: collections.deque[bytes] = collections.deque()  # whole bodies, not yet returned
+        # the bytes after them: an unfinished frame (or an invalid header and what followed it) is _buf[:_end];
+        # len(_buf) is the capacity
         self._buf = bytearray()
-        self._offset = 0
+        self._end = 0
+        self._buffered = 0
         self._eof = False
 
     @property
     def buffered(self) -> int:
         """Bytes received and not yet returned as part of a frame."""
-        return len(self._buf) - self._offset
+        return self._buffered
 
     @property
     def at_eof(self) -> bool:
@@ -91,35 +101,73 @@ class FrameDecoder:
         return self._eof
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append received bytes. Never raises for their content; ``next_frame`` judges it.
+        """Append received bytes (copied: the caller may reuse ``data``). Never raises for their content;
+        ``next_frame`` judges it.
 
         Raises:
             ValueError: called after ``eof()``.
         """
         if self._eof:
             raise ValueError("feed() after eof()")
-        if not data:
-            return
-        if self._offset:
-            dead = self._offset
-            if dead == len(self._buf):
-                self._buf.clear()
-                self._offset = 0
-            elif dead >= _COMPACT_MIN and 2 * dead >= len(self._buf):
-                del self._buf[:dead]
-                self._offset = 0
-        self._buf += data
+        with memoryview(data) as raw, raw.cast("B") as view:
+            n = len(view)
+            self._buffered += n
+            pos = self._finish(view) if self._end else 0
+            while pos < n:
+                length = self._length(view, pos, n)
+                if length is None or pos + HEADER_SIZE + length > n:  # unfinished or invalid: keep the rest
+                    self._append(view[pos:])
+                    return
+                start = pos + HEADER_SIZE
+                pos = start + length
+                self._frames.append(bytes(view[start:pos]))
 
-    def _header(self, at: int) -> int | None:
-        """The validated body length of the frame whose header starts at ``at``, or None if incomplete."""
-        if len(self._buf) - at < HEADER_SIZE:
+    def _finish(self, view: memoryview) -> int:
+        """Complete the buffered unfinished frame from the start of ``view``; how many bytes of it were used."""
+        pos = 0
+        if self._end < HEADER_SIZE:
+            pos = min(HEADER_SIZE - self._end, len(view))
+            self._append(view[:pos])
+        length = self._length(self._buf, 0, self._end)
+        if length is None:  # still no whole header, or an invalid one: everything else is kept behind it
+            self._append(view[pos:])
+            return len(view)
+        take = min(HEADER_SIZE + length - self._end, len(view) - pos)
+        self._append(view[pos : pos + take])
+        if self._end == HEADER_SIZE + length:
+            with memoryview(self._buf) as buf:
+                self._frames.append(bytes(buf[HEADER_SIZE : self._end]))
+            self._end = 0
+            if len(self._buf) > _RETAIN:
+                self._buf = bytearray()
+        return pos + take
+
+    def _append(self, part: memoryview) -> None:
+        n = len(part)
+        end = self._end
+        if end + n > len(self._buf):
+            grown = bytearray(max(2 * len(self._buf), end + n))
+            grown[:end] = self._buf[:end]
+            self._buf = grown
+        self._buf[end : end + n] = part  # same length: written in place, never resizes
+        self._end = end + n
+
+    def _length(self, buf: bytearray | memoryview, at: int, end: int) -> int | None:
+        """The body length announced by the header at ``at``; None if incomplete or invalid (see ``_header``)."""
+        if end - at < HEADER_SIZE:
             return None
-        length = int.from_bytes(self._buf[at : at + HEADER_SIZE], "big")
+        (length,) = _LENGTH.unpack_from(buf, at)
+        return int(length) if 0 < length <= self.max_frame_size else None
+
+    def _header(self) -> None:
+        """Raise if the buffered bytes start with a complete, invalid header."""
+        if self._end < HEADER_SIZE:
+            return
+        (length,) = _LENGTH.unpack_from(self._buf, 0)
         if length == 0:
             raise RemoteProtocolError("zero-length frame")
         if length > self.max_frame_size:
             raise RemoteProtocolError(f"frame length {length} exceeds the limit of {self.max_frame_size}")
-        return length
 
     def next_frame(self) -> bytes | NeedData:
         """The next whole frame body, or ``NEED_DATA`` if the buffer does not hold one yet.
@@ -128,21 +176,12 @@ class FrameDecoder:
             RemoteProtocolError: the next header announces a zero-length frame or one over the limit (raised
                 as soon as the 4 header bytes are here, whatever follows; the decoder stays unusable).
         """
-        length = self._header(self._offset)
-        if length is None:
-            return NEED_DATA
-        start = self._offset + HEADER_SIZE
-        end = start + length
-        if len(self._buf) < end:
-            return NEED_DATA
-        with memoryview(self._buf) as view, view[start:end] as part:
-            frame = bytes(part)
-        if end == len(self._buf):
-            self._buf.clear()
-            self._offset = 0
-        else:
-            self._offset = end
-        return frame
+        if self._frames:
+            frame = self._frames.popleft()
+            self._buffered -= HEADER_SIZE + len(frame)
+            return frame
+        self._header()
+        return NEED_DATA
 
     def eof(self) -> None:
         """The peer closed its side. Whole frames still buffered remain available from ``next_frame``.
@@ -152,11 +191,8 @@ class FrameDecoder:
                 buffered header is invalid.
         """
         self._eof = True
-        at = self._offset
-        while at < len(self._buf):
-            length = self._header(at)
-            if length is None or len(self._buf) < at + HEADER_SIZE + length:
-                raise RemoteProtocolError(f"peer closed mid-frame ({len(self._buf) - at} bytes of an unfinished frame)")
-            at += HEADER_SIZE + length
+        if self._end:
+            self._header()
+            raise RemoteProtocolError(f"peer closed mid-frame ({self._end} bytes of an unfinished frame)")
 
     close = eof
