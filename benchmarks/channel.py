@@ -303,7 +303,8 @@ async def bench_upload(target: Target) -> Run:
         h.update(payload)
     try:
         t0, c0, e0 = time.perf_counter(), time.process_time(), proc_cpu(pid)
-        await channel.send(m.UploadStart(req_id=1, name="blob", size=UPLOAD, fmt="bytes"))
+        start = m.UploadStart(req_id=1, name="blob", size=UPLOAD, fmt="bytes", code="", execution_count=0, cell_id=None)
+        await channel.send(start)
         for _ in range(UPLOAD // CHUNK):
             await channel.send(m.UploadChunk(req_id=1, data=payload))
         await channel.send(m.UploadEnd(req_id=1, sha256=h.digest()))

@@ -36,7 +36,9 @@ from cc_kernel.audit.format import MAGIC
 pytestmark = pytest.mark.slow
 
 #: The requests of the main session, in order, with the receipt kind each must produce.
-EXPECTED_KINDS = ["opening", "cell", "cell", "cell", "silent", "complete", "inspect", "upload", "cell", "closing"]
+EXPECTED_KINDS = [
+    "opening", "cell", "cell", "cell", "silent", "complete", "inspect", "is_complete", "upload", "cell", "closing",
+]
 UPLOAD_BYTES = b"id,value\n1,42\n2,43\n"
 
 
@@ -152,6 +154,7 @@ def session(jupyter_env: JupyterEnv, tmp_path_factory: pytest.TempPathFactory) -
         k.ok("quiet = 'from a variable viewer'\nprint(quiet)", silent=True)
         assert k.request("complete", "pri", 3)["content"]["matches"]
         assert k.request("inspect", "print", 5)["content"]["found"]
+        assert k.request("is_complete", "for i in range(3):")["content"]["status"] == "incomplete"
         assert "uploaded small.csv" in k.ok(f"%cc_upload {upload} table").stream()
         k.ok("print(table.splitlines()[1])")
         badge_path = badge_log_path(k)
@@ -174,14 +177,16 @@ def test_clean_session_verifies_with_every_kind_of_receipt(session: Session) -> 
     assert doc["timeline"][-1]["reason"] == "shutdown" and doc["timeline"][-1]["count"] == len(EXPECTED_KINDS) - 1
     assert [e["seq"] for e in doc["timeline"]] == list(range(len(EXPECTED_KINDS)))
     assert all(e["signature_ok"] for e in doc["timeline"][1:])
-    cell, result, error, silent, complete, inspect, upload, after = session.receipts
-    assert [r["status"] for r in session.receipts] == ["ok", "ok", "error", "ok", "ok", "ok", "ok", "ok"]
-    assert [r["execution_count"] for r in session.receipts] == [1, 2, 3, 3, 3, 3, 3, 5]  # %cc_upload was [4]
+    cell, result, error, silent, complete, inspect, is_complete, upload, after = session.receipts
+    assert [r["status"] for r in session.receipts] == ["ok", "ok", "error", "ok", "ok", "ok", "ok", "ok", "ok"]
+    assert [r["execution_count"] for r in session.receipts] == [1, 2, 3, 3, 3, 3, 3, 4, 5]  # %cc_upload was [4]
+    assert is_complete["code"] == "for i in range(3):"
     assert result["code"] == "40 + 2" and result["code_sha256"] == code_hash("40 + 2").hex()
     assert complete["code"] == "pri" and inspect["code"] == "print"
     assert silent["code"].startswith("quiet = ") and silent["streams"].keys() == {"stdout"}
     assert upload["upload"] == {"name": "table", "size": len(UPLOAD_BYTES), "fmt": "text",
                                 "sha256": hashlib.sha256(UPLOAD_BYTES).hexdigest()}
+    assert upload["code"].startswith("%cc_upload ") and upload["code"].endswith(" table")  # the cell that asked
     assert [o[0] for o in error["outputs"]] == ["error"]
     assert cell["code"].startswith("import sys") and after["code"] == "print(table.splitlines()[1])"
 
@@ -316,7 +321,7 @@ def test_audit_disabled_writes_no_log_and_cells_still_run(jupyter_env: JupyterEn
 
 # -- a notebook and its log -------------------------------------------------------------------------------------
 
-NOTEBOOK_CELLS = ["values = [3, 1, 2]", "print(sorted(values))", "sum(values)"]
+NOTEBOOK_CELLS = ["values = [3, 1, 2]", "print(sorted(values))", "sum(values)", "%cc_upload {data} rows"]
 
 
 def test_notebook_cross_check_matches_then_reports_the_edited_cell(
@@ -325,12 +330,15 @@ def test_notebook_cross_check_matches_then_reports_the_edited_cell(
     from nbclient import NotebookClient
 
     audit_dir = tmp_path / "logs"
+    data = tmp_path / "rows.csv"
+    data.write_text("a,b\n1,2\n")
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# audited"), *map(nbformat.v4.new_code_cell, NOTEBOOK_CELLS)]
+    sources = [s.format(data=data) for s in NOTEBOOK_CELLS]
+    nb.cells = [nbformat.v4.new_markdown_cell("# audited"), *map(nbformat.v4.new_code_cell, sources)]
     nb.metadata["kernelspec"] = {"name": SIM, "display_name": SIM, "language": "python"}
     monkeypatch.setenv("CC_KERNEL_AUDIT_DIR", str(audit_dir))  # the kernel nbclient starts inherits it
     NotebookClient(nb, kernel_name=SIM, timeout=30, startup_timeout=60).execute()
-    assert [c.execution_count for c in nb.cells[1:]] == [1, 2, 3]
+    assert [c.execution_count for c in nb.cells[1:]] == [1, 2, 3, 4]
     path = tmp_path / "audited.ipynb"
     nbformat.write(nb, path)
     [log] = logs_in(audit_dir)
@@ -338,11 +346,11 @@ def test_notebook_cross_check_matches_then_reports_the_edited_cell(
     result = verify(jupyter_env, log, "--notebook", path, "--json")
     assert result.code == 0, result.out
     cells = result.doc["cells"]
-    assert [c["status"] for c in cells] == ["matching"] * 3
-    assert [c["receipt"] for c in cells] == [1, 2, 3]
+    assert [c["status"] for c in cells] == ["matching"] * 4  # the %cc_upload cell matches its upload receipt
+    assert [c["receipt"] for c in cells] == [1, 2, 3, 4]
     assert [c["cell_id"] for c in cells] == [c.id for c in nb.cells[1:]]
     text = verify(jupyter_env, log, "--notebook", path)
-    assert text.out.count("MATCHES") == 3
+    assert text.out.count("MATCHES") == 4
 
     edited = json.loads(path.read_text())
     edited["cells"][2]["source"] = "print(sorted(values, reverse=True))"  # edited after it ran
@@ -350,6 +358,6 @@ def test_notebook_cross_check_matches_then_reports_the_edited_cell(
     path.write_text(json.dumps(edited))
     result = verify(jupyter_env, log, "--notebook", path, "--json")
     assert result.code == 0  # the log itself is still valid: the notebook changed, not the log
-    assert [c["status"] for c in result.doc["cells"]] == ["matching", "edited", "matching", "unexecuted"]
+    assert [c["status"] for c in result.doc["cells"]] == ["matching", "edited", "matching", "matching", "unexecuted"]
     assert result.doc["cells"][1]["receipt"] == 2
     assert "EDITED after execution" in verify(jupyter_env, log, "--notebook", path).out

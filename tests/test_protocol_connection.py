@@ -90,7 +90,9 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.CommClose: m.CommClose(req_id=1, comm_id="c", data={}, metadata={}, buffers=[]),
     m.CommInfoRequest: m.CommInfoRequest(req_id=6, target_name=None),
     m.CommInfoReply: m.CommInfoReply(req_id=6, comms={"c": {"target_name": "t"}}),
-    m.UploadStart: m.UploadStart(req_id=7, name="df", size=3, fmt="bytes"),
+    m.UploadStart: m.UploadStart(
+        req_id=7, name="df", size=3, fmt="bytes", code="%cc_upload df.bin df", execution_count=3, cell_id=None
+    ),
     m.UploadChunk: m.UploadChunk(req_id=7, data=b"abc"),
     m.UploadEnd: m.UploadEnd(req_id=7, sha256=b"\1" * 32),
     m.UploadReply: m.UploadReply(req_id=7, status="ok", message="stored"),

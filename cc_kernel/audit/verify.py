@@ -611,8 +611,9 @@ def _source(cell: Mapping[str, Any], number: int) -> str:
 
 
 def match_notebook(report: LogReport, notebook_json: Mapping[str, Any]) -> list[CellFinding]:
-    """Classify every code cell of a notebook (``json.load`` of the .ipynb) against the log's ``cell``
-    receipts in the verified prefix (for an invalid log, only the entries before the first bad one count).
+    """Classify every code cell of a notebook (``json.load`` of the .ipynb) against the log's ``cell`` and
+    ``upload`` receipts (an upload receipt records its ``%cc_upload`` cell) in the verified prefix (for an
+    invalid log, only the entries before the first bad one count).
 
     Raises:
         AuditError: the JSON is not an nbformat 4 notebook (no ``cells`` list of objects).
@@ -620,7 +621,7 @@ def match_notebook(report: LogReport, notebook_json: Mapping[str, Any]) -> list[
     cells = notebook_json.get("cells") if isinstance(notebook_json, Mapping) else None
     if not isinstance(cells, list) or not all(isinstance(c, Mapping) for c in cells):
         raise AuditError("not a Jupyter notebook: it has no list of cells")
-    receipts = [(i, r) for i, r in report.receipts() if r.kind == "cell"]
+    receipts = [(i, r) for i, r in report.receipts() if r.kind in ("cell", "upload")]
     by_count: dict[int, list[tuple[int, ReceiptEntry]]] = {}
     by_code: dict[bytes, list[tuple[int, ReceiptEntry]]] = {}
     for i, r in receipts:

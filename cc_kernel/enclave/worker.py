@@ -66,6 +66,9 @@ class _Upload:
     fmt: str
     buffer: bytearray
     req_id: int
+    code: str
+    execution_count: int
+    cell_id: str | None
 
 
 _STOP = object()
@@ -238,28 +241,30 @@ class Session:
             )
             out = _execute_reply(msg.req_id, reply, msg.execution_count)
             status = "interrupted" if out.ename == "KeyboardInterrupt" else out.status
+            self._send(out)
             self._receipt(msg.req_id, started, kind="silent" if msg.silent else "cell", code=msg.code,
                           execution_count=msg.execution_count, status=status, cell_id=msg.cell_id)
-            self._send(out)
         elif isinstance(msg, m.CompleteRequest):
             started = self._begin_receipt()
             r = shell.complete(msg.code, msg.cursor_pos)
-            self._receipt(msg.req_id, started, kind="complete", code=msg.code, status=r.get("status", "ok"))
             self._send(m.CompleteReply(
                 req_id=msg.req_id, status=r.get("status", "ok"), matches=list(r["matches"]),
                 cursor_start=r["cursor_start"], cursor_end=r["cursor_end"], metadata=r.get("metadata", {}),
             ))
+            self._receipt(msg.req_id, started, kind="complete", code=msg.code, status=r.get("status", "ok"))
         elif isinstance(msg, m.InspectRequest):
             started = self._begin_receipt()
             r = shell.inspect(msg.code, msg.cursor_pos, msg.detail_level)
-            self._receipt(msg.req_id, started, kind="inspect", code=msg.code, status=r.get("status", "ok"))
             self._send(m.InspectReply(
                 req_id=msg.req_id, status=r.get("status", "ok"), found=bool(r.get("found")),
                 data=r.get("data", {}), metadata=r.get("metadata", {}),
             ))
+            self._receipt(msg.req_id, started, kind="inspect", code=msg.code, status=r.get("status", "ok"))
         elif isinstance(msg, m.IsCompleteRequest):
+            started = self._begin_receipt()  # IPython's input transformers, which user code can register, run
             r = shell.is_complete(msg.code)
             self._send(m.IsCompleteReply(req_id=msg.req_id, status=r["status"], indent=r.get("indent", "")))
+            self._receipt(msg.req_id, started, kind="is_complete", code=msg.code, status="ok")
         elif isinstance(msg, m.HistoryRequest):
             r = shell.history(
                 hist_access_type=msg.hist_access_type, output=msg.output, raw=msg.raw, session=msg.session,
@@ -293,7 +298,8 @@ class Session:
                     f"refused upload {msg.name!r}: name must be a Python identifier, format one of "
                     f"{UPLOAD_FORMATS}, size at most {MAX_UPLOAD} bytes")))
                 return
-            self._uploads[msg.req_id] = _Upload(msg.name, msg.size, msg.fmt, bytearray(), msg.req_id)
+            self._uploads[msg.req_id] = _Upload(msg.name, msg.size, msg.fmt, bytearray(), msg.req_id, msg.code,
+                                               msg.execution_count, msg.cell_id)
             return
         upload = self._uploads.get(msg.req_id)
         if upload is None:
@@ -329,7 +335,8 @@ class Session:
         self._shell.ipython.user_ns[upload.name] = value
         if self._signer is not None and self._signer.started:
             started = self._begin_receipt()
-            self._receipt(msg.req_id, started, kind="upload", code="", status="ok",
+            self._receipt(msg.req_id, started, kind="upload", code=upload.code, status="ok",
+                          execution_count=upload.execution_count, cell_id=upload.cell_id,
                           upload=UploadInfo(name=upload.name, sha256=digest, size=len(data), fmt=upload.fmt))
         if hasattr(value, "shape") and hasattr(value, "dtype"):
             summary = f"numpy array {value.shape} {value.dtype}"
@@ -349,7 +356,9 @@ class Session:
     def _receipt(self, req_id: int, started_ms: int, *, kind: str, code: str, status: str,
                  execution_count: int | None = None, cell_id: str | None = None,
                  upload: UploadInfo | None = None) -> None:
-        """Sign and send the receipt of a finished request (before its reply), if the kernel keeps a log."""
+        """Sign and send the receipt of a finished request, if the kernel keeps a log.
+
+        Called right after the request's reply is sent, so signing does not delay the reply."""
         digester, self._digester = self._digester, None
         signer = self._signer
         if signer is None or not signer.started or signer.closed:

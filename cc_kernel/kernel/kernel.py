@@ -361,7 +361,7 @@ class ConfidentialKernel(Kernel):
         if stripped.startswith("%attestation"):
             return self._attestation_magic(silent)
         if stripped.startswith("%cc_upload"):
-            return await self._upload_magic(stripped, silent)
+            return await self._upload_magic(stripped, silent, code=code, cell_id=cell_id)
         return await self._forward_execute(code, silent, store_history, user_expressions or {}, allow_stdin,
                                            cell_id, kind="silent" if silent else "cell")
 
@@ -455,7 +455,7 @@ class ConfidentialKernel(Kernel):
             del json
         return self._ok()
 
-    async def _upload_magic(self, line: str, silent: bool) -> dict[str, Any]:
+    async def _upload_magic(self, line: str, silent: bool, *, code: str, cell_id: str | None) -> dict[str, Any]:
         try:
             args = shlex.split(line)[1:]
         except ValueError as exc:
@@ -484,7 +484,8 @@ class ConfidentialKernel(Kernel):
         sent = 0
         try:
             with fh:
-                await link.send(m.UploadStart(req_id=req_id, name=name, size=size, fmt=fmt))
+                await link.send(m.UploadStart(req_id=req_id, name=name, size=size, fmt=fmt, code=code,
+                                              execution_count=self.execution_count, cell_id=cell_id))
                 self._progress(progress_id, name, 0, size, first=True, silent=silent)
                 last = time.monotonic()
                 while chunk := await asyncio.to_thread(fh.read, UPLOAD_CHUNK):

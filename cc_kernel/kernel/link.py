@@ -36,6 +36,8 @@ log = logging.getLogger("cc_kernel.kernel")
 
 #: Return credit to the enclave once this many output bytes were handed to Jupyter.
 CREDIT_BATCH = 256 * 1024
+#: Longest wait before a received audit receipt is checked and logged when no further request comes (s).
+RECEIPT_DELAY = 0.02
 REPLY_TYPES = (
     m.ExecuteReply, m.CompleteReply, m.InspectReply, m.IsCompleteReply, m.HistoryReply, m.CommInfoReply,
     m.UploadReply, m.InputRequest,
@@ -83,6 +85,9 @@ class EnclaveLink:
         self.closed_reason: str | None = None
         self._log_lines: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._receipts: list[m.AuditReceipt] = []
+        self._receipt_timer: asyncio.TimerHandle | None = None
+        self._receipt_failure: str | None = None
 
     # -- start ----------------------------------------------------------------------------------------------
 
@@ -162,12 +167,14 @@ class EnclaveLink:
 
     async def send(self, msg: m.Message) -> None:
         """Send a message; a broken channel becomes EnclaveError (the reader reports why)."""
-        if self.attested is None or self.closed_reason is not None:
-            raise EnclaveError(self.closed_reason or "the enclave is not connected")
+        if self.attested is None or self.closed_reason is not None or self._receipt_failure is not None:
+            raise EnclaveError(self.closed_reason or self._receipt_failure or "the enclave is not connected")
         try:
             await self.attested.channel.send(msg)
         except CCKernelError as exc:
             raise EnclaveError(f"the enclave connection failed: {exc}") from exc
+        if self._receipts:  # the enclave now works on this request: check the last one's receipt meanwhile
+            self._flush_receipts()
 
     def send_soon(self, msg: m.Message) -> None:
         """Thread-safe fire-and-forget send (interrupts from the control thread)."""
@@ -208,11 +215,10 @@ class EnclaveLink:
                     break
                 elif isinstance(msg, m.AuditReceipt):
                     if self._on_receipt is not None:
-                        try:
-                            self._on_receipt(msg)
-                        except CCKernelError as exc:  # a receipt that does not verify: stop trusting the session
-                            reason = f"the enclave sent an invalid audit receipt ({exc}); session stopped"
-                            break
+                        self._receipts.append(msg)
+                        if self._receipt_timer is None:
+                            self._receipt_timer = asyncio.get_running_loop().call_later(
+                                RECEIPT_DELAY, self._flush_receipts)
                 elif isinstance(msg, m.Pong):
                     continue
                 else:
@@ -220,9 +226,34 @@ class EnclaveLink:
         except CCKernelError as exc:
             reason = f"the connection to the enclave broke: {exc}"
         except asyncio.CancelledError:
-            reason = "the kernel closed the connection"
+            reason = self._receipt_failure or "the kernel closed the connection"
         finally:
-            await self._closed(reason)
+            self._flush_receipts(stopping=True)
+            await self._closed(self._receipt_failure or reason)
+
+    def _flush_receipts(self, *, stopping: bool = False) -> None:
+        """Check and log the receipts received so far, in order.
+
+        Receipts are not checked the moment they arrive: the enclave sends each one right after its reply,
+        and checking it (CBOR decode, Ed25519 verify, hand-over to the log's writer thread) then would delay
+        the next reply on a machine with few cores. They are checked when the next request has been sent (while
+        the enclave runs it), after ``RECEIPT_DELAY`` at the latest, and before the link closes. A receipt that
+        does not verify stops the session: no further request is sent.
+        """
+        if self._receipt_timer is not None:
+            self._receipt_timer.cancel()
+            self._receipt_timer = None
+        receipts, self._receipts = self._receipts, []
+        if self._on_receipt is None or self._receipt_failure is not None:
+            return
+        for msg in receipts:
+            try:
+                self._on_receipt(msg)
+            except CCKernelError as exc:  # a receipt that does not verify: stop trusting the session
+                self._receipt_failure = f"the enclave sent an invalid audit receipt ({exc}); session stopped"
+                if not stopping and self._reader is not None and not self._reader.done():
+                    self._reader.cancel()
+                return
 
     async def _closed(self, reason: str) -> None:
         proc = self.process

@@ -614,12 +614,19 @@ class CommInfoReply(Message):
 @_message("upload_start")
 @dataclass(frozen=True, slots=True)
 class UploadStart(Message):
-    """Start an upload of ``size`` bytes, to be bound to ``name`` in the user namespace as ``fmt``."""
+    """Start an upload of ``size`` bytes, to be bound to ``name`` in the user namespace as ``fmt``.
+
+    ``code``, ``execution_count`` and ``cell_id`` are those of the notebook cell whose ``%cc_upload`` line
+    asked for it: the upload's audit receipt records them, so the cell matches its receipt.
+    """
 
     req_id: ReqId
     name: Annotated[str, _Len(1, MAX_NAME)]
     size: Count
     fmt: Literal["bytes", "text", "npy"]
+    code: str
+    execution_count: Count
+    cell_id: Name | None
 
 
 @_message("upload_chunk")
