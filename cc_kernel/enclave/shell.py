@@ -168,6 +168,22 @@ class _Shell(InteractiveShell):
         """Skip copying each stdout/stderr write into ``history_manager.outputs`` (unbounded in IPython 9)."""
         yield
 
+    def _get_exc_info(self, exc_tuple: Any = None) -> Any:
+        """Drop the enclave's own SIGINT handler frame from an interrupt's traceback.
+
+        The stock kernel raises KeyboardInterrupt from Python's C-level handler, which adds no frame; ours comes
+        from ``EnclaveShell._on_sigint``. Without this, every interrupt shows an internal enclave path, and
+        IPython formats (and pygments lexes) that extra frame twice: measured 18-20 ms -> 11-14 ms per interrupt.
+        """
+        etype, value, tb = super()._get_exc_info(exc_tuple)  # type: ignore[no-untyped-call]
+        if isinstance(value, KeyboardInterrupt) and tb is not None:
+            prev, last = None, tb
+            while last.tb_next is not None:
+                prev, last = last, last.tb_next
+            if prev is not None and last.tb_frame.f_code is EnclaveShell._on_sigint.__code__:
+                prev.tb_next = None
+        return etype, value, tb
+
     def _showtraceback(self, etype: type[BaseException], evalue: BaseException, stb: list[str]) -> None:
         content = {"ename": str(etype.__name__), "evalue": str(evalue), "traceback": list(stb)}
         self.cc_last_error = content

@@ -34,11 +34,14 @@ from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.channel.transport import parse_address
 from cc_kernel.errors import (
     AuditError,
+    BindingMismatch,
     CCKernelError,
+    CertificateExpired,
     ConfigError,
     EnclaveError,
     PolicyError,
     PolicyViolation,
+    StaleEvidence,
     VerificationError,
 )
 from cc_kernel.kernel import badge
@@ -683,12 +686,47 @@ def _failure_lines(exc: BaseException) -> list[str]:
     return [f"{type(exc).__name__}: {exc}"]
 
 
+#: What to do about a refused policy check, by the check's name (longest matching prefix wins).
+_POLICY_HINTS: tuple[tuple[str, str], ...] = (
+    ("policy.measurement", "If you changed the enclave deliberately, re-pin its measurement with "
+     "`cc-kernel policy init --simulation --output FILE --force` (or delete "
+     "<jupyter data dir>/cc_kernel/policy-simulation.toml for the simulation kernel); otherwise do not "
+     "trust this enclave."),
+    ("policy.debug", "The enclave runs in DEBUG mode: its host can read and change its memory, so nothing in it is "
+     "confidential. Start it without debug; a policy accepts debug only with `unsafe_allow_debug = true`, for "
+     "development."),
+    ("policy.min_tcb", "The platform's firmware/microcode (TCB) is older than the policy's minimum: it has known "
+     "vulnerabilities. The platform operator must update it; lower `min_tcb` only if you accept those risks."),
+    ("policy.tcb_status", "Intel's collateral rates this platform's TCB below what the policy accepts: the platform "
+     "operator must update it."),
+    ("policy.simulation", "This is the SIMULATED TEE, which protects nothing. Use the 'Confidential Python "
+     "(SIMULATION)' kernel for teaching, or connect to an enclave on real TEE hardware."),
+    ("policy.platform", "The enclave runs on a platform the policy does not list: add an [[accept]] entry for it "
+     "only if you trust that platform."),
+    ("policy.freshness", "The evidence is too old or from the future: check the clocks of both machines."),
+)
+
+
 def _fix_hint(exc: BaseException, mode: str) -> str:
-    if isinstance(exc, PolicyViolation) and any(f.check == "policy.measurement" for f in exc.failures):
-        return ("If you changed the enclave deliberately, re-pin its measurement with "
-                "`cc-kernel policy init --simulation --output FILE --force` (or delete "
-                "<jupyter data dir>/cc_kernel/policy-simulation.toml for the simulation kernel); otherwise do not "
-                "trust this enclave.")
+    """One actionable sentence for a refusal: what it means and what to do (never just "restart")."""
+    if isinstance(exc, PolicyViolation):
+        checks = [f.check for f in exc.failures]
+        for prefix, hint in _POLICY_HINTS:
+            if any(check.startswith(prefix) for check in checks):
+                return hint
+        return ("The enclave is genuine but does not meet the pinned policy (each failed check is listed above). "
+                "Change the enclave, or the policy if you accept the difference.")
+    if isinstance(exc, BindingMismatch):
+        return ("The evidence does not vouch for the key of this connection: something between the kernel and the "
+                "enclave (the host or a proxy) presented its own certificate. Do not trust this connection.")
+    if isinstance(exc, StaleEvidence):
+        return ("The evidence does not answer this connection's fresh challenge: it was recorded earlier and "
+                "replayed. Do not trust the host that sent it.")
+    if isinstance(exc, CertificateExpired):
+        return "A certificate of the evidence is outside its validity period: check this machine's clock."
+    if isinstance(exc, VerificationError):
+        return ("The evidence is not signed by a pinned TEE vendor root, or was altered on the way: the machine "
+                "is not a genuine TEE, or the traffic was tampered with. Do not trust it.")
     if isinstance(exc, EnclaveError | ConfigError) and mode == "hardware":
         return ("No TEE hardware was found or reached. Use the 'Confidential Python (SIMULATION)' kernel for "
                 "teaching, or run `cc-kernel enclave serve` on a confidential VM and set "

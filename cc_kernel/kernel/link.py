@@ -27,7 +27,7 @@ from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors
 from cc_kernel.attestation.policy import Policy
 from cc_kernel.channel.client import AttestedChannel, connect_attested
 from cc_kernel.channel.transport import Address
-from cc_kernel.errors import CCKernelError, ChannelError, EnclaveError, ProtocolError
+from cc_kernel.errors import CCKernelError, ChannelError, ConnectError, EnclaveError, ProtocolError
 from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import OUTPUT_MESSAGES
 from cc_kernel.protocol.flow import output_cost
@@ -148,7 +148,10 @@ class EnclaveLink:
             if proc.returncode is not None:
                 tail = "\n".join(self._log_lines[-5:]) or "(no output)"
                 return f"the enclave process exited with status {proc.returncode} before attestation:\n{tail}"
-        return f"cannot reach the enclave: {exc}"
+        if isinstance(exc, ConnectError):
+            return f"cannot reach the enclave: {exc}"
+        return (f"the connection to the enclave failed during attestation: {exc}. Traffic altered on its way (by "
+                "the host or a relay) ends a TLS 1.3 connection like this, as does an enclave that stopped.")
 
     # -- requests ---------------------------------------------------------------------------------------------
 
