@@ -30,7 +30,7 @@ Metrics (all timed in this client process with ``time.perf_counter``, through ju
   imported and the array made in an earlier cell); per round the best sample (CPU-bound work: interference only
   adds time), also the round's median.
 
-Audit log on/off (issue 4; also alone with --audit-only): two confidential kernels in the same run, one keeping its
+Audit log on/off (also alone with --audit-only): two confidential kernels in the same run, one keeping its
 session log (the default) and one with CC_KERNEL_AUDIT=0, the trivial-cell round-trip median measured in alternating
 blocks as above; the ratio on / off has the target <= 1.1x (enclave signing plus the kernel's checked append; the
 fsync happens on the kernel's writer thread, off the reply path).
@@ -560,9 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not misses else 1
 
 
-# -- audit log on / off (issue 4) -------------------------------------------------------------------------------
+# -- audit log on / off -------------------------------------------------------------------------------------------
 
-#: Target on the trivial-cell round-trip median, session log on / off (issue 4).
+#: Target on the trivial-cell round-trip median, session log on / off.
 AUDIT_TARGET = 1.1
 
 

@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc = sub.add_parser("enclave", help="the enclave server (runs inside the TEE)")
     enc_sub = enc.add_subparsers(dest="enclave_command", required=True, parser_class=_Parser)
     serve = enc_sub.add_parser("serve", help="accept kernel connections; one fresh enclave per session")
-    serve.add_argument("--listen", required=True, help="tcp://HOST:PORT, HOST:PORT or unix:/path")
+    serve.add_argument("--listen", required=True,
+                       help="tcp://HOST:PORT, HOST:PORT, unix:/path or vsock://CID:PORT (in an AWS Nitro "
+                            "enclave: vsock://any:PORT)")
     serve.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
     serve.add_argument("--fault", action="append", default=[],
                        help="teaching fault for the simulated TEE (debug, old-tcb, swapped-key, replay)")
@@ -60,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO")
 
     att = sub.add_parser("attest", help="connect to an enclave, verify its attestation, print the claims")
-    att.add_argument("address", help="tcp://HOST:PORT, HOST:PORT or unix:/path")
+    att.add_argument("address",
+                     help="tcp://HOST:PORT, HOST:PORT, unix:/path or vsock://CID:PORT (from a Nitro parent "
+                          "instance: the enclave's CID)")
     att.add_argument("--policy", type=Path, default=None,
                      help="policy file (default: built-in hardware policy, any measurement, no debug)")
     att.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")

@@ -51,26 +51,46 @@ RECEIVE_HIGH_WATER = STREAM_LIMIT
 RECEIVE_LOW_WATER = STREAM_LIMIT // 2
 
 
+#: AF_VSOCK context ids and ports (Linux ``<linux/vm_sockets.h>``), defined here so that addresses parse on
+#: every system; only opening a vsock socket needs ``socket.AF_VSOCK``.
+VMADDR_CID_ANY = 0xFFFFFFFF  # listen on every context id of this machine
+VMADDR_CID_LOCAL = 1  # this machine (loopback; needs the kernel's vsock_loopback transport)
+VMADDR_CID_HOST = 2  # the host / hypervisor side (e.g. a Nitro enclave's parent instance is CID 3)
+VMADDR_PORT_ANY = 0xFFFFFFFF  # "any port": not accepted in addresses, the peer must know the port
+
+
 @dataclass(frozen=True)
 class Address:
-    """Where an enclave server listens: a Unix socket path or a TCP host and port."""
+    """Where an enclave server listens: a Unix socket path, a TCP host and port, or a vsock CID and port."""
 
-    kind: str  # "unix" | "tcp"
+    kind: str  # "unix" | "tcp" | "vsock"
     path: str = ""
     host: str = ""
     port: int = 0
+    cid: int = 0  # vsock only; VMADDR_CID_ANY to listen on every context id
 
     def __str__(self) -> str:
-        return f"unix:{self.path}" if self.kind == "unix" else f"tcp://{self.host}:{self.port}"
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if self.kind == "vsock":
+            cid = "any" if self.cid == VMADDR_CID_ANY else str(self.cid)
+            return f"vsock://{cid}:{self.port}"
+        return f"tcp://{self.host}:{self.port}"
 
 
 def parse_address(text: str) -> Address:
-    """Parse ``unix:PATH``, ``tcp://HOST:PORT`` or ``HOST:PORT``.
+    """Parse ``unix:PATH``, ``tcp://HOST:PORT``, ``HOST:PORT`` or ``vsock://CID:PORT``.
+
+    A vsock CID is a number (e.g. a Nitro enclave's CID, ``1`` for this machine) or ``any`` (listen on every
+    CID, as an enclave does); ``str()`` of the result parses back to an equal address.
 
     Raises:
-        ConfigError: the address has no recognisable form or the port is not a number in 0..65535.
+        ConfigError: the address has no recognisable form, a TCP port is not a number in 0..65535, or a vsock
+            CID/port is not a number in its range.
     """
     text = text.strip()
+    if text.startswith("vsock:"):
+        return _parse_vsock(text)
     if text.startswith("unix:"):
         path = text[len("unix:") :]
         if path.startswith("//"):
@@ -84,6 +104,43 @@ def parse_address(text: str) -> Address:
         raise ConfigError(f"cannot parse address {text!r}: use unix:/path/to.sock or tcp://HOST:PORT")
     host = host.strip("[]") or "127.0.0.1"
     return Address("tcp", host=host, port=int(port_text))
+
+
+def _parse_vsock(text: str) -> Address:
+    form = "use vsock://CID:PORT, e.g. vsock://16:5005 to connect or vsock://any:5005 to listen"
+    if not text.startswith("vsock://"):
+        raise ConfigError(f"cannot parse vsock address {text!r}: {form}")
+    cid_text, sep, port_text = text[len("vsock://") :].rpartition(":")
+    if not sep or not cid_text:
+        raise ConfigError(f"vsock address {text!r} needs a CID and a port: {form}")
+    if cid_text.lower() == "any":
+        cid = VMADDR_CID_ANY
+    elif cid_text.isascii() and cid_text.isdigit() and int(cid_text) <= VMADDR_CID_ANY:
+        cid = int(cid_text)
+    else:
+        raise ConfigError(
+            f"vsock CID {cid_text!r} in {text!r} is not a number from 0 to {VMADDR_CID_ANY} or 'any': {form}"
+        )
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) >= VMADDR_PORT_ANY:
+        raise ConfigError(
+            f"vsock port {port_text!r} in {text!r} is not a number from 0 to {VMADDR_PORT_ANY - 1}: {form}"
+        )
+    return Address("vsock", cid=cid, port=int(port_text))
+
+
+def _vsock_socket(address: Address, action: str) -> socket.socket:
+    """A new AF_VSOCK stream socket (Linux only).
+
+    Raises:
+        ConnectError: this system has no AF_VSOCK, or the kernel refuses to create the socket.
+    """
+    family = getattr(socket, "AF_VSOCK", None)
+    if family is None:
+        raise ConnectError(f"cannot {action} {address}: this system has no AF_VSOCK sockets (Linux only)")
+    try:
+        return socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConnectError(f"cannot {action} {address}: AF_VSOCK is not available here ({exc})") from exc
 
 
 def _tls13_context(purpose: ssl.Purpose) -> ssl.SSLContext:
@@ -366,7 +423,7 @@ class FramedChannel:
 async def open_client(
     address: Address | socket.socket, conn: Connection, *, timeout: float = 10.0
 ) -> FramedChannel:
-    """Connect (TCP, Unix socket, or an already connected socket) and complete the TLS 1.3 handshake.
+    """Connect (TCP, Unix socket, vsock, or an already connected socket) and complete the TLS 1.3 handshake.
 
     Raises:
         ConnectError: nothing listens there, the handshake failed or timed out.
@@ -380,6 +437,8 @@ async def open_client(
                 transport, _ = await loop.create_connection(
                     lambda: protocol, sock=address, ssl=ctx, server_hostname=""
                 )
+            elif address.kind == "vsock":
+                transport = await _open_vsock(address, protocol, ctx)
             elif address.kind == "unix":
                 transport, _ = await loop.create_unix_connection(
                     lambda: protocol, address.path, ssl=ctx, server_hostname=""
@@ -393,6 +452,32 @@ async def open_client(
     except (OSError, ssl.SSLError) as exc:
         raise ConnectError(f"cannot connect to {address}: {exc}") from exc
     return FramedChannel(transport, protocol)
+
+
+async def _open_vsock(address: Address, protocol: _ChannelProtocol, ctx: ssl.SSLContext) -> asyncio.Transport:
+    """Connect an AF_VSOCK stream socket to ``address`` and run the TLS client handshake over it, exactly as
+    over TCP. The socket is closed if anything fails or the caller is cancelled (by us while connecting, by
+    asyncio's transport once the handshake has started).
+
+    Raises:
+        ConnectError: ``address`` is a listening address (CID any), or this system has no AF_VSOCK.
+        OSError, ssl.SSLError: connecting or the handshake failed.
+    """
+    if address.cid == VMADDR_CID_ANY:
+        raise ConnectError(
+            f"cannot connect to {address}: 'any' is for listening; connect to the enclave's CID "
+            "(e.g. vsock://16:5005)"
+        )
+    loop = asyncio.get_running_loop()
+    sock = _vsock_socket(address, "connect to")
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (address.cid, address.port))
+    except BaseException:
+        sock.close()
+        raise
+    transport, _ = await loop.create_connection(lambda: protocol, sock=sock, ssl=ctx, server_hostname="")
+    return transport
 
 
 async def accept_server(
@@ -418,11 +503,21 @@ async def accept_server(
 
 
 def listen(address: Address, *, backlog: int = 16) -> socket.socket:
-    """Create a listening socket (Unix sockets get mode 0600 and replace a stale socket file).
+    """Create a listening socket (Unix sockets get mode 0600 and replace a stale socket file; a vsock address
+    binds its CID, usually VMADDR_CID_ANY, and port).
 
     Raises:
-        ConnectError: the address is in use or not permitted.
+        ConnectError: the address is in use or not permitted, or vsock is not available on this system.
     """
+    if address.kind == "vsock":
+        sock = _vsock_socket(address, "listen on")
+        try:
+            sock.bind((address.cid, address.port))
+            sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            raise ConnectError(f"cannot listen on {address}: {exc}") from exc
+        return sock
     try:
         if address.kind == "unix":
             path = Path(address.path)

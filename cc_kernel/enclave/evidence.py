@@ -3,7 +3,8 @@
 The simulated provider signs byte-exact SEV-SNP reports with the simulated authority; its teaching faults
 (debug, outdated TCB, swapped key, replay) change only what a real TEE could get wrong, so the kernel's real
 verifier reports exactly the error real hardware would cause. Hardware providers (configfs-tsm,
-/dev/sev-guest, Gramine, Nitro NSM) belong to the hardware work and plug in through the same interface.
+/dev/sev-guest, Gramine, Nitro NSM) live in ``cc_kernel.enclave.providers`` and implement the same interface;
+``detect_hardware_source`` picks one and never falls back to the simulation.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from typing import Protocol
 
 from cc_kernel.attestation.binding import expected_report_data
 from cc_kernel.attestation.envelope import EvidenceEnvelope
-from cc_kernel.attestation.platforms import HARDWARE_INTERFACES
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority, sign_report, simulated_envelope
 from cc_kernel.crypto.keys import new_tls_key, spki_der_of_key
-from cc_kernel.errors import EvidenceUnavailable
 
 #: Guest policy bit 19: the hypervisor may read and write guest memory through the debug API.
 DEBUG_POLICY_BIT = 1 << 19
@@ -80,27 +79,17 @@ class SimulatedSource:
         return env
 
 
+def detect_hardware_source(preferred: str | None = None) -> EvidenceSource:
+    """The hardware evidence provider of this machine (``cc_kernel.enclave.providers.selector``).
 
-
-def detect_hardware_source() -> EvidenceSource:
-    """The first hardware evidence provider present on this machine.
+    ``preferred`` forces one provider (``configfs-tsm``, ``sev-guest``, ``gramine``, ``nitro-nsm``; ``auto`` or
+    None = the environment variable ``CC_KERNEL_EVIDENCE_PROVIDER``, else the first usable in that order).
 
     Raises:
-        EvidenceUnavailable: no TEE interface exists here (the message lists what was looked for), or one
-            exists but its provider is not available in this version.
+        ConfigError: an unknown provider name.
+        EvidenceUnavailable: the forced provider is not usable, or no TEE interface works here (the message
+            lists what was looked for and why each was not used). Never falls back to the simulation.
     """
-    import os
+    from cc_kernel.enclave.providers.selector import select_provider  # hardware code loads only when asked for
 
-    found = [(name, path) for name, path in HARDWARE_INTERFACES if os.path.exists(path)]
-    looked = "; ".join(f"{name} at {path}" for name, path in HARDWARE_INTERFACES)
-    if not found:
-        raise EvidenceUnavailable(
-            f"no TEE hardware found on this machine (looked for: {looked}). Use the 'Confidential Python "
-            "(SIMULATION)' kernel for teaching, or run `cc-kernel enclave serve` inside a confidential VM / "
-            "enclave and connect to it with CC_KERNEL_ENCLAVE=tcp://HOST:PORT."
-        )
-    name, path = found[0]
-    raise EvidenceUnavailable(
-        f"found {name} at {path}, but hardware evidence generation is not available in this version of "
-        "cc-kernel yet; refusing rather than falling back to simulation."
-    )
+    return select_provider(preferred)

@@ -1,0 +1,960 @@
+"""Pure attestation layer (CCC "Interoperable RA-TLS"): verify RA-TLS certificates made by Gramine, the Intel
+SGX SDK (2.22+) and rats-tls, whose evidence is an Intel DCAP quote bound to the certificate's key.
+
+Format (CCC-Attestation/interoperable-ra-tls ``docs/``; ATTESTATION.md §1f): a certificate extension with OID
+``2.23.133.5.4.9`` (TCG DICE tagged evidence) whose value is the CBOR encoding of
+``60000([bstr quote, bstr claims])``. ``claims`` is a CBOR map of text names to byte strings; ``"pubkey-hash"``
+(required) holds the CBOR ``hash-entry`` ``[hash-alg-id, hash]`` over the certificate's DER
+SubjectPublicKeyInfo, with ``hash-alg-id`` from the IANA Named Information registry (1 sha-256, 7 sha-384,
+8 sha-512); ``"nonce"`` is optional (pre-session freshness); other claims are kept and reported. The quote's
+REPORT_DATA is ``SHA-256(claims bytes) || 32 zero bytes``.
+
+Invariants:
+
+* ``parse_interop_certificate`` trusts nothing it returns; every failure on untrusted bytes (PEM, DER, the
+  extension, the CBOR inside it) is ``MalformedEvidence`` naming the ``check``, for every truncation, never a
+  bare ``ValueError``/``IndexError``/``CBORDecodeError``;
+* CBOR is decoded strictly: definite lengths only, no duplicate map keys, nothing after the item, and the
+  bytes must be exactly what an encoder emitting preferred (shortest) serialisation writes for the decoded
+  value — so a tag, a non-minimal length or an indefinite string cannot hide behind an equivalent value;
+* ``verify_interop_certificate`` returns a sealed ``VerifiedEvidence`` only after, in this order: (a) the
+  certificate's self-signature over its exact signed bytes and its validity at ``now``; (b) the
+  ``pubkey-hash`` claim equals the hash of the certificate's DER SubjectPublicKeyInfo (constant time); (c)
+  the quote verifies with ``intel_dcap.verify_quote`` against the pinned Intel root; (d) the quote's
+  REPORT_DATA equals ``SHA-256(claims) || 0^32`` (constant time); (e) optionally, the claimed nonce;
+* the platform label, measurement, debug flag and TCB of the result are the DCAP verifier's, copied field by
+  field; this module only adds a ``"ratls"`` claim (and sets ``evidence_sha256`` to the SHA-256 of the
+  certificate DER, the bytes it verified). It cannot create a ``VerifiedEvidence`` from anything but one that
+  ``verify_quote`` returned;
+* legacy extensions (Gramine's pre-1.8 quote extension, which ``cryptography`` reads as
+  ``0.6.9.42.840.113741.1337.6`` because Gramine's OID bytes include the TLV header, and the Intel SGX SDK's
+  copy of the quote under ``1.2.840.113741.1.13.1``) are reported, never trusted instead of the CCC
+  extension: a certificate without the CCC extension is rejected even if it has a legacy one. With
+  ``verify_legacy=True`` a Gramine legacy quote must also verify, bind SHA-256(SPKI) in its REPORT_DATA and
+  describe the same enclave.
+
+Gramine's certificates (mbedTLS) encode the ECDSA signature AlgorithmIdentifier with an explicit NULL
+parameter, which RFC 5758 forbids; ``cryptography`` 48 warns about it and later releases refuse to parse the
+certificate at all. This module therefore splits the certificate with a small strict DER reader, verifies
+the signature over the *original* TBSCertificate bytes with the certificate's key, and hands
+``cryptography`` a copy in which only those two NULLs are removed (every other byte, including the key and
+the extensions, is copied verbatim) to read names, validity and extensions.
+
+Check names (tests assert them): ``ratls.certificate`` (PEM/DER structure), ``ratls.signature_algorithm``,
+``ratls.critical_extension``, ``ratls.extension`` (no CCC evidence extension), ``ratls.extension.size``,
+``ratls.cbor``, ``ratls.tag``, ``ratls.evidence`` (not an array of exactly two byte strings),
+``ratls.claims``, ``ratls.pubkey_hash``, ``ratls.pubkey_hash.algorithm``, ``ratls.pubkey_hash.length``,
+``ratls.certificate.signature``, ``ratls.certificate.validity``, ``binding.pubkey_hash``,
+``binding.claims_hash``, ``freshness.nonce``, ``ratls.legacy.*``; plus whatever ``verify_quote`` raises.
+
+Design note — should our own enclave certificate also carry a CCC extension?
+-----------------------------------------------------------------------------
+
+*What it would bind.* Our certificate already carries start-up evidence (an ``EvidenceEnvelope`` under our
+UUID-arc OID) whose REPORT_DATA is ``SHA-512(tag, SPKI, audit key, zero nonce, zero session id)``. A CCC
+extension needs *another* quote, with REPORT_DATA ``SHA-256(claims) || 0^32`` where ``claims`` holds
+``pubkey-hash = [1, SHA-256(SPKI)]``. Other claims are covered by that hash and ignored by other verifiers,
+so we could bind the audit key too (say ``"cc-kernel-audit-pub"``) and have our own verifier check it. It
+would be start-up evidence like ours: no nonce, so our kernel would still require the fresh post-handshake
+evidence, and the CCC extension would serve only *other* RA-TLS clients (Gramine's ``ra_tls_verify``, the
+SGX SDK's ``tee_verify_certificate_with_evidence``, rats-tls).
+
+*Where it is worth it.* TDX and SGX: tag 60000 covers every Intel ECDSA quote (TDX v4/v5 too), so a TDX
+enclave's certificate would become verifiable by those clients — real interoperability. SEV-SNP: no CBOR tag
+is registered for SNP reports; rats-tls uses a private tag, so a CCC-shaped SNP extension would be read by
+rats-tls alone and by nobody else. Nitro: none either. Simulation: never (it would claim an Intel quote).
+
+*What it costs.* One more quote generation at every enclave start (configfs-tsm/QGS round trip: tens of
+milliseconds for TDX, less for SGX via Gramine), paid by the warm spare, not by the connecting user; about
+5 KB more certificate (the quote with its PCK chain; more with the optional endorsements extension), sent in
+every handshake; two evidence items in one certificate that must never disagree (our verifier would check
+that both describe the same measurement, as it already does for start-up vs fresh evidence); and a second
+binding scheme to keep correct (SHA-256 of CBOR claims, no domain tag) next to our tagged SHA-512.
+
+*Recommendation.* Emit it for TDX and SGX only, behind an enclave option, once the TDX/SGX evidence sources
+exist; never for SEV-SNP, Nitro or simulation. ``build_interop_extension`` (with ``encode_interop_claims``,
+``interop_report_data`` and ``pubkey_hash_value``) builds the extension; the enclave must generate the quote
+over ``interop_report_data(claims)`` for exactly the claims it then passes, and ``keys.make_tls_identity``
+needs a way to add a second extension.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import io
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from types import MappingProxyType
+from typing import Final
+
+import cbor2
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
+
+from cc_kernel.attestation.anchors import TrustAnchors
+from cc_kernel.attestation.evidence import VerifiedEvidence, seal_verified
+from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
+from cc_kernel.attestation.platforms.intel_dcap import verify_quote
+from cc_kernel.errors import BindingMismatch, CertificateExpired, MalformedEvidence, SignatureInvalid, StaleEvidence
+
+__all__ = [
+    "CCC_ENDORSEMENTS_OID",
+    "CCC_EVIDENCE_OID",
+    "GRAMINE_LEGACY_OIDS",
+    "HASH_ALGORITHMS",
+    "INTEL_SGX_SDK_QUOTE_OID",
+    "MAX_EXTENSION_SIZE",
+    "TAG_INTEL_TEE_QUOTE",
+    "InteropEvidence",
+    "LegacyExtension",
+    "build_interop_extension",
+    "encode_interop_claims",
+    "interop_report_data",
+    "interop_report_data_from_bytes",
+    "parse_interop_certificate",
+    "parse_interop_extension",
+    "pubkey_hash_value",
+    "verify_interop_certificate",
+]
+
+#: TCG DICE ``tcg-dice-conceptual-message-wrapper`` / "tagged evidence": the CCC evidence extension.
+CCC_EVIDENCE_OID: Final = x509.ObjectIdentifier("2.23.133.5.4.9")
+#: TCG DICE ``tcg-dice-endorsement-manifest``: optional CCC endorsements (Intel collateral), reported only.
+CCC_ENDORSEMENTS_OID: Final = x509.ObjectIdentifier("2.23.133.5.4.2")
+#: Gramine's legacy quote extension: as ``cryptography`` parses Gramine's bytes, and as intended.
+GRAMINE_LEGACY_OIDS: Final = ("0.6.9.42.840.113741.1337.6", "1.2.840.113741.1337.6")
+GRAMINE_LEGACY_INTENDED_OID: Final = "1.2.840.113741.1337.6"
+#: The Intel SGX SDK's copy of the quote (the same OID arc Intel uses for the PCK certificate's SGX extension).
+INTEL_SGX_SDK_QUOTE_OID: Final = "1.2.840.113741.1.13.1"
+
+#: IANA CBOR tags of the CCC SGX/TDX evidence formats.
+TAG_INTEL_TEE_QUOTE: Final = 60000
+_UNSUPPORTED_TAGS: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        60001: "an Intel TEE report (TDX report / SGX report type 2), which is only verifiable on the same "
+        "platform",
+        60002: "a legacy SGX EREPORT, which is only verifiable on the same platform",
+    }
+)
+
+#: The CCC extension carries a quote (~5 KB with its PCK chain) and a small claims map.
+MAX_EXTENSION_SIZE: Final = 64 * 1024
+_MAX_CERTIFICATE_SIZE: Final = 128 * 1024
+_MAX_CBOR_DEPTH: Final = 4
+
+#: IANA "Named Information Hash Algorithm Registry" ids the CCC documents require (1, 7, 8).
+HASH_ALGORITHMS: Final[Mapping[int, str]] = MappingProxyType({1: "sha-256", 7: "sha-384", 8: "sha-512"})
+_HASHES: Final[Mapping[int, hashes.HashAlgorithm]] = MappingProxyType(
+    {1: hashes.SHA256(), 7: hashes.SHA384(), 8: hashes.SHA512()}
+)
+#: Registered ids we refuse, named in the error (truncated hashes weaken the binding; SHA-3 is not required).
+_REFUSED_HASH_NAMES: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        2: "sha-256-128 (truncated)",
+        3: "sha-256-120 (truncated)",
+        4: "sha-256-96 (truncated)",
+        5: "sha-256-64 (truncated)",
+        6: "sha-256-32 (truncated)",
+        9: "sha3-224",
+        10: "sha3-256",
+        11: "sha3-384",
+        12: "sha3-512",
+    }
+)
+
+CLAIM_PUBKEY_HASH: Final = "pubkey-hash"
+CLAIM_NONCE: Final = "nonce"
+
+#: ECDSA signature algorithm OIDs (DER TLV) -> hash name; Gramine writes them with an explicit NULL parameter.
+_ECDSA_OID_TLVS: Final[Mapping[bytes, str]] = MappingProxyType(
+    {
+        bytes.fromhex("06082a8648ce3d040302"): "sha256",
+        bytes.fromhex("06082a8648ce3d040303"): "sha384",
+        bytes.fromhex("06082a8648ce3d040304"): "sha512",
+    }
+)
+_DER_NULL: Final = b"\x05\x00"
+
+_DER_SEQUENCE = 0x30
+_DER_INTEGER = 0x02
+_DER_BIT_STRING = 0x03
+_DER_VERSION = 0xA0  # [0] EXPLICIT Version
+
+
+# --- results ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LegacyExtension:
+    """A pre-CCC RA-TLS extension found next to the CCC one. Reported, never trusted on its own.
+
+    ``kind`` is ``"gramine-legacy-quote"`` or ``"intel-sgx-sdk-quote"``; ``oid`` is as parsed (Gramine's reads
+    ``0.6.9.42.840.113741.1337.6``), ``intended_oid`` what its producer meant.
+    """
+
+    kind: str
+    oid: str
+    intended_oid: str
+    value: bytes = field(repr=False)
+    identical_to_evidence: bool
+
+    def claim(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "oid": self.oid,
+            "intended_oid": self.intended_oid,
+            "size": len(self.value),
+            "sha256": _digest(hashes.SHA256(), self.value),
+            "identical_to_evidence_quote": self.identical_to_evidence,
+        }
+
+
+@dataclass(frozen=True)
+class InteropEvidence:
+    """A parsed (UNVERIFIED) interoperable RA-TLS certificate. Nothing here is trusted yet.
+
+    ``certificate_der`` is the certificate as given (DER); ``spki_der`` its SubjectPublicKeyInfo, byte for
+    byte; ``claims_bytes`` the exact claims buffer the quote's REPORT_DATA must hash; ``claims`` every claim
+    (name -> byte string); ``pubkey_hash_alg_id``/``pubkey_hash_alg``/``pubkey_hash`` the decoded
+    ``pubkey-hash``; ``nonce`` the optional ``nonce`` claim; ``endorsements`` the raw CCC endorsements
+    extension if present (not interpreted); ``legacy`` the legacy extensions; ``signature_params_null`` is
+    True for Gramine's explicit-NULL ECDSA AlgorithmIdentifier.
+    """
+
+    certificate_der: bytes = field(repr=False)
+    spki_der: bytes = field(repr=False)
+    not_valid_before: datetime
+    not_valid_after: datetime
+    tag: int
+    quote: bytes = field(repr=False)
+    claims_bytes: bytes = field(repr=False)
+    claims: Mapping[str, bytes]
+    pubkey_hash_alg_id: int
+    pubkey_hash_alg: str
+    pubkey_hash: bytes
+    nonce: bytes | None
+    endorsements: bytes | None = field(repr=False)
+    legacy: tuple[LegacyExtension, ...]
+    signature_params_null: bool
+    evidence_critical: bool
+    _tbs: bytes = field(repr=False, compare=False)
+    _signature: bytes = field(repr=False, compare=False)
+    _certificate: x509.Certificate = field(repr=False, compare=False)
+
+    @property
+    def expected_report_data(self) -> bytes:
+        """The REPORT_DATA the quote must carry: SHA-256(claims bytes) followed by 32 zero bytes."""
+        return interop_report_data_from_bytes(self.claims_bytes)
+
+
+# --- errors -------------------------------------------------------------------------------------------------
+
+
+def _malformed(check: str, message: str, *, got: object = None, expected: object = None) -> MalformedEvidence:
+    return MalformedEvidence(message, check=check, got=got, expected=expected)
+
+
+def _digest(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:
+    h = hashes.Hash(algorithm)
+    h.update(data)
+    return h.finalize()
+
+
+# --- certificate: PEM, strict DER split, explicit-NULL normalisation -----------------------------------------
+
+
+_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_PEM_END = b"-----END CERTIFICATE-----"
+
+
+def _pem_to_der(data: bytes) -> bytes:
+    text = data.strip()
+    if text.count(b"-----BEGIN") != 1 or not text.startswith(_PEM_BEGIN) or not text.endswith(_PEM_END):
+        raise _malformed(
+            "ratls.certificate",
+            "expected exactly one PEM CERTIFICATE block",
+            got=text.count(b"-----BEGIN"),
+            expected=1,
+        )
+    body = b"".join(text[len(_PEM_BEGIN) : -len(_PEM_END)].split())
+    try:
+        der = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _malformed("ratls.certificate", f"the PEM body is not valid base64: {exc}") from exc
+    if not der:
+        raise _malformed("ratls.certificate", "the PEM block is empty")
+    return der
+
+
+def _tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the DER element at ``pos``; strict definite, minimal lengths."""
+    if pos + 2 > end:
+        raise _malformed("ratls.certificate", "truncated DER element", got=end - pos, expected=">= 2 bytes")
+    tag = buf[pos]
+    if tag & 0x1F == 0x1F:
+        raise _malformed("ratls.certificate", "multi-byte DER tags do not occur in a certificate", got=tag)
+    first = buf[pos + 1]
+    if first < 0x80:
+        length, start = first, pos + 2
+    else:
+        count = first & 0x7F
+        if count == 0:
+            raise _malformed("ratls.certificate", "indefinite DER length", got=first)
+        if count > 3:
+            raise _malformed("ratls.certificate", "DER length too large", got=count, expected="<= 3 length bytes")
+        if pos + 2 + count > end:
+            raise _malformed("ratls.certificate", "truncated DER length")
+        raw = buf[pos + 2 : pos + 2 + count]
+        length = int.from_bytes(raw, "big")
+        if raw[0] == 0 or length < 0x80:
+            raise _malformed("ratls.certificate", "non-minimal DER length", got=raw.hex())
+        start = pos + 2 + count
+    if start + length > end:
+        raise _malformed(
+            "ratls.certificate", "DER element runs past its container (truncated)", got=end - start, expected=length
+        )
+    return tag, start, start + length
+
+
+def _children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    """The elements (tag, element start, element end) inside a constructed value."""
+    out: list[tuple[int, int, int]] = []
+    pos = start
+    while pos < end:
+        tag, _, content_end = _tlv(buf, pos, end)
+        out.append((tag, pos, content_end))
+        pos = content_end
+    return out
+
+
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes([length])
+    raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _without_null_params(algid: bytes) -> bytes:
+    """Gramine's ``SEQUENCE { ecdsa-with-SHAxxx, NULL }`` -> ``SEQUENCE { ecdsa-with-SHAxxx }``; others as is."""
+    _, start, end = _tlv(algid, 0, len(algid))
+    content = algid[start:end]
+    for oid_tlv in _ECDSA_OID_TLVS:
+        if content == oid_tlv + _DER_NULL:
+            return bytes([_DER_SEQUENCE]) + _der_length(len(oid_tlv)) + oid_tlv
+    return algid
+
+
+@dataclass(frozen=True)
+class _SplitCertificate:
+    tbs: bytes
+    signature: bytes
+    spki: bytes
+    parse_der: bytes  # the DER handed to cryptography (explicit NULLs removed, everything else verbatim)
+    signature_params_null: bool
+
+
+def _split_certificate(der: bytes) -> _SplitCertificate:
+    tag, start, end = _tlv(der, 0, len(der))
+    if tag != _DER_SEQUENCE or end != len(der):
+        raise _malformed("ratls.certificate", "not a single DER Certificate SEQUENCE (or trailing bytes)")
+    parts = _children(der, start, end)
+    if [p[0] for p in parts] != [_DER_SEQUENCE, _DER_SEQUENCE, _DER_BIT_STRING]:
+        raise _malformed(
+            "ratls.certificate",
+            "a Certificate is SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }",
+            got=[hex(p[0]) for p in parts],
+        )
+    (_, tbs_start, tbs_end), (_, alg_start, alg_end), (_, sig_start, sig_end) = parts
+    tbs = der[tbs_start:tbs_end]
+    outer_alg = der[alg_start:alg_end]
+    _, bits_start, bits_end = _tlv(der, sig_start, sig_end)
+    if bits_end == bits_start or der[bits_start] != 0:
+        raise _malformed("ratls.certificate", "the signature BIT STRING must have zero unused bits")
+    signature = der[bits_start + 1 : bits_end]
+
+    _, tbs_cstart, tbs_cend = _tlv(der, tbs_start, tbs_end)
+    fields_ = _children(der, tbs_cstart, tbs_cend)
+    first = 1 if fields_ and fields_[0][0] == _DER_VERSION else 0
+    if len(fields_) < first + 6:
+        raise _malformed("ratls.certificate", "TBSCertificate has too few fields", got=len(fields_))
+    tags = [f[0] for f in fields_[first : first + 6]]
+    if tags != [_DER_INTEGER] + [_DER_SEQUENCE] * 5:
+        raise _malformed(
+            "ratls.certificate",
+            "TBSCertificate must start serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo",
+            got=[hex(t) for t in tags],
+        )
+    _, alg_el_start, alg_el_end = fields_[first + 1]
+    inner_alg = der[alg_el_start:alg_el_end]
+    if not hmac.compare_digest(inner_alg, outer_alg):
+        raise _malformed(
+            "ratls.signature_algorithm",
+            "the TBSCertificate signature algorithm differs from the Certificate's (RFC 5280 §4.1.1.2)",
+            got=inner_alg.hex(),
+            expected=outer_alg.hex(),
+        )
+    _, spki_start, spki_end = fields_[first + 5]
+    spki = der[spki_start:spki_end]
+
+    normal_alg = _without_null_params(outer_alg)
+    if normal_alg == outer_alg:
+        return _SplitCertificate(tbs=tbs, signature=signature, spki=spki, parse_der=der, signature_params_null=False)
+    tbs_content = der[tbs_cstart:alg_el_start] + normal_alg + der[alg_el_end:tbs_cend]
+    new_tbs = bytes([_DER_SEQUENCE]) + _der_length(len(tbs_content)) + tbs_content
+    cert_content = new_tbs + normal_alg + der[sig_start:sig_end]
+    parse_der = bytes([_DER_SEQUENCE]) + _der_length(len(cert_content)) + cert_content
+    return _SplitCertificate(tbs=tbs, signature=signature, spki=spki, parse_der=parse_der, signature_params_null=True)
+
+
+def _load(der: bytes) -> x509.Certificate:
+    """Parse with ``cryptography``; what it only deprecates (e.g. a non-positive serial) is refused here, so the
+    outcome does not depend on the ``cryptography`` release or on the warning filters in force."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CryptographyDeprecationWarning)
+            cert = x509.load_der_x509_certificate(der)
+            _ = cert.extensions  # parse (and cache) now: later access must not fail
+            _ = cert.serial_number
+    except (
+        ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType
+    ) as exc:
+        raise _malformed("ratls.certificate", f"not a valid X.509 certificate: {exc}") from exc
+    deprecated = [w for w in caught if issubclass(w.category, CryptographyDeprecationWarning)]
+    for other in caught:
+        if other not in deprecated:
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    if deprecated:
+        raise _malformed(
+            "ratls.certificate",
+            f"the certificate violates RFC 5280 in a way cryptography is phasing out: {deprecated[0].message}",
+        )
+    return cert
+
+
+# --- strict CBOR --------------------------------------------------------------------------------------------
+
+
+def _cbor_strict(data: bytes, what: str) -> object:
+    """Decode one CBOR item that makes up all of ``data``, in preferred serialisation, with no surprises."""
+    stream = io.BytesIO(data)
+    try:
+        decoder = cbor2.CBORDecoder(
+            stream,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            strict_hashable_types=True,
+            max_depth=_MAX_CBOR_DEPTH,
+        )
+        value = decoder.decode()
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
+        raise _malformed("ratls.cbor", f"{what} is not valid CBOR: {exc}", got=len(data)) from exc
+    if stream.tell() != len(data):
+        raise _malformed(
+            "ratls.cbor", f"{what} has bytes after its CBOR item", got=len(data) - stream.tell(), expected=0
+        )
+    try:
+        again = cbor2.dumps(value)
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError) as exc:
+        raise _malformed("ratls.cbor", f"{what} holds a CBOR value this format never uses: {exc}") from exc
+    if again != data:
+        raise _malformed(
+            "ratls.cbor",
+            f"{what} is not in preferred CBOR serialisation (non-minimal lengths, or a tag or value this format "
+            "does not use)",
+        )
+    return value
+
+
+def parse_interop_extension(value: bytes) -> tuple[int, bytes, bytes, Mapping[str, bytes], int, bytes]:
+    """Decode the CCC evidence extension value: ``(tag, quote, claims bytes, claims, hash alg id, hash)``.
+
+    Raises:
+        MalformedEvidence: ``ratls.extension.size``, ``ratls.cbor``, ``ratls.tag``, ``ratls.evidence``,
+            ``ratls.claims``, ``ratls.pubkey_hash``, ``ratls.pubkey_hash.algorithm``,
+            ``ratls.pubkey_hash.length``.
+    """
+    if len(value) > MAX_EXTENSION_SIZE:
+        raise _malformed(
+            "ratls.extension.size", "the evidence extension is too large", got=len(value), expected=MAX_EXTENSION_SIZE
+        )
+    item = _cbor_strict(value, "the evidence extension")
+    if not isinstance(item, cbor2.CBORTag):
+        raise _malformed(
+            "ratls.tag",
+            f"the evidence is not a tagged CBOR item (got a {type(item).__name__})",
+            got=type(item).__name__,
+            expected=TAG_INTEL_TEE_QUOTE,
+        )
+    if item.tag != TAG_INTEL_TEE_QUOTE:
+        what = _UNSUPPORTED_TAGS.get(item.tag, "an evidence format this verifier does not know")
+        raise _malformed(
+            "ratls.tag",
+            f"CBOR tag {item.tag} ({what}) is not supported; only {TAG_INTEL_TEE_QUOTE} (Intel TEE quote) is",
+            got=item.tag,
+            expected=TAG_INTEL_TEE_QUOTE,
+        )
+    body = item.value
+    if not isinstance(body, list | tuple) or len(body) != 2:
+        raise _malformed(
+            "ratls.evidence",
+            "tag 60000 must wrap an array of exactly two byte strings [quote, claims]",
+            got=len(body) if isinstance(body, list | tuple) else type(body).__name__,
+            expected=2,
+        )
+    quote, claims_bytes = body
+    if not isinstance(quote, bytes) or not isinstance(claims_bytes, bytes):
+        raise _malformed(
+            "ratls.evidence",
+            "both entries of the evidence array must be byte strings",
+            got=[type(quote).__name__, type(claims_bytes).__name__],
+            expected=["bytes", "bytes"],
+        )
+    if not quote:
+        raise _malformed("ratls.evidence", "the quote is empty", got=0)
+    claims = _decode_claims(claims_bytes)
+    alg_id, digest = _decode_pubkey_hash(claims[CLAIM_PUBKEY_HASH])
+    return item.tag, quote, claims_bytes, claims, alg_id, digest
+
+
+def _decode_claims(claims_bytes: bytes) -> Mapping[str, bytes]:
+    raw = _cbor_strict(claims_bytes, "the claims buffer")
+    if not isinstance(raw, dict):
+        raise _malformed("ratls.claims", "the claims buffer must be a CBOR map", got=type(raw).__name__)
+    claims: dict[str, bytes] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not isinstance(value, bytes):
+            raise _malformed(
+                "ratls.claims",
+                "every claim must map a text name to a byte string",
+                got=[type(name).__name__, type(value).__name__],
+                expected=["str", "bytes"],
+            )
+        claims[name] = value
+    if CLAIM_PUBKEY_HASH not in claims:
+        raise _malformed(
+            "ratls.claims",
+            'the required "pubkey-hash" claim is missing',
+            got=sorted(claims),
+            expected=CLAIM_PUBKEY_HASH,
+        )
+    return MappingProxyType(claims)
+
+
+def _decode_pubkey_hash(value: bytes) -> tuple[int, bytes]:
+    entry = _cbor_strict(value, 'the "pubkey-hash" claim')
+    if not isinstance(entry, list | tuple) or len(entry) != 2:
+        raise _malformed(
+            "ratls.pubkey_hash",
+            '"pubkey-hash" must be the CBOR array [hash-alg-id, hash-value]',
+            got=len(entry) if isinstance(entry, list | tuple) else type(entry).__name__,
+            expected=2,
+        )
+    alg_id, digest = entry
+    if isinstance(alg_id, bool) or not isinstance(alg_id, int) or not isinstance(digest, bytes):
+        raise _malformed(
+            "ratls.pubkey_hash",
+            '"pubkey-hash" must hold an integer algorithm id and a byte string',
+            got=[type(alg_id).__name__, type(digest).__name__],
+            expected=["int", "bytes"],
+        )
+    if alg_id not in _HASHES:
+        known = _REFUSED_HASH_NAMES.get(alg_id)
+        name = f"{known}, id {alg_id}" if known else f"unknown id {alg_id}"
+        raise _malformed(
+            "ratls.pubkey_hash.algorithm",
+            f'"pubkey-hash" uses hash algorithm {name}; supported: '
+            + ", ".join(f"{n} ({i})" for i, n in HASH_ALGORITHMS.items()),
+            got=alg_id,
+            expected=sorted(HASH_ALGORITHMS),
+        )
+    size = _HASHES[alg_id].digest_size
+    if len(digest) != size:
+        raise _malformed(
+            "ratls.pubkey_hash.length",
+            f'"pubkey-hash" {HASH_ALGORITHMS[alg_id]} value has the wrong length',
+            got=len(digest),
+            expected=size,
+        )
+    return alg_id, digest
+
+
+# --- parse --------------------------------------------------------------------------------------------------
+
+
+def parse_interop_certificate(cert: bytes) -> InteropEvidence:
+    """Parse an interoperable RA-TLS certificate (PEM or DER) and its CCC evidence extension. UNVERIFIED.
+
+    Raises:
+        MalformedEvidence: ``ratls.certificate`` (not one well-formed certificate), ``ratls.signature_algorithm``,
+            ``ratls.critical_extension`` (a critical extension we do not understand), ``ratls.extension`` (no
+            CCC evidence extension — a legacy extension alone is not accepted), or any check of
+            ``parse_interop_extension``.
+        TypeError: ``cert`` is not bytes.
+    """
+    if not isinstance(cert, bytes | bytearray | memoryview):
+        raise TypeError(f"certificate must be bytes, not {type(cert).__name__}")
+    data = bytes(cert)
+    if len(data) > _MAX_CERTIFICATE_SIZE:
+        raise _malformed(
+            "ratls.certificate", "certificate input is too large", got=len(data), expected=_MAX_CERTIFICATE_SIZE
+        )
+    der = _pem_to_der(data) if data.lstrip().startswith(b"-----BEGIN") else data
+    split = _split_certificate(der)
+    parsed = _load(split.parse_der)
+
+    evidence_ext: x509.Extension[x509.ExtensionType] | None = None
+    endorsements: bytes | None = None
+    legacy_raw: list[tuple[str, str, str, bytes]] = []
+    for ext in parsed.extensions:
+        oid = ext.oid.dotted_string
+        value = ext.value
+        if oid == CCC_EVIDENCE_OID.dotted_string:
+            evidence_ext = ext
+            continue
+        if not isinstance(value, x509.UnrecognizedExtension):
+            continue
+        if oid == CCC_ENDORSEMENTS_OID.dotted_string:
+            endorsements = bytes(value.value)
+        elif oid in GRAMINE_LEGACY_OIDS:
+            legacy_raw.append(("gramine-legacy-quote", oid, GRAMINE_LEGACY_INTENDED_OID, bytes(value.value)))
+        elif oid == INTEL_SGX_SDK_QUOTE_OID:
+            legacy_raw.append(("intel-sgx-sdk-quote", oid, INTEL_SGX_SDK_QUOTE_OID, bytes(value.value)))
+        elif ext.critical:
+            raise _malformed(
+                "ratls.critical_extension",
+                f"the certificate has a critical extension {oid} this verifier does not understand",
+                got=oid,
+            )
+    if evidence_ext is None:
+        hint = " (it has only a legacy RA-TLS extension, which is not accepted on its own)" if legacy_raw else ""
+        raise _malformed(
+            "ratls.extension",
+            f"the certificate has no CCC evidence extension {CCC_EVIDENCE_OID.dotted_string}{hint}",
+            expected=CCC_EVIDENCE_OID.dotted_string,
+        )
+    if not isinstance(evidence_ext.value, x509.UnrecognizedExtension):  # pragma: no cover - cryptography knows none
+        raise _malformed("ratls.extension", "the evidence extension has an unexpected type")
+    tag, quote, claims_bytes, claims, alg_id, digest = parse_interop_extension(bytes(evidence_ext.value.value))
+    legacy = tuple(
+        LegacyExtension(
+            kind=kind,
+            oid=oid,
+            intended_oid=intended,
+            value=raw,
+            identical_to_evidence=hmac.compare_digest(raw, quote),
+        )
+        for kind, oid, intended, raw in legacy_raw
+    )
+    return InteropEvidence(
+        certificate_der=der,
+        spki_der=split.spki,
+        not_valid_before=parsed.not_valid_before_utc,
+        not_valid_after=parsed.not_valid_after_utc,
+        tag=tag,
+        quote=quote,
+        claims_bytes=claims_bytes,
+        claims=claims,
+        pubkey_hash_alg_id=alg_id,
+        pubkey_hash_alg=HASH_ALGORITHMS[alg_id],
+        pubkey_hash=digest,
+        nonce=claims.get(CLAIM_NONCE),
+        endorsements=endorsements,
+        legacy=legacy,
+        signature_params_null=split.signature_params_null,
+        evidence_critical=evidence_ext.critical,
+        _tbs=split.tbs,
+        _signature=split.signature,
+        _certificate=parsed,
+    )
+
+
+# --- verify -------------------------------------------------------------------------------------------------
+
+
+def _check_self_signature(ev: InteropEvidence) -> None:
+    """The certificate's key signed its exact TBSCertificate bytes (as received, explicit NULLs included)."""
+    cert = ev._certificate
+    try:
+        key = cert.public_key()
+        params = cert.signature_algorithm_parameters
+        hash_alg = cert.signature_hash_algorithm
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        raise SignatureInvalid(
+            f"the certificate's key or signature algorithm is not supported: {exc}",
+            check="ratls.certificate.signature",
+            got=cert.signature_algorithm_oid.dotted_string,
+        ) from exc
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
+            key.verify(ev._signature, ev._tbs, params)
+        elif (
+            isinstance(key, rsa.RSAPublicKey)
+            and isinstance(params, padding.PKCS1v15 | padding.PSS)
+            and hash_alg is not None
+        ):
+            key.verify(ev._signature, ev._tbs, params, hash_alg)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey) and params is None:
+            key.verify(ev._signature, ev._tbs)
+        else:
+            raise SignatureInvalid(
+                f"the certificate's {type(key).__name__} cannot have made a "
+                f"{cert.signature_algorithm_oid.dotted_string} signature",
+                check="ratls.certificate.signature",
+                got=cert.signature_algorithm_oid.dotted_string,
+            )
+    except InvalidSignature as exc:
+        raise SignatureInvalid(
+            "the certificate is not self-signed by its own key (signature does not verify)",
+            check="ratls.certificate.signature",
+        ) from exc
+    except (UnsupportedAlgorithm, ValueError, TypeError) as exc:
+        raise SignatureInvalid(
+            f"the certificate signature cannot be checked: {exc}", check="ratls.certificate.signature"
+        ) from exc
+
+
+def _check_validity(ev: InteropEvidence, now: datetime) -> None:
+    if not ev.not_valid_before <= now <= ev.not_valid_after:
+        raise CertificateExpired(
+            f"the RA-TLS certificate is not valid at {now.isoformat()}",
+            check="ratls.certificate.validity",
+            got=now.isoformat(),
+            expected=[ev.not_valid_before.isoformat(), ev.not_valid_after.isoformat()],
+        )
+
+
+def _check_pubkey_hash(ev: InteropEvidence) -> bytes:
+    want = _digest(_HASHES[ev.pubkey_hash_alg_id], ev.spki_der)
+    if not hmac.compare_digest(ev.pubkey_hash, want):
+        raise BindingMismatch(
+            f'the "pubkey-hash" claim ({ev.pubkey_hash_alg}) is not the hash of this certificate\'s '
+            "SubjectPublicKeyInfo: the evidence was made for another key",
+            check="binding.pubkey_hash",
+            got=ev.pubkey_hash,
+            expected=want,
+        )
+    return want
+
+
+def _check_claims_hash(ev: InteropEvidence, report_data: bytes) -> None:
+    want = ev.expected_report_data
+    if not hmac.compare_digest(report_data, want):
+        raise BindingMismatch(
+            "the quote's REPORT_DATA is not SHA-256(claims) || 32 zero bytes: the claims were not made by "
+            "this enclave",
+            check="binding.claims_hash",
+            got=report_data,
+            expected=want,
+        )
+
+
+def _check_legacy(
+    ev: InteropEvidence,
+    main: VerifiedEvidence,
+    *,
+    anchors: TrustAnchors,
+    now: datetime,
+    collateral: DcapCollateral | None,
+) -> dict[str, object]:
+    """Verify Gramine's legacy quote the same way: authentic, REPORT_DATA = SHA-256(SPKI) || 0^32, same enclave."""
+    results: dict[str, object] = {}
+    spki_sha256 = _digest(hashes.SHA256(), ev.spki_der)
+    for legacy in ev.legacy:
+        if legacy.identical_to_evidence or legacy.kind != "gramine-legacy-quote":
+            continue
+        verified = verify_quote(legacy.value, anchors=anchors, now=now, collateral=collateral)
+        want = spki_sha256 + bytes(32)
+        if not hmac.compare_digest(verified.report_data, want):
+            raise BindingMismatch(
+                "Gramine's legacy quote does not bind this certificate's key (REPORT_DATA != SHA-256(SPKI) || 0^32)",
+                check="ratls.legacy.binding",
+                got=verified.report_data,
+                expected=want,
+            )
+        same = (
+            verified.platform == main.platform
+            and hmac.compare_digest(verified.measurement, main.measurement)
+            and verified.debug == main.debug
+            and _same_registers(verified, main)
+        )
+        if not same:
+            raise BindingMismatch(
+                "Gramine's legacy quote describes another enclave than the CCC evidence",
+                check="ratls.legacy.enclave",
+                got=verified.measurement,
+                expected=main.measurement,
+            )
+        results[legacy.oid] = {"verified": True, "signer": verified.signer, "tcb_status": verified.tcb_status}
+    return results
+
+
+def _same_registers(a: VerifiedEvidence, b: VerifiedEvidence) -> bool:
+    names = set(a.measurements) | set(b.measurements)
+    return all(
+        n in a.measurements and n in b.measurements and hmac.compare_digest(a.measurements[n], b.measurements[n])
+        for n in names
+    )
+
+
+def _with_claims(
+    quote_evidence: VerifiedEvidence, *, claim: Mapping[str, object], evidence_sha256: bytes
+) -> VerifiedEvidence:
+    """Copy a sealed VerifiedEvidence field by field, adding the ``ratls`` claim (nothing else changes)."""
+    if "ratls" in quote_evidence.claims:
+        raise ValueError("the quote verifier already set a 'ratls' claim")  # pragma: no cover - defensive
+    values = {f.name: getattr(quote_evidence, f.name) for f in fields(quote_evidence) if f.name != "_token"}
+    values["claims"] = MappingProxyType({**quote_evidence.claims, "ratls": MappingProxyType(dict(claim))})
+    values["evidence_sha256"] = evidence_sha256
+    return seal_verified(**values)
+
+
+def verify_interop_certificate(
+    cert: bytes,
+    *,
+    anchors: TrustAnchors,
+    now: datetime,
+    collateral: DcapCollateral | None = None,
+    expected_nonce: bytes | None = None,
+    verify_legacy: bool = False,
+) -> VerifiedEvidence:
+    """Verify an interoperable RA-TLS certificate (PEM or DER) at ``now`` (timezone-aware).
+
+    Returns the DCAP verifier's ``VerifiedEvidence`` for the quote (platform ``sgx-dcap`` or ``tdx``, decided
+    by the pinned Intel root and the quote type), with ``evidence_sha256`` = SHA-256 of the certificate DER
+    and a ``"ratls"`` claim describing the certificate, the claims, the binding and any legacy extension.
+    ``report_data`` stays the quote's (``SHA-256(claims) || 0^32``): the binding to the certificate key was
+    checked here, so do NOT pass this result to ``binding.check_binding`` (that checks our own scheme).
+
+    ``expected_nonce``: when given, the ``nonce`` claim must be present and equal (pre-session freshness).
+    ``verify_legacy``: also verify Gramine's legacy quote (a second quote verification).
+
+    Raises:
+        MalformedEvidence: from ``parse_interop_certificate``.
+        SignatureInvalid: ``ratls.certificate.signature``.
+        CertificateExpired: ``ratls.certificate.validity`` (or from the quote's PCK chain).
+        BindingMismatch: ``binding.pubkey_hash``, ``binding.claims_hash``, ``ratls.legacy.*``.
+        StaleEvidence: ``freshness.nonce``.
+        UntrustedRoot, ChainError, SignatureInvalid, MalformedEvidence: from ``intel_dcap.verify_quote``.
+        ValueError: ``now`` is naive.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be a timezone-aware datetime")
+    ev = parse_interop_certificate(cert)
+    # (a) the certificate itself: signed by its own key over the bytes we received, valid now
+    _check_self_signature(ev)
+    _check_validity(ev, now)
+    # (b) the claims name this certificate's key
+    spki_hash = _check_pubkey_hash(ev)
+    # (c) the quote is authentic (pinned Intel root, PCK chain, QE report, quote signature)
+    verified = verify_quote(ev.quote, anchors=anchors, now=now, collateral=collateral)
+    # (d) the quote's REPORT_DATA commits to exactly these claims
+    _check_claims_hash(ev, verified.report_data)
+    # (e) optional freshness and legacy checks, then the result with the RA-TLS claims added
+    if expected_nonce is not None and (ev.nonce is None or not hmac.compare_digest(ev.nonce, expected_nonce)):
+        raise StaleEvidence(
+            "the certificate's evidence does not answer our nonce",
+            check="freshness.nonce",
+            got=ev.nonce,
+            expected=expected_nonce,
+        )
+    legacy_checked = (
+        _check_legacy(ev, verified, anchors=anchors, now=now, collateral=collateral) if verify_legacy else {}
+    )
+    cert_sha256 = _digest(hashes.SHA256(), ev.certificate_der)
+    claim: dict[str, object] = {
+        "format": "ccc-interoperable-ra-tls",
+        "evidence_oid": CCC_EVIDENCE_OID.dotted_string,
+        "tag": ev.tag,
+        "certificate_sha256": cert_sha256,
+        "quote_sha256": _digest(hashes.SHA256(), ev.quote),
+        "quote_evidence_sha256": verified.evidence_sha256,
+        "claims": MappingProxyType(dict(ev.claims)),
+        "claims_sha256": _digest(hashes.SHA256(), ev.claims_bytes),
+        "pubkey_hash_alg": ev.pubkey_hash_alg,
+        "pubkey_hash": spki_hash,
+        "spki_sha256": _digest(hashes.SHA256(), ev.spki_der),
+        "nonce": ev.nonce,
+        "nonce_checked": expected_nonce is not None,
+        "not_valid_before": ev.not_valid_before.isoformat(),
+        "not_valid_after": ev.not_valid_after.isoformat(),
+        "endorsements_present": ev.endorsements is not None,
+        "signature_params_null": ev.signature_params_null,
+        "legacy_extensions": tuple(
+            MappingProxyType({**leg.claim(), **_legacy_status(leg, legacy_checked)}) for leg in ev.legacy
+        ),
+    }
+    return _with_claims(verified, claim=claim, evidence_sha256=cert_sha256)
+
+
+def _legacy_status(legacy: LegacyExtension, checked: Mapping[str, object]) -> dict[str, object]:
+    if legacy.identical_to_evidence:
+        return {"verified": True, "how": "identical to the verified CCC quote"}
+    if legacy.oid in checked:
+        return {"verified": True, "how": "verified separately, binds SHA-256(SPKI), same enclave"}
+    return {"verified": False, "how": "not verified (not trusted, reported only)"}
+
+
+# --- building (enclave side) --------------------------------------------------------------------------------
+
+
+def pubkey_hash_value(spki_der: bytes, *, alg_id: int = 1) -> bytes:
+    """The ``pubkey-hash`` claim value: CBOR ``[alg_id, hash(spki_der)]`` (1 sha-256, 7 sha-384, 8 sha-512)."""
+    if alg_id not in _HASHES:
+        raise ValueError(f"hash algorithm id {alg_id} is not one of {sorted(HASH_ALGORITHMS)}")
+    return bytes(cbor2.dumps([alg_id, _digest(_HASHES[alg_id], spki_der)]))
+
+
+def encode_interop_claims(claims: Mapping[str, object]) -> bytes:
+    """The claims buffer: a definite-length CBOR map of text names to byte strings, in the given order.
+
+    Raises:
+        ValueError: a name is not text, a value is not bytes, or ``pubkey-hash`` is missing.
+    """
+    if CLAIM_PUBKEY_HASH not in claims:
+        raise ValueError('the "pubkey-hash" claim is required (see pubkey_hash_value)')
+    out: dict[str, bytes] = {}
+    for name, value in claims.items():
+        if not isinstance(name, str) or not isinstance(value, bytes | bytearray):
+            raise ValueError(f"claim {name!r}: names must be text and values byte strings")
+        out[name] = bytes(value)
+    return bytes(cbor2.dumps(out))
+
+
+def interop_report_data_from_bytes(claims_bytes: bytes) -> bytes:
+    """REPORT_DATA for an encoded claims buffer: SHA-256(claims bytes) || 32 zero bytes."""
+    return _digest(hashes.SHA256(), claims_bytes) + bytes(32)
+
+
+def interop_report_data(claims: Mapping[str, object]) -> bytes:
+    """The 64-byte REPORT_DATA the quote must carry for ``claims`` (encoded by ``encode_interop_claims``)."""
+    return interop_report_data_from_bytes(encode_interop_claims(claims))
+
+
+def build_interop_extension(quote: bytes, claims: Mapping[str, object]) -> x509.UnrecognizedExtension:
+    """The CCC evidence extension ``2.23.133.5.4.9`` = CBOR ``60000([quote, claims buffer])``.
+
+    The quote must have been generated over ``interop_report_data(claims)`` for the same ``claims`` (same
+    names, values and order). Add it NON-critical (``critical=False``): OpenSSL and mbedTLS reject unknown
+    critical extensions.
+
+    Raises:
+        ValueError: empty quote, malformed claims, or an extension larger than ``MAX_EXTENSION_SIZE``.
+    """
+    if not isinstance(quote, bytes | bytearray) or not quote:
+        raise ValueError("quote must be non-empty bytes")
+    claims_bytes = encode_interop_claims(claims)
+    try:
+        _decode_pubkey_hash(bytes(claims[CLAIM_PUBKEY_HASH]))  # type: ignore[call-overload]  # bytes, checked above
+    except MalformedEvidence as exc:
+        raise ValueError(f'the "pubkey-hash" claim is not a valid hash entry: {exc}') from exc
+    value = bytes(cbor2.dumps(cbor2.CBORTag(TAG_INTEL_TEE_QUOTE, [bytes(quote), claims_bytes])))
+    if len(value) > MAX_EXTENSION_SIZE:
+        raise ValueError(f"the extension would be {len(value)} bytes (limit {MAX_EXTENSION_SIZE})")
+    return x509.UnrecognizedExtension(CCC_EVIDENCE_OID, value)
