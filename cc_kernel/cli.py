@@ -20,6 +20,7 @@ from cc_kernel import __version__
 from cc_kernel.errors import CCKernelError, PolicyViolation, VerificationError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_NO_EVIDENCE = 3  # enclave serve --platform hardware: this machine cannot produce TEE evidence
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", required=True,
                        help="tcp://HOST:PORT, HOST:PORT, unix:/path or vsock://CID:PORT (in an AWS Nitro "
                             "enclave: vsock://any:PORT)")
+    serve.add_argument("--platform", default="simulation", choices=["simulation", "hardware"],
+                       help="simulation (default): the simulated TEE, not hardware-protected; hardware: evidence "
+                            "from this TEE (configfs-tsm, /dev/sev-guest, Gramine, Nitro NSM), never simulated")
+    serve.add_argument("--evidence-provider", default=None,
+                       choices=["auto", "configfs-tsm", "sev-guest", "gramine", "nitro-nsm"],
+                       help="with --platform hardware: use only this provider (default: the first that works)")
     serve.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
     serve.add_argument("--fault", action="append", default=[],
                        help="teaching fault for the simulated TEE (debug, old-tcb, swapped-key, replay)")
@@ -197,11 +204,31 @@ def _enclave(args: argparse.Namespace) -> int:
     if bad:
         _err(f"unknown fault {bad[0]!r}; known: {', '.join(FAULTS)}")
         return EXIT_USAGE
+    hardware = args.platform == "hardware"
+    if hardware and (args.fault or args.sim_dir is not None):
+        _err("--fault and --sim-dir belong to the simulated TEE; they cannot be used with --platform hardware")
+        return EXIT_USAGE
+    if args.evidence_provider is not None and not hardware:
+        _err("--evidence-provider chooses a hardware evidence provider: it needs --platform hardware")
+        return EXIT_USAGE
     logging.basicConfig(level=args.log_level.upper(), format="[cc-kernel enclave] %(levelname)s %(message)s")
-    sup = Supervisor(parse_address(args.listen), sim_dir=args.sim_dir, faults=args.fault,
-                     max_sessions=args.max_sessions)
-    bound = sup.bind()
+    extra: list[str] = []
     mode = "SIMULATED TEE (not hardware-protected)"
+    if hardware:
+        from cc_kernel.enclave.evidence import detect_hardware_source
+
+        try:  # fail here, once and clearly, rather than in every enclave process
+            source = detect_hardware_source(args.evidence_provider)
+        except CCKernelError as exc:
+            _err(f"cannot serve hardware enclaves: {exc}")
+            return EXIT_NO_EVIDENCE
+        extra = ["--platform", "hardware"]
+        if args.evidence_provider is not None:
+            extra += ["--evidence-provider", args.evidence_provider]
+        mode = f"TEE hardware, evidence from {source.name}"
+    sup = Supervisor(parse_address(args.listen), sim_dir=args.sim_dir, faults=args.fault,
+                     max_sessions=args.max_sessions, extra_args=extra)
+    bound = sup.bind()
     print(f"cc-kernel enclave serving on {bound} — {mode}", flush=True)
 
     def stop(signum: int, frame: object) -> None:

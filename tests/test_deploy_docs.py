@@ -7,8 +7,8 @@
   Gramine's manifest schema knows, and keeps the settings that make MRENCLAVE meaningful (no debug, DCAP,
   fixed arguments, no allowed or encrypted files, every mounted host path a trusted file).
 
-Options the guides use before the code has them are listed in PENDING_OPTIONS; a test fails as soon as the
-code gains one, so the list (and the guides' status notes) cannot go stale.
+Every command line the guides show must parse with the real parsers (``cc-kernel`` and
+``python -m cc_kernel.enclave``), so a guide cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -35,12 +35,6 @@ GUIDES = sorted(DOCS.glob("*.md"))
 TEMPLATE = ROOT / "deploy" / "gramine" / "cc-kernel-enclave.manifest.template"
 DOCKERFILE = ROOT / "deploy" / "nitro" / "Dockerfile"
 CVM_INIT = ROOT / "deploy" / "cvm" / "init"
-
-#: (command words, option) -> number of values: options the guides use that the parser does not have yet.
-PENDING_OPTIONS: dict[tuple[tuple[str, ...], str], int] = {
-    (("enclave", "serve"), "--platform"): 1,  # start hardware enclaves (today: always simulated)
-    (("python -m cc_kernel.enclave",), "--listen"): 1,  # one-session listening mode for Gramine
-}
 
 #: Fenced block languages the guides use; shell blocks are searched for commands.
 SHELL_BLOCKS = ("bash", "sh")
@@ -171,18 +165,6 @@ def _policies() -> list[tuple[str, str]]:
     ]
 
 
-def _without_pending(words: tuple[str, ...], argv: list[str]) -> tuple[list[str], list[str]]:
-    """(argv without the pending options of ``words``, the pending options that were removed)."""
-    out, removed = list(argv), []
-    for (cmd, option), count in PENDING_OPTIONS.items():
-        if cmd != words or option not in out:
-            continue
-        at = out.index(option)
-        removed.append(option)
-        del out[at : at + 1 + count]
-    return out, removed
-
-
 def _parse_cli(argv: list[str]) -> Any:
     try:
         return build_parser().parse_args(argv)
@@ -237,8 +219,6 @@ def test_the_guides_show_the_essential_commands() -> None:
 
 @pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[f"{w} {' '.join(a[:2])}" for w, a in COMMANDS])
 def test_every_cc_kernel_command_parses(where: str, argv: list[str]) -> None:
-    words = tuple(argv[:2]) if argv[:1] in (["enclave"], ["policy"], ["audit"]) else tuple(argv[:1])
-    argv, _removed = _without_pending(words, argv)
     args = _parse_cli(argv)
     if args.command == "attest":
         parse_address(args.address)
@@ -246,19 +226,13 @@ def test_every_cc_kernel_command_parses(where: str, argv: list[str]) -> None:
         parse_address(args.listen)
 
 
-def test_the_pending_options_are_used_and_still_missing() -> None:
-    """When the CLI gains a pending option, delete it from PENDING_OPTIONS and the guides' status notes."""
-    used: set[str] = set()
-    for _where, argv in COMMANDS:
-        words = tuple(argv[:2])
-        stripped, removed = _without_pending(words, argv)
-        if not removed:
-            continue
-        used.update(removed)
-        with pytest.raises(SystemExit):
-            build_parser().parse_args(argv)  # the full command line still fails ...
-        _parse_cli(stripped)  # ... and only because of the pending options
-    assert "--platform" in used
+def test_every_enclave_server_in_a_platform_guide_is_a_hardware_one() -> None:
+    serves = [(where, argv) for where, argv in COMMANDS if tuple(argv[:2]) == ("enclave", "serve")]
+    assert len(serves) >= 5  # the overview, three guides, the CVM init script and the Nitro image
+    for where, argv in serves:
+        args = _parse_cli(argv)
+        assert args.platform == "hardware", f"{where}: a deployment guide starts hardware enclaves"
+        assert not args.fault and args.sim_dir is None, where
 
 
 def test_environment_settings_in_the_guides_are_valid() -> None:
@@ -408,10 +382,6 @@ def test_the_manifest_runs_the_hardware_enclave_module(manifest: dict[str, Any])
     args = argv[3:]
     assert args[args.index("--platform") + 1] == "hardware"
     parse_address(args[args.index("--listen") + 1])
-    stripped, removed = _without_pending(("python -m cc_kernel.enclave",), args)
-    assert removed == ["--listen"]
-    with pytest.raises(SystemExit):
-        _parse(args)  # --listen is pending: when it exists, remove it from PENDING_OPTIONS
-    # until then, check the rest with --fd standing in for the listening mode (one of the same group)
-    parsed = _parse([*stripped, "--fd", "0"])
-    assert parsed.platform == "hardware"
+    parsed = _parse(args)
+    assert parsed.platform == "hardware" and parsed.listen == args[args.index("--listen") + 1]
+    assert parsed.fault == [] and parsed.sim_dir is None

@@ -205,9 +205,27 @@ def appraise(bound: BoundEvidence, policy: Policy, *, now: datetime) -> Attestat
             clauses first, then each candidate entry's, with ``index`` = entry number).
         ValueError: ``now`` is naive.
     """
+    return _appraise(bound.evidence, policy, now=now, bound=bound)
+
+
+def appraise_offline(evidence: VerifiedEvidence, policy: Policy, *, now: datetime) -> AttestationResult:
+    """Appraise authentic evidence that belongs to no connection (``cc-kernel evidence verify``).
+
+    The same clauses as ``appraise``; the result's session id, TLS key digest, audit key and nonce are empty
+    because nothing was bound: such a result says what the evidence claims, never that a channel is safe.
+
+    Raises:
+        PolicyViolation, ValueError: as ``appraise``.
+    """
+    return _appraise(evidence, policy, now=now, bound=None)
+
+
+def _appraise(
+    ev: VerifiedEvidence, policy: Policy, *, now: datetime, bound: BoundEvidence | None
+) -> AttestationResult:
+    """Appraise ``ev`` (bound to a channel when ``bound`` is given) against ``policy`` at time ``now``."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    ev = bound.evidence
     global_failures: list[VerificationError] = []
 
     # 1. a policy without entries accepts nothing (load_policy already refuses it; fail closed anyway)
@@ -285,10 +303,10 @@ def appraise(bound: BoundEvidence, policy: Policy, *, now: datetime) -> Attestat
         verified_at=_aware(ev.verified_at),
         appraised_at=now,
         matched_entry=best.entry.number,
-        session_id=bound.session_id,
-        tls_spki_sha256=bound.tls_spki_sha256,
-        audit_pub=bound.audit_pub,
-        nonce=bound.nonce,
+        session_id=bound.session_id if bound is not None else b"",
+        tls_spki_sha256=bound.tls_spki_sha256 if bound is not None else b"",
+        audit_pub=bound.audit_pub if bound is not None else b"",
+        nonce=bound.nonce if bound is not None else b"",
         claims=MappingProxyType(dict(ev.claims)),
     )
 
@@ -599,6 +617,17 @@ def _check_tcb_status(ev: VerifiedEvidence, entry: TdxEntry | SgxEntry, outcome:
     if status is None:
         if entry.unsafe_skip_tcb_collateral:
             outcome.use("unsafe_skip_tcb_collateral", "tcb-collateral-missing")
+        elif "tcb-collateral-incomplete" in ev.warnings:
+            missing = _missing_collateral(ev.claims)
+            outcome.fail(
+                "policy.tcb_collateral",
+                "the Intel collateral is incomplete"
+                + (f" (missing: {', '.join(missing)})" if missing else "")
+                + ", so the platform's TCB status is unknown; supply every current item (tcbInfo, QE identity, "
+                "PCK CRL, root CRL), or accept the risk with unsafe_skip_tcb_collateral = true",
+                got=None,
+                expected=list(entry.accept_tcb_status),
+            )
         else:
             outcome.fail(
                 "policy.tcb_collateral",
@@ -618,6 +647,12 @@ def _check_tcb_status(ev: VerifiedEvidence, entry: TdxEntry | SgxEntry, outcome:
             got=status,
             expected=[*entry.accept_tcb_status, *entry.unsafe_accept_tcb_status],
         )
+
+
+def _missing_collateral(claims: Mapping[str, object]) -> list[str]:
+    tcb = claims.get("tcb")
+    missing = tcb.get("missing") if isinstance(tcb, Mapping) else None
+    return [str(item) for item in missing] if isinstance(missing, list | tuple) else []
 
 
 def _appraise_nitro(ev: VerifiedEvidence, entry: NitroEntry, outcome: _Outcome) -> None:

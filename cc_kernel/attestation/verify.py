@@ -18,14 +18,31 @@ from datetime import datetime
 from cc_kernel.attestation.anchors import TrustAnchors
 from cc_kernel.attestation.envelope import EvidenceEnvelope
 from cc_kernel.attestation.evidence import VerifiedEvidence
-from cc_kernel.attestation.platforms import sev_snp
+from cc_kernel.attestation.platforms import intel_dcap, nitro, sev_snp
+from cc_kernel.attestation.platforms.intel_collateral import COLLATERAL_ITEMS, DcapCollateral, load_collateral
 from cc_kernel.attestation.platforms.simulation import describes_simulation
 from cc_kernel.errors import MalformedEvidence, UntrustedRoot
 
-__all__ = ["SNP_FORMATS", "verify_evidence"]
+__all__ = [
+    "COLLATERAL_ENDORSEMENT",
+    "DCAP_FORMAT",
+    "NITRO_FORMAT",
+    "SNP_FORMATS",
+    "SUPPORTED_FORMATS",
+    "answered_nonce",
+    "envelope_collateral",
+    "verify_evidence",
+]
 
 #: Envelope formats carrying an SEV-SNP ATTESTATION_REPORT (real or simulated: same bytes, same verifier).
 SNP_FORMATS = ("amd-snp-report", "cc-sim-snp-report")
+#: An Intel DCAP quote (TDX v4/v5, SGX v3); the PCK chain travels inside the quote.
+DCAP_FORMAT = "intel-dcap-quote"
+#: An AWS Nitro attestation document (COSE_Sign1); the certificate bundle travels inside it.
+NITRO_FORMAT = nitro.ENVELOPE_FORMAT
+SUPPORTED_FORMATS = (*SNP_FORMATS, DCAP_FORMAT, NITRO_FORMAT)
+#: Endorsement kind of an Intel collateral item in an envelope; its role is one of ``COLLATERAL_ITEMS``.
+COLLATERAL_ENDORSEMENT = "intel-collateral"
 
 SIMULATION_HINT = (
     "this evidence comes from the SIMULATED TEE (no hardware protection at all), and the verification "
@@ -39,11 +56,17 @@ def verify_evidence(
     anchors: TrustAnchors,
     now: datetime,
     simulation_anchors: TrustAnchors | None = None,
+    collateral: DcapCollateral | None = None,
 ) -> VerifiedEvidence:
     """Verify the authenticity of the evidence in ``env`` at time ``now``.
 
     ``anchors`` are the pinned hardware roots (``anchors.hardware_anchors()``); ``simulation_anchors`` only
     when the policy allows simulation. Binding, freshness and policy are later steps.
+
+    Intel DCAP quotes are checked against ``collateral`` when the caller has it (e.g. fetched and cached on the
+    trusted side), else against the collateral the envelope carries (``intel-collateral`` endorsements: the
+    enclave's host may ship it; it is untrusted transport, every item is signature-checked), else without
+    collateral (the result then warns ``tcb-collateral-missing`` and the policy decides).
 
     Raises:
         MalformedEvidence: unsupported format (``envelope.format``), missing endorsement
@@ -59,12 +82,61 @@ def verify_evidence(
     # 1. dispatch by format
     if env.format in SNP_FORMATS:
         return _verify_snp(env, anchors=anchors, now=now, simulation_anchors=simulation_anchors)
+    if env.format == DCAP_FORMAT:
+        effective = anchors if simulation_anchors is None else anchors.merged(simulation_anchors)
+        chosen = collateral if collateral is not None else envelope_collateral(env)
+        return intel_dcap.verify_quote(env.evidence, anchors=effective, now=now, collateral=chosen)
+    if env.format == NITRO_FORMAT:  # no simulated Nitro exists: only the pinned AWS root can verify it
+        return nitro.verify_document(env.evidence, anchors=anchors, now=now)
     raise MalformedEvidence(
-        f"evidence format {env.format!r} is not supported yet",
+        f"evidence format {env.format!r} is not supported",
         check="envelope.format",
         got=env.format,
-        expected=list(SNP_FORMATS),
+        expected=list(SUPPORTED_FORMATS),
     )
+
+
+def envelope_collateral(env: EvidenceEnvelope) -> DcapCollateral | None:
+    """The Intel collateral an envelope carries (parsed, not yet verified), or None if it carries none.
+
+    Raises:
+        MalformedEvidence: ``envelope.collateral``: an unknown or repeated item, an item that does not parse,
+            or a tcbInfo / QE identity without its signing chain.
+    """
+    items: dict[str, bytes] = {}
+    for e in env.endorsements:
+        if e.kind != COLLATERAL_ENDORSEMENT:
+            continue
+        if e.role not in COLLATERAL_ITEMS or e.role in items:
+            raise MalformedEvidence(
+                f"the envelope's Intel collateral has an unknown or repeated item {e.role!r}",
+                check="envelope.collateral",
+                got=e.role,
+                expected=list(COLLATERAL_ITEMS),
+            )
+        items[e.role] = e.data
+    if not items:
+        return None
+    try:
+        return load_collateral(items)
+    except ValueError as exc:
+        raise MalformedEvidence(
+            f"the envelope's Intel collateral is incomplete: {exc}", check="envelope.collateral"
+        ) from exc
+
+
+def answered_nonce(evidence: VerifiedEvidence, env: EvidenceEnvelope) -> bytes:
+    """The nonce the evidence says it answers, for ``check_binding(..., claimed_nonce=...)``.
+
+    A Nitro document carries the nonce inside its signed payload: that one counts (the envelope's copy is an
+    unsigned hint). Other platforms bind the nonce only through report_data; the envelope's copy lets a replay
+    be named as such instead of as a binding mismatch.
+    """
+    if evidence.platform == "nitro":
+        signed = nitro.document_nonce(evidence)
+        if signed is not None:
+            return signed
+    return env.nonce
 
 
 def _verify_snp(

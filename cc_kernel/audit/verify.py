@@ -28,7 +28,7 @@ from cc_kernel.attestation.binding import check_binding
 from cc_kernel.attestation.envelope import parse_envelope_unverified
 from cc_kernel.attestation.policy import Policy, load_policy
 from cc_kernel.attestation.result import AttestationResult, appraise
-from cc_kernel.attestation.verify import verify_evidence
+from cc_kernel.attestation.verify import answered_nonce, verify_evidence
 from cc_kernel.audit.format import (
     GENESIS,
     Body,
@@ -492,7 +492,7 @@ def _verify_attestation(
     # d. binding: report_data binds the recorded TLS key, audit key, nonce and session id
     try:
         bound = check_binding(verified, tls_spki=op.tls_spki, audit_pub=op.audit_pub, nonce=op.nonce,
-                              session_id=op.session_id, claimed_nonce=env.nonce)
+                              session_id=op.session_id, claimed_nonce=answered_nonce(verified, env))
     except VerificationError as exc:
         findings.append(_finding(exc, 0))
         return None, used, effective.sha256 if effective else None, findings, notes

@@ -16,7 +16,7 @@ from cc_kernel.attestation.envelope import EvidenceEnvelope, parse_envelope_unve
 from cc_kernel.attestation.evidence import BoundEvidence
 from cc_kernel.attestation.policy import Policy
 from cc_kernel.attestation.result import AttestationResult, appraise
-from cc_kernel.attestation.verify import verify_evidence
+from cc_kernel.attestation.verify import answered_nonce, verify_evidence
 from cc_kernel.crypto.hashing import constant_time_equal
 from cc_kernel.crypto.keys import peer_certificate_info
 from cc_kernel.errors import BindingMismatch, MalformedEvidence, StaleEvidence
@@ -75,7 +75,7 @@ def verify_peer(
         )
     bound = check_binding(
         verified, tls_spki=tls_spki, audit_pub=env.audit_pub, nonce=nonce, session_id=session_id,
-        claimed_nonce=env.nonce,
+        claimed_nonce=answered_nonce(verified, env),
     )
     # 5. the start-up evidence in the certificate (if any) must be authentic, bind the same key, and
     #    describe the same enclave (measurement) — a certificate cannot carry someone else's evidence

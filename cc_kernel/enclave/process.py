@@ -2,7 +2,13 @@
 
 Modes: ``--fd N`` serves the already connected socket N (local mode: the kernel made a socketpair);
 ``--control-fd N`` is a pre-started spare of ``cc-kernel enclave serve``: it builds its interpreter, then waits
-for the supervisor to pass it an accepted connection over the control socket (SCM_RIGHTS).
+for the supervisor to pass it an accepted connection over the control socket (SCM_RIGHTS); ``--listen ADDR``
+listens itself, serves the first connection and exits (for TEEs where one process is the whole enclave, e.g.
+Gramine-SGX, whose manifest fixes the command line; the service manager starts a fresh enclave per session).
+
+Evidence: ``--platform simulation`` (default) signs with the simulated TEE; ``--platform hardware`` uses the
+first working TEE interface, or the one ``--evidence-provider`` names, and never falls back to the simulation.
+If no evidence can be produced the process exits with status 3 before accepting anything.
 
 Before anything else the process is hardened (not dumpable, no core files, no .pyc writes) and its own
 logging is bound to a duplicate of the original stderr, so nothing it logs can reach the notebook.
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cc_kernel.enclave.evidence import FAULTS, EvidenceSource, SimulatedSource, detect_hardware_source
+from cc_kernel.enclave.providers import PROVIDER_ENV, PROVIDER_NAMES
 from cc_kernel.enclave.worker import Session
 from cc_kernel.errors import CCKernelError
 
@@ -34,8 +41,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--fd", type=int, help="serve this connected socket")
     src.add_argument("--control-fd", type=int, help="receive the connection from a supervisor")
+    src.add_argument("--listen", default=None, metavar="ADDR",
+                     help="listen on ADDR (tcp://HOST:PORT, unix:/path, vsock://any:PORT), serve one session, exit")
     p.add_argument("--platform", default="simulation", choices=["simulation", "hardware"],
                    help="simulation: the simulated TEE; hardware: the first working TEE evidence provider")
+    p.add_argument("--evidence-provider", default=None, choices=[*PROVIDER_NAMES, "auto"],
+                   help="with --platform hardware: use this provider only (default: auto, or the environment "
+                        f"variable {PROVIDER_ENV})")
     p.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
     p.add_argument("--fault", action="append", default=[], choices=FAULTS,
                    help="teaching fault for the simulated TEE (repeatable)")
@@ -76,6 +88,13 @@ def _receive_fd(control: socket.socket) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.platform == "hardware" and (args.fault or args.sim_dir is not None):
+        print("python -m cc_kernel.enclave: --fault and --sim-dir are for the simulated TEE, not --platform "
+              "hardware", file=sys.stderr)
+        return 2
+    if args.evidence_provider is not None and args.platform != "hardware":
+        print("python -m cc_kernel.enclave: --evidence-provider needs --platform hardware", file=sys.stderr)
+        return 2
     _setup_logging(args.log_level)
     # Import the shell (and IPython) only now: the hardening below applies before user code exists.
     from cc_kernel.enclave.shell import EnclaveShell, harden_process
@@ -109,15 +128,36 @@ def main(argv: list[str] | None = None) -> int:
         if args.fd is not None:
             sock = socket.socket(fileno=args.fd)
             return session.run(sock)
+        if args.listen is not None:
+            return session.run(sock_provider=_accept_one(args.listen))
         control = socket.socket(fileno=args.control_fd)
         return session.run(sock_provider=lambda: _receive_fd(control))
     finally:  # what the session wrote under HOME (caches, the user's files) does not outlive it
         shutil.rmtree(private_home, ignore_errors=True)
 
 
+def _accept_one(address_text: str) -> Callable[[], socket.socket]:
+    """Listen on ``address_text`` now (so a bad address fails before the interpreter is built); the returned
+    function accepts the first connection and closes the listener: one process, one session."""
+    from cc_kernel.channel.transport import listen, parse_address
+
+    listener = listen(parse_address(address_text), backlog=1)
+    log.info("listening on %s for one session", address_text)
+
+    def accept() -> socket.socket:
+        try:
+            conn, peer = listener.accept()
+        finally:
+            listener.close()
+        log.info("session from %s", peer or "a local peer")
+        return conn
+
+    return accept
+
+
 def _evidence_source(args: argparse.Namespace) -> EvidenceSource:
     if args.platform == "hardware":
-        return detect_hardware_source()
+        return detect_hardware_source(args.evidence_provider)
     from cc_kernel.measure import enclave_measurement
     from cc_kernel.simstore import load_or_create_authority, simulation_dir
 

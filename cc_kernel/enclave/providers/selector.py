@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cc_kernel.attestation.envelope import Endorsement
 from cc_kernel.enclave.evidence import EvidenceSource
+from cc_kernel.enclave.providers import AUTO, PROVIDER_ENV, PROVIDER_NAMES
 from cc_kernel.enclave.providers.amd_certs import load_certificate_dir
 from cc_kernel.enclave.providers.base import OsFilesystem, TsmFilesystem, os_error_text
 from cc_kernel.enclave.providers.configfs_tsm import CONFIGFS_TSM_ROOT, ConfigfsTsm, probe_configfs_tsm
@@ -37,9 +38,6 @@ __all__ = ["AUTO", "PROVIDER_ENV", "PROVIDER_NAMES", "SNP_CERTS_ENV", "HardwareP
 
 log = logging.getLogger("cc_kernel.enclave")
 
-AUTO = "auto"
-PROVIDER_NAMES = ("configfs-tsm", "sev-guest", "gramine", "nitro-nsm")
-PROVIDER_ENV = "CC_KERNEL_EVIDENCE_PROVIDER"
 SNP_CERTS_ENV = "CC_KERNEL_SNP_CERTS_DIR"
 
 _DESCRIPTIONS = {
