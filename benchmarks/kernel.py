@@ -56,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from machine import wait_quiet  # benchmarks/machine.py (the scripts run from benchmarks/)
+
 REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("cc_kernel") is None:  # not installed: use this checkout
     sys.path.insert(0, str(REPO))
@@ -389,37 +391,6 @@ def measure_round(
         s["numpy_median_s"] = statistics.median(r.samples["numpy_s"])
         log(f"  round {rnd} {k:24s} " + "  ".join(f"{key}={v:.4g}" for key, v in s.items()))
     return [res[k] for k in kernels]
-
-
-def _cpu_busy(interval: float) -> float:
-    """Fraction of all CPUs busy (any process) over ``interval`` seconds, from /proc/stat."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as fh:
-            fields = [int(x) for x in fh.readline().split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return sum(fields) - idle, sum(fields)
-
-    b0, t0 = sample()
-    time.sleep(interval)
-    b1, t1 = sample()
-    return (b1 - b0) / max(1, t1 - t0)
-
-
-def wait_quiet(max_busy: float, timeout: float, log: Callable[[str], None]) -> float:
-    """Wait (up to ``timeout`` s) until the other processes on this shared machine leave the CPUs mostly idle.
-
-    Returns the busy fraction last seen (recorded with each round). No-op without /proc/stat.
-    """
-    if max_busy >= 1 or not os.path.exists("/proc/stat"):
-        return float("nan")
-    deadline = time.monotonic() + timeout
-    busy = _cpu_busy(0.5)
-    while busy > max_busy and time.monotonic() < deadline:
-        busy = _cpu_busy(1.0)
-    if busy > max_busy:
-        log(f"  machine still {busy:.0%} busy after {timeout:.0f} s of waiting; measuring anyway")
-    return busy
 
 
 def repin() -> None:

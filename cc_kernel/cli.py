@@ -1,6 +1,7 @@
-"""The ``cc-kernel`` command: measure, policy init, enclave serve, attest (and more as the project grows).
+"""The ``cc-kernel`` command: measure, policy, enclave serve, attest, install, audit, evidence verify.
 
-Exit codes: 0 success / verified, 1 verification failed (reasons printed), 2 usage, input or connection error.
+Exit codes: 0 success / verified, 1 verification failed (reasons printed), 2 usage, input or connection error;
+141 when stdout is closed early (``cc-kernel measure --json | head -c 10``), silently, as for SIGPIPE.
 Errors are printed as one clear message, never as a traceback.
 """
 
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from datetime import UTC, datetime
@@ -21,6 +24,10 @@ from cc_kernel.errors import CCKernelError, PolicyViolation, VerificationError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 EXIT_NO_EVIDENCE = 3  # enclave serve --platform hardware: this machine cannot produce TEE evidence
+EXIT_BROKEN_PIPE = 141  # stdout closed early (`| head`): 128 + SIGPIPE, as a tool killed by SIGPIPE reports
+#: ``evidence verify --platform`` choices (the same as ``cc_kernel.attestation.offline.OFFLINE_PLATFORMS``,
+#: spelled out here so that building the parser imports no verifier).
+EVIDENCE_PLATFORMS = ("sev-snp", "tdx", "sgx", "nitro", "ratls")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,8 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--policy", type=Path, default=None,
                      help="policy file (default: built-in hardware policy, any measurement, no debug)")
     att.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
+    att.add_argument("--collateral", type=Path, default=None, metavar="DIR",
+                     help="Intel collateral for a TDX/SGX enclave (tcb_info.json, qe_identity.json, pck_crl.der, "
+                          "root_crl.der, tcb_signing_chain.pem), fetched on this side; signature-checked")
     att.add_argument("--json", action="store_true", help="print the verified claims as JSON")
     att.add_argument("--timeout", type=float, default=15.0)
+
     inst = sub.add_parser("install", help="install the two kernelspecs (Confidential Python and its SIMULATION twin)")
     where = inst.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for this user")
@@ -101,10 +112,61 @@ def build_parser() -> argparse.ArgumentParser:
     ashow = aud_sub.add_parser("show", help="print a session log's timeline (not verified)")
     ashow.add_argument("log", type=Path, help="session log file")
     ashow.add_argument("--json", action="store_true", help="print the entries as JSON")
+
+    evd = sub.add_parser("evidence", help="raw attestation evidence files: verify offline")
+    evd_sub = evd.add_subparsers(dest="evidence_command", required=True, parser_class=_Parser)
+    everify = evd_sub.add_parser(
+        "verify", help="verify a raw SEV-SNP report, DCAP quote, Nitro document or RA-TLS certificate offline "
+                       "(exit 0 accepted, 1 rejected, 2 usage error or unreadable input)")
+    everify.add_argument("file", type=Path,
+                         help="the evidence: SEV-SNP report, TDX/SGX quote, Nitro COSE document (binary, hex or "
+                              "base64), or an RA-TLS certificate (PEM or DER)")
+    everify.add_argument("--platform", required=True, choices=EVIDENCE_PLATFORMS,
+                         help="what FILE is (never guessed): sev-snp, tdx, sgx, nitro, or ratls (a CCC "
+                              "interoperable RA-TLS certificate carrying a DCAP quote)")
+    everify.add_argument("--cert", type=Path, default=None, metavar="VCEK_OR_VLEK",
+                         help="sev-snp: the VCEK or VLEK that signed the report (DER or PEM; required); nitro: a "
+                              "TLS certificate whose public key the document's user_data must be")
+    everify.add_argument("--chain", type=Path, default=None, metavar="PEM",
+                         help="sev-snp: the ASK (or ASVK) and/or ARK; the ARK must be the pinned one for the "
+                              "report's product (default: the pinned ASK/ASVK and ARK)")
+    everify.add_argument("--collateral", type=Path, default=None, metavar="DIR",
+                         help="tdx/sgx/ratls: a directory of Intel collateral (tcb_info.json or tcbinfo-*.json, "
+                              "qe_identity.json or qe-identity-*.json, pck_crl.der or pck-*-crl-*.der, "
+                              "root_crl.der or *-root-ca-crl-*.der, tcb_signing_chain.pem or "
+                              "*-tcb-signing-chain.pem); any other file is an error")
+    everify.add_argument("--policy", type=Path, default=None,
+                         help="policy file (default: built-in, any measurement, never debug, every other check "
+                              "strict: TDX/SGX then need --collateral)")
+    everify.add_argument("--at", default=None, metavar="ISO8601",
+                         help="verification time with a timezone, e.g. 2025-06-01T00:00:00Z (default: now); a "
+                              "time without a timezone is an error, never guessed")
+    everify.add_argument("--json", action="store_true",
+                         help="print the claims (and, when rejected, every failure) as JSON")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows up here, not as noise at interpreter exit
+    except BrokenPipeError:  # `cc-kernel ... | head`: the reader left; say nothing more
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    """Point file descriptor 1 at /dev/null, so that the interpreter's final flush of what is still buffered
+    cannot raise BrokenPipeError again (Python's documented recipe for SIGPIPE)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "measure":
@@ -119,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             return _install(args)
         if args.command == "audit":
             return _audit(args)
+        if args.command == "evidence":
+            return _evidence_verify(args)
     except VerificationError as exc:
         _err(f"verification failed:\n{exc}")
         return EXIT_INVALID
@@ -252,10 +316,16 @@ def _attest(args: argparse.Namespace) -> int:
 
         sim = load_simulation_anchors(args.sim_dir or simulation_dir())
     address = parse_address(args.address)
+    collateral = None
+    if args.collateral is not None:
+        collateral = _read_collateral_dir(args.collateral)
+        if collateral is None:
+            return EXIT_USAGE
 
     async def run() -> Any:
         attested = await connect_attested(
-            address, policy=policy, anchors=hardware_anchors(), simulation_anchors=sim, timeout=args.timeout
+            address, policy=policy, anchors=hardware_anchors(), simulation_anchors=sim, collateral=collateral,
+            timeout=args.timeout,
         )
         await attested.channel.aclose()
         return attested
@@ -286,12 +356,181 @@ def _attest(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_collateral_dir(directory: Path) -> Any:
+    """Intel collateral from a directory; None after printing why not (a usage error)."""
+    from cc_kernel.attestation.offline import collateral_from_files
+    from cc_kernel.attestation.platforms.intel_collateral import load_collateral
+
+    try:
+        files = {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+    except OSError as exc:
+        _err(f"cannot read the collateral directory {directory}: {exc.strerror or exc}")
+        return None
+    try:
+        return load_collateral(collateral_from_files(files))
+    except ValueError as exc:
+        _err(f"--collateral {directory}: {exc}")
+        return None
+
+
 def _failure(exc: VerificationError) -> dict[str, Any]:
     def show(v: object) -> object:
-        return v.hex() if isinstance(v, bytes) else v if isinstance(v, int | str | float | None) else repr(v)
+        if isinstance(v, bytes):
+            return v.hex()
+        if isinstance(v, list | tuple):
+            return [show(item) for item in v]
+        return v if isinstance(v, int | str | float | None) else repr(v)
 
     return {"check": exc.check, "message": exc.message, "got": show(exc.got), "expected": show(exc.expected),
             "index": exc.index}
+
+
+# --- evidence verify -----------------------------------------------------------------------------------------
+
+def _no_claims() -> dict[str, Any]:
+    """The claim fields of ``--json`` when the evidence is not authentic: nothing unverified is shown as a claim."""
+    return {"status": "contraindicated", "platform": None, "product": None, "measurement": None,
+            "report_data": None, "debug": None, "tcb": {}, "tcb_status": None, "signer": None, "warnings": []}
+
+
+
+def _read_file(path: Path, what: str) -> bytes | None:
+    """The bytes of an input file, or None after printing why it cannot be read (a usage error)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        _err(f"cannot read {what} {path}: {exc.strerror or exc}")
+        return None
+
+
+def _parse_at(text: str | None) -> datetime | None:
+    """``--at``: an ISO 8601 time WITH a timezone (default now, UTC); None after printing why not."""
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        _err(f"--at {text!r} is not an ISO 8601 time; write e.g. 2025-06-01T00:00:00Z")
+        return None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        _err(f"--at {text!r} has no timezone; write it in UTC with a Z (e.g. 2025-06-01T00:00:00Z) or with an "
+             "offset such as +02:00: certificate validity depends on the exact time, so it is never guessed")
+        return None
+    return moment
+
+
+def _evidence_verify(args: argparse.Namespace) -> int:
+    from cc_kernel.attestation.anchors import hardware_anchors
+    from cc_kernel.attestation.offline import check_options, default_offline_policy, verify_raw
+    from cc_kernel.attestation.result import appraise_offline
+
+    # 1. the arguments, before reading anything
+    now = _parse_at(args.at)
+    if now is None:
+        return EXIT_USAGE
+    try:
+        check_options(args.platform, cert=args.cert is not None, chain=args.chain is not None,
+                      collateral=args.collateral is not None)
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    # 2. the inputs (unreadable: exit 2) and the policy (invalid: PolicyError, exit 2)
+    data = _read_file(args.file, "the evidence file")
+    cert = _read_file(args.cert, "the --cert file") if args.cert is not None else b""
+    chain = _read_file(args.chain, "the --chain file") if args.chain is not None else b""
+    if data is None or cert is None or chain is None:
+        return EXIT_USAGE
+    policy = _load_policy_file(args.policy) if args.policy else default_offline_policy()
+    # 3. authenticity (collateral that does not parse is a verification failure, like the evidence itself)
+    try:
+        collateral = None
+        if args.collateral is not None:
+            collateral = _read_collateral_dir(args.collateral)
+            if collateral is None:
+                return EXIT_USAGE
+        out = verify_raw(args.platform, data, anchors=hardware_anchors(), now=now,
+                         cert=cert if args.cert is not None else None,
+                         chain=chain if args.chain is not None else None, collateral=collateral)
+    except VerificationError as exc:
+        return _evidence_rejected(args, data, policy, now, [exc], out=None, summary=str(exc))
+    # 4. the policy
+    try:
+        result = appraise_offline(out.evidence, policy, now=now)
+    except PolicyViolation as exc:
+        return _evidence_rejected(args, data, policy, now, list(exc.failures), out=out, summary=str(exc))
+    # 5. accepted
+    if args.json:
+        from cc_kernel.attestation.offline import evidence_json
+
+        print(json.dumps({"verified": True, "authentic": True, **evidence_json(out, result=result),
+                          **_evidence_context(args, policy)}, indent=2))
+    else:
+        ev = out.evidence
+        print(f"{args.file}: ACCEPTED ({result.status}) - authentic {ev.platform} evidence ({ev.product}) under "
+              f"policy {policy.source}")
+        extra = [f"Unsafe used: {', '.join(result.unsafe_flags_used) or 'none'}",
+                 "Trust:       " + ", ".join(f"{k}={v}" for k, v in result.trust_vector.items())]
+        for line in _evidence_lines(out, debug=result.debug, warnings=result.warnings, now=now, extra=extra):
+            print(f"  {line}")
+    return EXIT_OK
+
+
+def _evidence_rejected(
+    args: argparse.Namespace, data: bytes, policy: Any, now: datetime, failures: list[VerificationError], *,
+    out: Any, summary: str,
+) -> int:
+    """Print why the evidence was rejected (every failure, got/expected, hints); exit 1."""
+    from cc_kernel.attestation.offline import evidence_json, failure_hints
+
+    hints = failure_hints(args.platform, data, failures)
+    if args.json:
+        claims = evidence_json(out) if out is not None else _no_claims()
+        print(json.dumps({"verified": False, "authentic": out is not None, **claims,
+                          **_evidence_context(args, policy), "failures": [_failure(f) for f in failures],
+                          "hints": hints}, indent=2))
+    elif out is not None:  # authentic: show what it claims, so the reasons below can be read against it
+        ev = out.evidence
+        print(f"{args.file}: REJECTED - authentic {ev.platform} evidence ({ev.product}) refused by policy "
+              f"{policy.source}")
+        for line in _evidence_lines(out, debug=ev.debug, warnings=ev.warnings, now=now):
+            print(f"  {line}")
+    if out is None:
+        _err(f"{args.file}: REJECTED - not authentic {args.platform} evidence at {_iso_utc(now)}:\n  - {summary}")
+    else:
+        _err(f"{args.file}: REJECTED by policy {policy.source}:\n{summary}")
+    for hint in hints:
+        _err(f"hint: {hint}")
+    return EXIT_INVALID
+
+
+def _evidence_lines(
+    out: Any, *, debug: bool, warnings: tuple[str, ...], now: datetime, extra: list[str] | None = None
+) -> list[str]:
+    ev = out.evidence
+    tcb = " ".join(f"{k}={v}" for k, v in ev.tcb.items()) or "n/a"
+    status = f" (status {ev.tcb_status})" if ev.tcb_status else (
+        " (status unknown: no complete Intel collateral)" if ev.platform in ("tdx", "sgx-dcap") else "")
+    lines = [
+        f"Measurement: {ev.measurement.hex()}",
+        f"Report data: {ev.report_data.hex() or '(none)'}",
+        "Debug:       " + ("ENABLED (the host can read and write enclave memory)" if debug else "disabled"),
+        f"TCB:         {tcb}{status}",
+        f"Signer:      {ev.signer}; anchor sha256 {ev.anchor_sha256.hex()[:16]}...",
+        f"Warnings:    {', '.join(warnings) or 'none'}",
+    ]
+    lines += [f"Bound:       {binding}" for binding in out.bindings]
+    lines += extra or []
+    lines.append(f"Verified at: {_iso_utc(now)} (offline: this evidence is bound to no channel)")
+    return lines
+
+
+def _evidence_context(args: argparse.Namespace, policy: Any) -> dict[str, Any]:
+    return {"file": str(args.file), "requested_platform": args.platform, "policy_source": policy.source,
+            "policy_sha256": policy.sha256.hex()}
+
+
+def _iso_utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _install(args: argparse.Namespace) -> int:

@@ -6,8 +6,15 @@ swapped key, replayed evidence) would send the user in circles; each kind of ref
 
 from __future__ import annotations
 
-import pytest
+from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
+from kernel_env import BADGE_MIME, SIM, JupyterEnv, is_badge, live_kernel
+
+from cc_kernel.attestation.evidence import seal_bound, seal_verified
+from cc_kernel.attestation.policy import load_policy, render_policy
+from cc_kernel.attestation.result import REPIN_HINT, appraise
 from cc_kernel.errors import (
     BindingMismatch,
     CertificateExpired,
@@ -20,7 +27,8 @@ from cc_kernel.errors import (
     UntrustedRoot,
     VerificationError,
 )
-from cc_kernel.kernel.kernel import _fix_hint
+from cc_kernel.kernel import badge
+from cc_kernel.kernel.kernel import _failure_lines, _fix_hint
 
 
 def violation(*checks: str) -> PolicyViolation:
@@ -63,3 +71,86 @@ def test_no_hardware_points_to_the_simulation_kernel_or_a_remote_enclave(exc: Ba
     hint = _fix_hint(exc, "hardware")
     assert "SIMULATION" in hint and "CC_KERNEL_ENCLAVE" in hint
     assert _fix_hint(exc, "simulation").startswith("Restart the kernel")
+
+
+# --- the re-pin advice appears exactly once in every output that shows a measurement refusal ------------------
+#
+# The appraisal puts its REPIN_HINT in a PolicyViolation's message and again in each measurement failure; the
+# kernel adds its own hint line. Each output below must say "re-pin" once: the failed checks, then the advice.
+
+REPIN = "re-pin"
+
+
+TCB = {"bl": 4, "tee": 0, "snp": 24, "ucode": 219}
+
+
+def measurement_violation() -> PolicyViolation:
+    """A real refusal from the appraisal: simulated evidence of one enclave under a policy pinning others."""
+    now = datetime(2025, 6, 1, tzinfo=UTC)
+    evidence = seal_verified(
+        platform="simulation", product="Simulated", measurement=b"\x5a" * 48, report_data=bytes(64), debug=False,
+        signer="sim-vcek", anchor_sha256=b"\xa0" * 32, evidence_sha256=b"\xe0" * 32, verified_at=now,
+        measurements={"measurement": b"\x5a" * 48}, tcb=dict(TCB), tcb_status=None, warnings=(),
+        claims={"version": 5, "policy": 0x30000, "vmpl": 0, "current_tcb": {"raw": "04000000000018db", **TCB},
+                "committed_tcb": {"raw": "04000000000018db", **TCB}, "launch_tcb": {"raw": "04000000000018db", **TCB}},
+    )
+    bound = seal_bound(evidence=evidence, tls_spki_sha256=b"\x55" * 32, audit_pub=b"\x44" * 32,
+                       nonce=b"\x33" * 32, session_id=b"\x22" * 16)
+    policy = load_policy(render_policy("simulation", [b"\x00" * 48, b"\x01" * 48]), source="other.toml")
+    with pytest.raises(PolicyViolation) as info:
+        appraise(bound, policy, now=now)
+    exc = info.value
+    assert [f.check for f in exc.failures] == ["policy.measurement"]
+    return exc
+
+
+@pytest.mark.parametrize("mode", ["simulation", "hardware"])
+def test_the_badge_of_a_measurement_refusal_says_re_pin_once(mode: str) -> None:
+    exc = measurement_violation()
+    state = badge.BadgeState(state="refused", session_id="00" * 16, mode=mode, failures=_failure_lines(exc),
+                             detail=_fix_hint(exc, mode))
+    bundle = badge.render(state)
+    assert bundle["text/plain"].count(REPIN) == 1, bundle["text/plain"]
+    assert bundle["text/html"].count(REPIN) == 1
+    assert REPIN_HINT not in bundle["text/plain"]  # the kernel's own advice, fitted to its mode, is the one shown
+    # the failed check is still shown in full, with what was measured and what was pinned
+    assert "[policy.measurement]" in bundle["text/plain"] and "5a5a5a5a" in bundle["text/plain"]
+    assert "not one of the 2 pinned value(s)" in bundle["text/plain"]
+
+
+def test_the_re_pin_advice_fits_the_kernel_mode() -> None:
+    exc = measurement_violation()
+    assert "policy init --simulation" in _fix_hint(exc, "simulation")
+    hardware = _fix_hint(exc, "hardware")
+    assert "policy init --platform P --measurement HEX" in hardware and "--simulation" not in hardware
+
+
+@pytest.mark.parametrize("check", ["policy.mrsigner", "policy.pcr.0", "policy.rtmr.2", "policy.mr_config_id"])
+def test_other_pinned_code_identities_get_the_re_pin_advice(check: str) -> None:
+    assert REPIN in _fix_hint(violation(check), "hardware")
+
+
+@pytest.mark.slow
+def test_a_measurement_refusal_says_re_pin_once_in_the_kernel(jupyter_env: JupyterEnv, tmp_path: Path) -> None:
+    """The error output (evalue and traceback), the final badge and the banner of a live simulation kernel whose
+    policy pins another enclave: each says "re-pin" exactly once."""
+    policy = tmp_path / "other-enclave.toml"
+    policy.write_text(render_policy("simulation", [b"\x00" * 48]))
+    with live_kernel(SIM, env=jupyter_env.kernel_env(CC_KERNEL_POLICY=str(policy))) as k:
+        cell = k.execute("1 + 1", timeout=60)
+        assert cell.status == "error", cell.summary()
+        (error,) = [o["content"] for o in cell.without_badge()]
+        assert "[policy.measurement]" in cell.traceback_text
+        assert cell.traceback_text.count(REPIN) == 1, cell.traceback_text
+        # the evalue says what was refused (as str(PolicyViolation) would) and leaves the advice to the traceback
+        assert error["evalue"].startswith("no code was sent: policy ")
+        assert "\n  - [policy.measurement]" in error["evalue"]
+        assert REPIN not in error["evalue"], error["evalue"]
+        assert cell.content["evalue"] == error["evalue"]
+        final = [msg["content"]["data"] for msg in k.iopub if is_badge(msg)][-1]
+        assert final[BADGE_MIME]["state"] == "refused"
+        assert final["text/plain"].count(REPIN) == 1, final["text/plain"]
+        assert final["text/html"].count(REPIN) == 1
+        banner = k.request("kernel_info")["content"]["banner"]
+        assert "ATTESTATION REFUSED" in banner and "[policy.measurement]" in banner
+        assert banner.count(REPIN) == 1, banner

@@ -125,14 +125,14 @@ class AttestationResult:
             "policy_source": self.policy_source,
             "anchor_sha256": self.anchor_sha256.hex(),
             "evidence_sha256": self.evidence_sha256.hex(),
-            "verified_at": _iso(self.verified_at),
-            "appraised_at": _iso(self.appraised_at),
+            "verified_at": iso_utc(self.verified_at),
+            "appraised_at": iso_utc(self.appraised_at),
             "matched_entry": self.matched_entry,
             "session_id": self.session_id.hex(),
             "tls_spki_sha256": self.tls_spki_sha256.hex(),
             "audit_pub": self.audit_pub.hex(),
             "nonce": self.nonce.hex(),
-            "claims": _jsonable(self.claims),
+            "claims": jsonable(self.claims),
             "verifier_version": self.verifier_version,
         }
 
@@ -159,7 +159,7 @@ class AttestationResult:
             f"Unsafe used: {', '.join(self.unsafe_flags_used) or 'none'}",
             f"Warnings:    {', '.join(self.warnings) or 'none'}",
             "Trust:       " + ", ".join(f"{k}={v}" for k, v in self.trust_vector.items()),
-            f"Session:     {self.session_id.hex()}; verified at {_iso(self.verified_at)}",
+            f"Session:     {self.session_id.hex()}; verified at {iso_utc(self.verified_at)}",
         ]
         return lines
 
@@ -404,7 +404,7 @@ def _appraise_entry(ev: VerifiedEvidence, entry: AcceptEntry) -> _Outcome:
 
 
 def _check_any_of(
-    outcome: _Outcome, check: str, what: str, got: bytes | None, pinned: Sequence[bytes], *, hint: bool = True
+    outcome: _Outcome, check: str, what: str, got: bytes | None, pinned: Sequence[bytes]
 ) -> None:
     """Fail ``check`` unless ``got`` equals one of ``pinned`` (constant-time compare of each)."""
     if got is None:
@@ -414,10 +414,9 @@ def _check_any_of(
     for value in pinned:
         matched |= hmac.compare_digest(got, value)
     if not matched:
-        message = f"the {what} is not one of the {len(pinned)} pinned value(s)"
-        if hint:
-            message += ". " + REPIN_HINT
-        outcome.fail(check, message, got=got.hex(), expected=[p.hex() for p in pinned])
+        # the re-pin advice is added once, to the PolicyViolation's message (_violation_message)
+        outcome.fail(check, f"the {what} is not one of the {len(pinned)} pinned value(s)", got=got.hex(),
+                     expected=[p.hex() for p in pinned])
 
 
 def _check_measurement(
@@ -516,7 +515,6 @@ def _appraise_snp(ev: VerifiedEvidence, entry: SnpEntry, outcome: _Outcome) -> N
             "HOST_DATA",
             _register(ev, "host_data"),
             [entry.host_data],
-            hint=False,
         )
 
 
@@ -546,8 +544,8 @@ def _check_provisional(ev: VerifiedEvidence, entry: SnpEntry, outcome: _Outcome)
             "policy.provisional_firmware",
             "the running (current) firmware TCB is not the committed one: provisional firmware that can "
             "still be rolled back (accepting it needs unsafe_permit_provisional_firmware = true)",
-            got=_jsonable(ev.claims.get("current_tcb")),
-            expected=_jsonable(ev.claims.get("committed_tcb")),
+            got=jsonable(ev.claims.get("current_tcb")),
+            expected=jsonable(ev.claims.get("committed_tcb")),
         )
 
 
@@ -568,7 +566,6 @@ def _appraise_tdx(ev: VerifiedEvidence, entry: TdxEntry, outcome: _Outcome) -> N
             "MRCONFIGID",
             _register(ev, "mr_config_id", "mrconfigid"),
             [entry.mr_config_id],
-            hint=False,
         )
     if entry.require_sept_ve_disable:
         sept = _sept_ve_disable(ev.claims)
@@ -631,8 +628,9 @@ def _check_tcb_status(ev: VerifiedEvidence, entry: TdxEntry | SgxEntry, outcome:
         else:
             outcome.fail(
                 "policy.tcb_collateral",
-                "no TCB collateral was verified, so the platform's TCB status is unknown; ship Intel "
-                "collateral in the envelope, or accept the risk with unsafe_skip_tcb_collateral = true",
+                "no Intel TCB collateral was verified, so the platform's TCB status is unknown; supply it "
+                "(--collateral DIR, or in the evidence envelope), or accept the risk with "
+                "unsafe_skip_tcb_collateral = true",
                 got=None,
                 expected=list(entry.accept_tcb_status),
             )
@@ -784,24 +782,25 @@ def _aware(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-def _iso(moment: datetime) -> str:
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with a Z suffix (a naive time is read as UTC)."""
     return _aware(moment).astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _jsonable(value: object) -> Any:
+def jsonable(value: object) -> Any:
     """Convert claim values to JSON types: bytes -> hex, mappings -> objects, sequences -> arrays."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex()
     if isinstance(value, datetime):
-        return _iso(value)
+        return iso_utc(value)
     if isinstance(value, Enum):
-        return _jsonable(value.value)
+        return jsonable(value.value)
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, set | frozenset):
-        return sorted((_jsonable(v) for v in value), key=repr)
+        return sorted((jsonable(v) for v in value), key=repr)
     return str(value)

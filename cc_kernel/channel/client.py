@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from cc_kernel import __version__
 from cc_kernel.attestation.anchors import TrustAnchors
 from cc_kernel.attestation.binding import NONCE_SIZE, SESSION_ID_SIZE
+from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 from cc_kernel.attestation.policy import Policy
 from cc_kernel.channel.ratls import AttestedPeer, verify_peer
 from cc_kernel.channel.transport import Address, FramedChannel, open_client
@@ -47,11 +48,14 @@ async def connect_attested(
     policy: Policy,
     anchors: TrustAnchors,
     simulation_anchors: TrustAnchors | None = None,
+    collateral: DcapCollateral | None = None,
     session_id: bytes | None = None,
     timeout: float = 15.0,
     now: Callable[[], datetime] = _utcnow,
 ) -> AttestedChannel:
     """Connect to an enclave and verify it; return the channel ready for application messages.
+
+    ``collateral``: this side's own Intel collateral for a TDX/SGX enclave (see ``verify_evidence``).
 
     Raises:
         ConnectError: cannot connect or complete the TLS 1.3 handshake.
@@ -85,6 +89,7 @@ async def connect_attested(
             policy=policy,
             anchors=anchors,
             simulation_anchors=simulation_anchors,
+            collateral=collateral,
             now=now(),
         )
         timings["verify"] = (time.perf_counter() - t2) * 1000

@@ -14,6 +14,7 @@ from cc_kernel.attestation.anchors import TrustAnchors
 from cc_kernel.attestation.binding import NONCE_SIZE, SESSION_ID_SIZE, check_binding
 from cc_kernel.attestation.envelope import EvidenceEnvelope, parse_envelope_unverified
 from cc_kernel.attestation.evidence import BoundEvidence
+from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 from cc_kernel.attestation.policy import Policy
 from cc_kernel.attestation.result import AttestationResult, appraise
 from cc_kernel.attestation.verify import answered_nonce, verify_evidence
@@ -48,6 +49,7 @@ def verify_peer(
     anchors: TrustAnchors,
     simulation_anchors: TrustAnchors | None,
     now: datetime,
+    collateral: DcapCollateral | None = None,
 ) -> AttestedPeer:
     """Check the enclave behind a TLS connection, in order; raise at the first failing step.
 
@@ -66,7 +68,7 @@ def verify_peer(
     env = parse_envelope_unverified(envelope_bytes)
     sim = simulation_anchors if policy.unsafe_allow_simulation else None
     # 3. authenticity: a pinned root's chain signed this evidence (platform decided by that root)
-    verified = verify_evidence(env, anchors=anchors, now=now, simulation_anchors=sim)
+    verified = verify_evidence(env, anchors=anchors, now=now, simulation_anchors=sim, collateral=collateral)
     # 4. freshness and binding: answers our nonce and session, binds this certificate's key and the audit key
     if not constant_time_equal(env.session_id, session_id):
         raise StaleEvidence(
@@ -82,7 +84,9 @@ def verify_peer(
     checked_cert = False
     if cert_evidence is not None:
         cert_env = parse_envelope_unverified(cert_evidence)
-        cert_verified = verify_evidence(cert_env, anchors=anchors, now=now, simulation_anchors=sim)
+        cert_verified = verify_evidence(
+            cert_env, anchors=anchors, now=now, simulation_anchors=sim, collateral=collateral
+        )
         check_binding(
             cert_verified, tls_spki=tls_spki, audit_pub=cert_env.audit_pub, nonce=STARTUP_NONCE,
             session_id=STARTUP_SESSION_ID,

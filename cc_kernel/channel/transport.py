@@ -57,6 +57,8 @@ VMADDR_CID_ANY = 0xFFFFFFFF  # listen on every context id of this machine
 VMADDR_CID_LOCAL = 1  # this machine (loopback; needs the kernel's vsock_loopback transport)
 VMADDR_CID_HOST = 2  # the host / hypervisor side (e.g. a Nitro enclave's parent instance is CID 3)
 VMADDR_PORT_ANY = 0xFFFFFFFF  # "any port": not accepted in addresses, the peer must know the port
+#: Largest TCP port (port 0 is accepted: listening on it picks a free port).
+_TCP_PORT_MAX = 65535
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,12 @@ def parse_address(text: str) -> Address:
     A vsock CID is a number (e.g. a Nitro enclave's CID, ``1`` for this machine) or ``any`` (listen on every
     CID, as an enclave does); ``str()`` of the result parses back to an equal address.
 
+    Numbers are ASCII digits only (``str.isdigit`` also accepts ``'²'`` and ``'７８００'``). TCP port 0 is
+    accepted: listening on it picks a free port (``--listen 127.0.0.1:0``).
+
     Raises:
         ConfigError: the address has no recognisable form, a TCP port is not a number in 0..65535, or a vsock
-            CID/port is not a number in its range.
+            CID/port is not a number in its range; the message names the offending text.
     """
     text = text.strip()
     if text.startswith("vsock:"):
@@ -98,12 +103,31 @@ def parse_address(text: str) -> Address:
         if not path:
             raise ConfigError(f"unix address {text!r} has no path")
         return Address("unix", path=path)
+    form = "use unix:/path/to.sock or tcp://HOST:PORT"
     rest = text[len("tcp://") :] if text.startswith("tcp://") else text
     host, sep, port_text = rest.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"cannot parse address {text!r}: use unix:/path/to.sock or tcp://HOST:PORT")
+    if not sep or not port_text:
+        raise ConfigError(f"cannot parse address {text!r}: {form}")
+    port = _ascii_number(port_text, _TCP_PORT_MAX)
+    if port is None:
+        raise ConfigError(f"TCP port {port_text!r} in {text!r} is not a number from 0 to {_TCP_PORT_MAX}: {form}")
     host = host.strip("[]") or "127.0.0.1"
-    return Address("tcp", host=host, port=int(port_text))
+    return Address("tcp", host=host, port=port)
+
+
+def _ascii_number(text: str, maximum: int) -> int | None:
+    """``text`` as an int if it is ASCII digits only (leading zeros allowed) and at most ``maximum``, else None.
+
+    ``str.isdigit`` alone is not enough: it accepts ``'²'`` (``int`` refuses it) and ``'７８００'`` (``int``
+    reads 7800), and ``int`` refuses more than 4300 digits with a ValueError.
+    """
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(maximum)):
+        return None
+    value = int(digits)
+    return value if value <= maximum else None
 
 
 def _parse_vsock(text: str) -> Address:
@@ -113,19 +137,17 @@ def _parse_vsock(text: str) -> Address:
     cid_text, sep, port_text = text[len("vsock://") :].rpartition(":")
     if not sep or not cid_text:
         raise ConfigError(f"vsock address {text!r} needs a CID and a port: {form}")
-    if cid_text.lower() == "any":
-        cid = VMADDR_CID_ANY
-    elif cid_text.isascii() and cid_text.isdigit() and int(cid_text) <= VMADDR_CID_ANY:
-        cid = int(cid_text)
-    else:
+    cid = VMADDR_CID_ANY if cid_text.lower() == "any" else _ascii_number(cid_text, VMADDR_CID_ANY)
+    if cid is None:
         raise ConfigError(
             f"vsock CID {cid_text!r} in {text!r} is not a number from 0 to {VMADDR_CID_ANY} or 'any': {form}"
         )
-    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) >= VMADDR_PORT_ANY:
+    port = _ascii_number(port_text, VMADDR_PORT_ANY - 1)
+    if port is None:
         raise ConfigError(
             f"vsock port {port_text!r} in {text!r} is not a number from 0 to {VMADDR_PORT_ANY - 1}: {form}"
         )
-    return Address("vsock", cid=cid, port=int(port_text))
+    return Address("vsock", cid=cid, port=port)
 
 
 def _vsock_socket(address: Address, action: str) -> socket.socket:

@@ -4,8 +4,13 @@ Invariants:
 
 * every parse failure of untrusted certificate bytes raises ``MalformedEvidence`` (check ``x509.parse`` or
   ``x509.amd_extension``), never a bare ``ValueError``/``IndexError``;
-* a certificate returned by these loaders has had its extensions parsed once, so later ``.extensions`` access
-  cannot fail;
+* ``cryptography`` parses some fields lazily (extensions, names, validity times, the public key) and raises
+  exceptions that are not ``ValueError``s (``InvalidVersion``, ``DuplicateExtension``,
+  ``UnsupportedGeneralNameType``, ``UnsupportedAlgorithm``). A certificate returned by these loaders has had all
+  of those fields read once, and every such failure became ``MalformedEvidence`` (``x509.parse``), so a
+  verifier reading ``.extensions``, ``.subject``, ``.issuer``, ``.not_valid_before_utc``/``_after_utc`` or
+  ``.public_key()`` later cannot fail. The signature algorithm is left to the chain walker
+  (``chain.signature_algorithm``);
 * AMD VCEK/VLEK certificates carry serial number 0, which makes ``cryptography`` emit a
   ``CryptographyDeprecationWarning`` when they are loaded and whenever ``serial_number`` is read. Only
   ``load_amd_certificate`` and ``certificate_serial`` suppress it, and only that one warning (matched by its
@@ -19,11 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 
@@ -71,8 +77,48 @@ _DER_INTEGER = 0x02
 _DER_IA5STRING = 0x16
 
 
-def _malformed(message: str, *, got: object = None, expected: object = None) -> MalformedEvidence:
-    return MalformedEvidence(message, check="x509.parse", got=got, expected=expected)
+#: What ``cryptography`` raises for certificate bytes it cannot represent, at load time or on first access to a
+#: lazily parsed field. Only ``ValueError`` is the documented one; the ``x509`` ones are plain ``Exception``s.
+_CRYPTOGRAPHY_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+#: The lazily parsed fields, read once by the loaders (name in messages, reader).
+_LAZY_FIELDS: tuple[tuple[str, Callable[[x509.Certificate], object]], ...] = (
+    ("extensions", lambda cert: cert.extensions),
+    ("subject name", lambda cert: cert.subject.rfc4514_string()),
+    ("issuer name", lambda cert: cert.issuer.rfc4514_string()),
+    ("validity", lambda cert: (cert.not_valid_before_utc, cert.not_valid_after_utc)),
+    ("public key", lambda cert: cert.public_key()),
+)
+
+
+def _malformed(
+    message: str, *, got: object = None, expected: object = None, index: int | None = None
+) -> MalformedEvidence:
+    return MalformedEvidence(message, check="x509.parse", got=got, expected=expected, index=index)
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+
+
+def _read_lazy_fields(cert: x509.Certificate, what: str, *, index: int | None = None) -> None:
+    """Read every lazily parsed field once (``cryptography`` caches the extensions), so later reads cannot fail.
+
+    Raises:
+        MalformedEvidence: ``check="x509.parse"``: a field does not parse; the message names the field.
+    """
+    for name, read in _LAZY_FIELDS:
+        try:
+            read(cert)
+        except _CRYPTOGRAPHY_ERRORS as exc:
+            raise _malformed(f"{what}: its {name} cannot be parsed: {_describe(exc)}", index=index) from exc
 
 
 @contextmanager
@@ -101,11 +147,9 @@ def _parse_one(data: bytes) -> x509.Certificate:
             cert = certs[0]
         else:
             cert = x509.load_der_x509_certificate(data)
-        _ = cert.extensions  # parse (and cache) the extensions now: later access must not fail
-    except MalformedEvidence:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise _malformed(f"not a valid X.509 certificate: {exc}") from exc
+    except _CRYPTOGRAPHY_ERRORS as exc:  # e.g. InvalidVersion (version 3) is raised at load time
+        raise _malformed(f"not a valid X.509 certificate: {_describe(exc)}") from exc
+    _read_lazy_fields(cert, "not a valid X.509 certificate")
     return cert
 
 
@@ -114,8 +158,12 @@ def load_certificate(der_or_pem: bytes) -> x509.Certificate:
 
     Use ``load_amd_certificate`` for AMD VCEK/VLEK certificates (serial number 0).
 
+    The extensions, names, validity and public key are read here, so later reads of them cannot fail.
+
     Raises:
-        MalformedEvidence: ``check="x509.parse"``: not exactly one well-formed certificate, or too large.
+        MalformedEvidence: ``check="x509.parse"``: not exactly one well-formed certificate (including a bad
+            version, a duplicate extension, an unsupported GeneralName, an unparsable name, validity time or
+            public key), or too large.
         TypeError: ``der_or_pem`` is not bytes.
     """
     return _parse_one(der_or_pem)
@@ -128,7 +176,8 @@ def load_amd_certificate(der_or_pem: bytes) -> x509.Certificate:
     serial with ``certificate_serial`` (``Certificate.serial_number`` emits the warning again).
 
     Raises:
-        MalformedEvidence: ``check="x509.parse"``: not exactly one well-formed certificate, or too large.
+        MalformedEvidence: ``check="x509.parse"``: not exactly one well-formed certificate (as for
+            ``load_certificate``), or too large.
     """
     with _serial_zero_tolerated():
         return _parse_one(der_or_pem)
@@ -138,19 +187,20 @@ def load_certificate_bundle(pem: bytes, *, amd: bool = False) -> tuple[x509.Cert
     """Load every certificate of a PEM bundle, in file order (e.g. AMD's ``cert_chain``: ASK then ARK).
 
     Raises:
-        MalformedEvidence: ``check="x509.parse"``: no certificate, a malformed one, or too large.
+        MalformedEvidence: ``check="x509.parse"``: no certificate, a malformed one (as for ``load_certificate``;
+            ``index`` is its position in the bundle), or too large.
     """
     if len(pem) > MAX_CERTIFICATE_SIZE:
         raise _malformed("certificate bundle is too large", got=len(pem), expected=MAX_CERTIFICATE_SIZE)
     if not _is_pem(pem):
         raise _malformed("certificate bundle is not PEM")
-    try:
-        with _serial_zero_tolerated() if amd else nullcontext():
+    with _serial_zero_tolerated() if amd else nullcontext():
+        try:
             certs = x509.load_pem_x509_certificates(pem)
-            for cert in certs:
-                _ = cert.extensions
-    except (ValueError, TypeError) as exc:
-        raise _malformed(f"not a valid PEM certificate bundle: {exc}") from exc
+        except _CRYPTOGRAPHY_ERRORS as exc:
+            raise _malformed(f"not a valid PEM certificate bundle: {_describe(exc)}") from exc
+        for index, cert in enumerate(certs):
+            _read_lazy_fields(cert, f"certificate {index} of the bundle is not a valid X.509 certificate", index=index)
     return tuple(certs)
 
 

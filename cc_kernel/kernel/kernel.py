@@ -30,7 +30,7 @@ from traitlets import Bool, Enum, Float, List, Unicode, default
 from cc_kernel import __version__
 from cc_kernel.attestation.platforms import HARDWARE_INTERFACES
 from cc_kernel.attestation.policy import Policy, load_policy
-from cc_kernel.attestation.result import AttestationResult
+from cc_kernel.attestation.result import REPIN_HINT, AttestationResult
 from cc_kernel.channel.transport import parse_address
 from cc_kernel.errors import (
     AuditError,
@@ -76,6 +76,10 @@ class ConfidentialKernel(Kernel):
                       help="remote enclave address tcp://HOST:PORT or unix:PATH. Env: CC_KERNEL_ENCLAVE")
     sim_dir = Unicode("", config=True, help="simulated TEE authority directory. Env: CC_KERNEL_SIM_DIR")
     faults = List(Unicode(), config=True, help="teaching faults for the simulated enclave. Env: CC_KERNEL_FAULTS")
+    collateral_dir = Unicode("", config=True,
+                             help="Intel collateral for a TDX/SGX enclave, fetched on this side (tcb_info.json, "
+                             "qe_identity.json, pck_crl.der, root_crl.der, tcb_signing_chain.pem). "
+                             "Env: CC_KERNEL_DCAP_COLLATERAL")
     attest_timeout = Float(60.0, config=True, help="seconds to wait for the enclave to start and attest")
     show_badge = Bool(True, config=True, help="show the attestation badge as the first output of a session")
     audit = Bool(True, config=True, help="keep an enclave-signed session log. Env: CC_KERNEL_AUDIT=0 disables")
@@ -104,6 +108,10 @@ class ConfidentialKernel(Kernel):
     @default("enclave")
     def _enclave_default(self) -> str:
         return os.environ.get("CC_KERNEL_ENCLAVE", "")
+
+    @default("collateral_dir")
+    def _collateral_dir_default(self) -> str:
+        return os.environ.get("CC_KERNEL_DCAP_COLLATERAL", "")
 
     @default("sim_dir")
     def _sim_dir_default(self) -> str:
@@ -149,7 +157,8 @@ class ConfidentialKernel(Kernel):
             lines = self._result.summary_lines()
             return head + "\n" + "\n".join(lines)
         if self._failure is not None:
-            return head + f"\nATTESTATION REFUSED — no code will be sent: {self._failure}"
+            refused = f"ATTESTATION REFUSED — no code will be sent: {_refusal_text(self._failure)}"
+            return "\n".join([head, refused, _fix_hint(self._failure, self.mode)])
         return head + "\nAttestation in progress (run a cell to see the verdict)."
 
     @property
@@ -196,6 +205,20 @@ class ConfidentialKernel(Kernel):
             raise PolicyError(needs)
         return self._simulation_policy()
 
+    def _load_collateral(self) -> Any:
+        """This side's Intel collateral (``collateral_dir``); every item is signature-checked at verification."""
+        from cc_kernel.attestation.offline import collateral_from_files
+        from cc_kernel.attestation.platforms.intel_collateral import load_collateral
+
+        directory = Path(self.collateral_dir).expanduser()
+        try:
+            files = {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+            return load_collateral(collateral_from_files(files))
+        except OSError as exc:
+            raise PolicyError(f"cannot read the collateral directory {directory}: {exc.strerror or exc}") from exc
+        except ValueError as exc:
+            raise PolicyError(f"collateral directory {directory}: {exc}") from exc
+
     def _simulation_policy(self) -> Policy:
         """The simulation kernel's policy: pinned at install time, or on first use (recorded in the log)."""
         path = simulation_policy_path()
@@ -222,8 +245,10 @@ class ConfidentialKernel(Kernel):
                 faults=tuple(self.faults),
                 session_id=bytes.fromhex(self.session_hex),  # the badge's session id is the one attested
             )
+            collateral = await asyncio.to_thread(self._load_collateral) if self.collateral_dir else None
             self._link = EnclaveLink(spec, policy=policy, simulation_anchors=sim, on_output=self._forward_output,
-                                     on_closed=self._enclave_closed, on_receipt=self._on_receipt)
+                                     on_closed=self._enclave_closed, on_receipt=self._on_receipt,
+                                     collateral=collateral)
             attested = await self._link.start(timeout=self.attest_timeout)
             if self.audit:
                 await self._open_audit_log(attested.peer, policy)
@@ -356,7 +381,7 @@ class ConfidentialKernel(Kernel):
             await self._wait_ready()
         except BaseException as exc:  # attestation refused or enclave unreachable: fail closed
             return self._error_reply(
-                "AttestationError", f"no code was sent: {exc}",
+                "AttestationError", f"no code was sent: {_refusal_text(exc)}",
                 ["ATTESTATION REFUSED — the cell was NOT run and no code was sent to the enclave.",
                  *(_failure_lines(exc) or [str(exc)]), _fix_hint(exc, self.mode)], silent=silent,
             )
@@ -678,20 +703,47 @@ def _reply_content(msg: m.Message) -> dict[str, Any]:
     raise TypeError(type(msg).__name__)
 
 
+# A refusal is shown as: what failed (a summary, then one line per failed check) and, last and once, what to do
+# (``_fix_hint``). The appraisal's own re-pin advice (``REPIN_HINT``, in a PolicyViolation's message and in each
+# measurement failure) is left out of the first part, so that the advice appears exactly once.
+
+
+def _without_repin_hint(text: str) -> str:
+    for separator in (". ", "\n", " ", ""):
+        text = text.replace(separator + REPIN_HINT, "")
+    return text
+
+
+def _refusal_text(exc: BaseException) -> str:
+    """What was refused, without advice: ``str(exc)``, for a PolicyViolation without the appraisal's re-pin hint."""
+    if isinstance(exc, PolicyViolation):
+        return "\n".join([_without_repin_hint(exc.message), *(f"  - {line}" for line in _failure_lines(exc))])
+    return str(exc)
+
+
 def _failure_lines(exc: BaseException) -> list[str]:
     if isinstance(exc, PolicyViolation):
-        return [f"{f}" for f in exc.failures]
+        return [_without_repin_hint(str(f)) for f in exc.failures]
     if isinstance(exc, VerificationError | CCKernelError):
         return [str(exc)]
     return [f"{type(exc).__name__}: {exc}"]
 
 
-#: What to do about a refused policy check, by the check's name (longest matching prefix wins).
+#: Policy checks whose failure means "this is not the enclave code you pinned" (those the appraisal attaches
+#: ``REPIN_HINT`` to); the advice depends on the kernel's mode.
+_MEASUREMENT_CHECKS = ("policy.measurement", "policy.mrsigner", "policy.mr_config_id", "policy.pcr.", "policy.rtmr.")
+_REPIN_HINTS = {
+    "simulation": "If you changed the enclave deliberately, re-pin its measurement with "
+    "`cc-kernel policy init --simulation --output FILE --force` (or delete "
+    "<jupyter data dir>/cc_kernel/policy-simulation.toml for the simulation kernel); otherwise do not "
+    "trust this enclave.",
+    "hardware": "If you changed the enclave deliberately, re-pin its measurement in the policy file "
+    "(CC_KERNEL_POLICY) with `cc-kernel policy init --platform P --measurement HEX --output FILE --force`; "
+    "otherwise do not trust this enclave.",
+}
+
+#: What to do about another refused policy check, by the check's name (the first matching prefix wins).
 _POLICY_HINTS: tuple[tuple[str, str], ...] = (
-    ("policy.measurement", "If you changed the enclave deliberately, re-pin its measurement with "
-     "`cc-kernel policy init --simulation --output FILE --force` (or delete "
-     "<jupyter data dir>/cc_kernel/policy-simulation.toml for the simulation kernel); otherwise do not "
-     "trust this enclave."),
     ("policy.debug", "The enclave runs in DEBUG mode: its host can read and change its memory, so nothing in it is "
      "confidential. Start it without debug; a policy accepts debug only with `unsafe_allow_debug = true`, for "
      "development."),
@@ -711,6 +763,8 @@ def _fix_hint(exc: BaseException, mode: str) -> str:
     """One actionable sentence for a refusal: what it means and what to do (never just "restart")."""
     if isinstance(exc, PolicyViolation):
         checks = [f.check for f in exc.failures]
+        if any(check.startswith(_MEASUREMENT_CHECKS) for check in checks):
+            return _REPIN_HINTS["simulation" if mode == "simulation" else "hardware"]
         for prefix, hint in _POLICY_HINTS:
             if any(check.startswith(prefix) for check in checks):
                 return hint

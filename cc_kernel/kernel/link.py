@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors
+from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 from cc_kernel.attestation.policy import Policy
 from cc_kernel.channel.client import AttestedChannel, connect_attested
 from cc_kernel.channel.transport import Address
@@ -69,10 +70,12 @@ class EnclaveLink:
         on_output: Callable[[m.Message], None],
         on_closed: Callable[[str], None],
         on_receipt: Callable[[m.AuditReceipt], None] | None = None,
+        collateral: DcapCollateral | None = None,
     ) -> None:
         self.spec = spec
         self.policy = policy
         self.simulation_anchors = simulation_anchors
+        self.collateral = collateral
         self._on_output = on_output
         self._on_closed = on_closed
         self._on_receipt = on_receipt
@@ -103,7 +106,8 @@ class EnclaveLink:
         try:
             self.attested = await connect_attested(
                 target, policy=self.policy, anchors=hardware_anchors(),
-                simulation_anchors=self.simulation_anchors, session_id=self.spec.session_id, timeout=timeout,
+                simulation_anchors=self.simulation_anchors, collateral=self.collateral,
+                session_id=self.spec.session_id, timeout=timeout,
             )
         except (ChannelError, ProtocolError) as exc:
             raise EnclaveError(self._explain_start_failure(exc)) from exc

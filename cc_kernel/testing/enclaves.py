@@ -469,18 +469,48 @@ class _Flip:
     done_at: int | None = None
 
 
+#: Address kinds the relay and the raw TLS client can dial (vsock is tested with its own sockets: test_vsock.py).
+_DIALABLE_KINDS = ("unix", "tcp")
+
+
+def _dialable(target: Address | str | socket.socket, who: str) -> Address | socket.socket:
+    """``target`` as an Address (text is parsed by ``channel.transport.parse_address``) or the socket itself.
+
+    Raises:
+        ConfigError: ``target`` is text that is not an address.
+        ValueError: an address of a kind ``who`` cannot dial (vsock).
+        TypeError: ``target`` is neither an Address, text nor a socket.
+    """
+    if isinstance(target, socket.socket):
+        return target
+    if isinstance(target, str):
+        target = parse_address(target)
+    if not isinstance(target, Address):
+        raise TypeError(f"{who} target must be an Address, an address string or a socket, not {type(target).__name__}")
+    if target.kind not in _DIALABLE_KINDS:
+        raise ValueError(
+            f"{who} cannot dial {target}: only {' and '.join(_DIALABLE_KINDS)} addresses are supported, "
+            f"not {target.kind}"
+        )
+    return target
+
+
 class Relay:
-    """A TCP relay on 127.0.0.1 in front of ``target`` (an address, or one already connected socket): the
-    untrusted host or network between kernel and enclave.
+    """A TCP relay on 127.0.0.1 in front of ``target`` (a unix or TCP address, as an ``Address`` or as text for
+    ``parse_address``, or one already connected socket): the untrusted host or network between kernel and enclave.
 
     It records every byte it forwards in each direction (``recorded("c2s")``: kernel -> enclave,
     ``recorded("s2c")``: enclave -> kernel) and can flip one byte (XOR 0xFF) of one direction: the first byte
     at stream offset ``>= at`` that lies inside a TLS record's payload (headers are left alone, so the damage
     is always to authenticated data, never to the record framing). Runs on the caller's event loop.
+
+    Raises:
+        ConfigError: ``target`` is text that is not an address.
+        ValueError: ``target`` is a vsock address (the relay dials unix and TCP addresses only).
     """
 
-    def __init__(self, target: Address | socket.socket, *, flip: tuple[Direction, int] | None = None) -> None:
-        self.target = target
+    def __init__(self, target: Address | str | socket.socket, *, flip: tuple[Direction, int] | None = None) -> None:
+        self.target = _dialable(target, "the relay")
         self._flip = _Flip(flip[0], flip[1]) if flip else None
         self._recorded: dict[Direction, bytearray] = {"c2s": bytearray(), "s2c": bytearray()}
         self._records: dict[Direction, _Records] = {"c2s": _Records(), "s2c": _Records()}
@@ -557,10 +587,12 @@ class Relay:
                 s_reader, s_writer = await asyncio.open_connection(sock=self.target, limit=STREAM_LIMIT)
             elif self.target.kind == "unix":
                 s_reader, s_writer = await asyncio.open_unix_connection(self.target.path, limit=STREAM_LIMIT)
-            else:
+            elif self.target.kind == "tcp":
                 s_reader, s_writer = await asyncio.open_connection(
                     self.target.host, self.target.port, limit=STREAM_LIMIT
                 )
+            else:  # pragma: no cover - refused by _dialable in __init__
+                raise AssertionError(f"unreachable: relay target kind {self.target.kind!r}")
         except OSError:
             c_writer.close()
             return
@@ -609,16 +641,25 @@ class Relay:
 # --- raw TLS clients (no protocol library between the test and the enclave) ----------------------------------
 
 
-def raw_tls_client(target: Address | socket.socket, *, timeout: float = 10.0) -> ssl.SSLSocket:
-    """A blocking TLS 1.3 client connection (certificate not checked: the caller does no attestation)."""
+def raw_tls_client(target: Address | str | socket.socket, *, timeout: float = 10.0) -> ssl.SSLSocket:
+    """A blocking TLS 1.3 client connection (certificate not checked: the caller does no attestation).
+
+    Raises:
+        ConfigError: ``target`` is text that is not an address.
+        ValueError: ``target`` is a vsock address (not supported here).
+        OSError: the connection or the handshake failed.
+    """
+    target = _dialable(target, "raw_tls_client")
     if isinstance(target, socket.socket):
         sock = target
     elif target.kind == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         sock.connect(target.path)
-    else:
+    elif target.kind == "tcp":
         sock = socket.create_connection((target.host, target.port), timeout=timeout)
+    else:  # pragma: no cover - refused by _dialable
+        raise AssertionError(f"unreachable: raw_tls_client target kind {target.kind!r}")
     sock.settimeout(timeout)
     return client_context().wrap_socket(sock, server_hostname=None)
 
