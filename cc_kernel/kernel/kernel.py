@@ -259,7 +259,9 @@ class ConfidentialKernel(Kernel):
             raise
         self._result = attested.peer.result
         self._set_badge(state=self._result.status, result=self._result)
-        self.log.info("enclave attested: %s", self._result.status)
+        self.log.info("enclave attested: %s%s", self._result.status,
+                      " (the enclave process started early was adopted)" if self._link and self._link.started_early
+                      else "")
         return self._result
 
     # -- audit log ------------------------------------------------------------------------------------------------

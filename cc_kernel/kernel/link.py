@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +75,8 @@ class EnclaveLink:
         self.policy = policy
         self.simulation_anchors = simulation_anchors
         self.collateral = collateral
+        #: Whether the local enclave process is the one ``app.main`` started early (kernel/early.py).
+        self.started_early = False
         self._on_output = on_output
         self._on_closed = on_closed
         self._on_receipt = on_receipt
@@ -118,22 +119,20 @@ class EnclaveLink:
         return self.attested
 
     def _launch(self) -> socket.socket:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [sys.executable, "-m", "cc_kernel.enclave", "--fd", str(theirs.fileno()),
-                "--platform", self.spec.platform, "--log-level", "INFO"]
-        if self.spec.sim_dir is not None:
-            argv += ["--sim-dir", str(self.spec.sim_dir)]
-        for fault in self.spec.faults:
-            argv += ["--fault", fault]
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **self.spec.extra_env)
-        env.pop("JPY_PARENT_PID", None)
-        # Own session: a signal sent to the kernel's process group never reaches the enclave; interrupts go
-        # through the authenticated channel. stdout/stderr go to our log, never to the notebook.
-        self.process = subprocess.Popen(
-            argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-        theirs.close()
+        from cc_kernel.kernel import early
+
+        spec = self.spec
+        sim_dir = str(spec.sim_dir) if spec.sim_dir is not None else None
+        # The process app.main started before ipykernel was imported, if it is exactly the one we would start.
+        wanted = early.enclave_argv(-1, platform=spec.platform, sim_dir=sim_dir, faults=spec.faults)
+        adopted = early.adopt(wanted, early.enclave_env(spec.extra_env))
+        self.started_early = adopted is not None
+        if adopted is not None:
+            self.process, ours = adopted
+        else:
+            self.process, ours, _argv = early.spawn(
+                platform=spec.platform, sim_dir=sim_dir, faults=spec.faults, extra_env=spec.extra_env
+            )
         threading.Thread(target=self._pump_log, args=(self.process,), daemon=True, name="cc-enclave-log").start()
         return ours
 
