@@ -331,3 +331,51 @@ def test_in_process_enclave_helper_attests_for_real(
         assert info.value.check == "policy.debug"
 
     asyncio.run(main())
+
+
+@SLOW
+def test_an_interrupt_only_hits_a_request_allocated_before_it(
+    cc_data_dir: Path, policy: Policy, sim_anchors: TrustAnchors
+) -> None:
+    """The kernel's interrupt travels after requests its main loop sent meanwhile; ``before`` (the kernel's next
+    request id when the user interrupted) keeps a stale interrupt from hitting the next cell."""
+
+    async def main() -> None:
+        with start_enclave(cc_data_dir) as enclave:
+            attested = await _attest(enclave.sock, policy, sim_anchors)
+            channel = attested.channel
+            try:
+                # issued while idle (next id was 2), delivered after request 2 started: no effect
+                cell = "import time; time.sleep(1.5); print('done')"
+                await channel.send(m.ExecuteRequest(
+                    req_id=2, code=cell, silent=False, store_history=True, user_expressions={}, allow_stdin=False,
+                    execution_count=2, cell_id=None, kind="cell",
+                ))
+                await asyncio.sleep(0.3)
+                await channel.send(m.Interrupt(before=2))
+                out, reply = await _collect(channel, 2)
+                assert (out, reply.status) == ("done\n", "ok")
+                # issued while request 3 runs: it is interrupted
+                await channel.send(m.ExecuteRequest(
+                    req_id=3, code="import time; time.sleep(20)", silent=False, store_history=True,
+                    user_expressions={}, allow_stdin=False, execution_count=3, cell_id=None, kind="cell",
+                ))
+                await asyncio.sleep(0.3)
+                await channel.send(m.Interrupt(before=4))
+                _out, reply = await _collect(channel, 3)
+                assert (reply.status, reply.ename) == ("error", "KeyboardInterrupt")
+            finally:
+                await channel.aclose()
+
+    asyncio.run(main())
+
+
+async def _collect(channel: FramedChannel, req_id: int) -> tuple[str, m.ExecuteReply]:
+    out = []
+    async with asyncio.timeout(15):
+        while True:
+            msg = await channel.receive()
+            if isinstance(msg, m.Stream) and msg.req_id == req_id:
+                out.append(msg.text)
+            elif isinstance(msg, m.ExecuteReply) and msg.req_id == req_id:
+                return "".join(out), msg

@@ -35,13 +35,13 @@ def default_argv() -> list[str]:
 
 def test_the_early_process_is_adopted_when_it_is_the_one_the_kernel_would_start() -> None:
     assert early.start_early(["-f", "conn.json", "--mode", "simulation"], environ={})
-    adopted = early.adopt(default_argv(), early.enclave_env())
+    adopted = early.adopt(default_argv(), {})
     assert adopted is not None
     process, sock = adopted
     try:
         assert process.poll() is None
         assert process.args[process.args.index("--platform") + 1] == "simulation"  # type: ignore[union-attr]
-        assert early.adopt(default_argv(), early.enclave_env()) is None  # only once
+        assert early.adopt(default_argv(), {}) is None  # only once
     finally:
         sock.close()
         reap(process)
@@ -63,7 +63,7 @@ def test_a_different_enclave_is_not_adopted_and_the_early_one_is_killed(
     assert early.start_early(["--mode", "simulation"], environ={})
     process = early._early.process if early._early is not None else None
     assert process is not None
-    assert early.adopt(wanted, early.enclave_env(extra_env)) is None
+    assert early.adopt(wanted, extra_env or {}) is None
     assert process.poll() is not None  # killed, not left running
 
 
@@ -72,7 +72,7 @@ def test_a_dead_early_process_is_not_adopted() -> None:
     assert early._early is not None
     early._early.process.kill()
     early._early.process.wait(timeout=10)
-    assert early.adopt(default_argv(), early.enclave_env()) is None
+    assert early.adopt(default_argv(), {}) is None
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_faults_and_sim_dir_from_the_environment_are_used() -> None:
     env = {"CC_KERNEL_FAULTS": "debug,replay", "CC_KERNEL_SIM_DIR": "/tmp/cc-sim"}
     assert early.start_early(["--mode", "simulation"], environ=env)
     want = early.enclave_argv(-1, platform="simulation", sim_dir="/tmp/cc-sim", faults=("debug", "replay"))
-    adopted = early.adopt(want, early.enclave_env())
+    adopted = early.adopt(want, {})
     assert adopted is not None
     adopted[1].close()
     reap(adopted[0])

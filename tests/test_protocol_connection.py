@@ -96,7 +96,7 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.UploadChunk: m.UploadChunk(req_id=7, data=b"abc"),
     m.UploadEnd: m.UploadEnd(req_id=7, sha256=b"\1" * 32),
     m.UploadReply: m.UploadReply(req_id=7, status="ok", message="stored"),
-    m.Interrupt: m.Interrupt(),
+    m.Interrupt: m.Interrupt(before=1),
     m.Shutdown: m.Shutdown(restart=False),
     m.ShutdownReply: m.ShutdownReply(restart=False),
     m.AuditReceipt: m.AuditReceipt(req_id=1, receipt=b"receipt"),

@@ -166,7 +166,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.UploadChunk: st.builds(m.UploadChunk, req_id=req_ids, data=blobs),
     m.UploadEnd: st.builds(m.UploadEnd, req_id=req_ids, sha256=st.binary(min_size=32, max_size=32)),
     m.UploadReply: st.builds(m.UploadReply, req_id=req_ids, status=status2, message=texts),
-    m.Interrupt: st.builds(m.Interrupt),
+    m.Interrupt: st.builds(m.Interrupt, before=req_ids),
     m.Shutdown: st.builds(m.Shutdown, restart=bools),
     m.ShutdownReply: st.builds(m.ShutdownReply, restart=bools),
     m.AuditReceipt: st.builds(m.AuditReceipt, req_id=req_ids, receipt=st.binary(min_size=1, max_size=64)),
@@ -341,6 +341,8 @@ def test_wrong_field_type_or_size_is_named(field: str, value: object, expect: st
         {"t": "attest_response", "envelope": b"e" * (m.MAX_ENVELOPE + 1)},
         {"t": "credit", "nbytes": -5},
         {"t": "interrupt", "x": None},
+        {"t": "interrupt"},
+        {"t": "interrupt", "before": -1},
         {"t": "ping"},
     ],
 )  # fmt: skip

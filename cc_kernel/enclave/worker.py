@@ -111,6 +111,7 @@ class Session:
         self._outstanding = 0
         self._stopped = threading.Event()
         self._current_req = 0
+        self._running_req: int | None = None  # the request the main thread handles now (read by the I/O thread)
         self._shell: Any = None
         self._uploads: dict[int, _Upload] = {}
         self._signer: ReceiptSigner | None = None
@@ -149,12 +150,15 @@ class Session:
                 item = self._work.get()
                 if item is _STOP:
                     break
+                self._running_req = getattr(item, "req_id", None)
                 try:
                     self._handle(item)
                 except _Stop:
                     break
                 except KeyboardInterrupt:  # an interrupt that arrived between cells
                     continue
+                finally:
+                    self._running_req = None
         finally:
             self._stopped.set()
             with self._window:
@@ -444,7 +448,9 @@ class Session:
             assert self._loop is not None and self._channel is not None
             self._loop.create_task(self._channel.send(m.Pong(seq=msg.seq)))
         elif isinstance(msg, m.Interrupt):
-            if self._shell is not None:
+            # only a request the kernel had allocated when its user interrupted (never a later one)
+            running = self._running_req
+            if self._shell is not None and running is not None and running < msg.before:
                 self._shell.interrupt()
         elif isinstance(msg, m.Credit):
             with self._window:

@@ -4,7 +4,9 @@ A kernel start used to run two interpreter start-ups one after the other: the ke
 ipykernel and cc_kernel (~0.3 s), and only then spawned the enclave, which imported its own stack and built its
 keys and start-up evidence (~0.25 s). ``start_early`` spawns the enclave first thing in ``app.main``, so both
 start-ups overlap; ``EnclaveLink`` later *adopts* that process if it is exactly the one it would have started
-(same command line, same environment), and otherwise kills it and starts its own.
+(same command line, no extra environment), and otherwise kills it and starts its own. The early process has the
+environment the kernel was started with; variables the kernel process sets on itself later (ipykernel and its
+libraries do) are not the user's configuration and do not prevent adoption.
 
 Adoption grants the process nothing: the kernel still sends its fresh nonce and session id inside TLS and
 verifies the evidence against its policy before any application byte, exactly as for a process it spawned
@@ -32,7 +34,7 @@ EARLY_ENV = "CC_KERNEL_EARLY_ENCLAVE"
 
 @dataclass
 class _Early:
-    key: tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
+    key: tuple[str, ...]
     process: subprocess.Popen[bytes]
     sock: socket.socket
 
@@ -57,10 +59,10 @@ def enclave_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _key(argv: list[str], env: dict[str, str]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """What must match for adoption: the command line without the fd number, and the environment."""
+def _key(argv: list[str]) -> tuple[str, ...]:
+    """What must match for adoption: the command line without the fd number."""
     i = argv.index("--fd")
-    return tuple(argv[:i] + argv[i + 2 :]), tuple(sorted(env.items()))
+    return tuple(argv[:i] + argv[i + 2 :])
 
 
 def spawn(*, platform: str, sim_dir: str | None, faults: tuple[str, ...],
@@ -104,19 +106,20 @@ def start_early(args: list[str], environ: dict[str, str] | None = None) -> bool:
         process, ours, argv = spawn(platform="simulation", sim_dir=sim_dir, faults=faults)
     except OSError:
         return False
-    _early = _Early(key=_key(argv, enclave_env()), process=process, sock=ours)
+    _early = _Early(key=_key(argv), process=process, sock=ours)
     atexit.register(_discard)
     return True
 
 
-def adopt(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], socket.socket] | None:
+def adopt(argv: list[str], extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], socket.socket] | None:
     """The early enclave process and our socket end, if it was started with exactly ``argv`` (the fd number
-    aside) and ``env``; None otherwise (an early process that does not match is killed). Only once."""
+    aside) and the kernel wants no ``extra_env``; None otherwise (an early process that does not match is
+    killed). Only once."""
     global _early
     early, _early = _early, None
     if early is None:
         return None
-    if early.key != _key(argv, env) or early.process.poll() is not None:
+    if extra_env or early.key != _key(argv) or early.process.poll() is not None:
         _kill(early)
         return None
     return early.process, early.sock

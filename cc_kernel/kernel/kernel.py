@@ -640,9 +640,13 @@ class ConfidentialKernel(Kernel):
         self._session.send(stream, "interrupt_reply", {"status": "ok"}, parent, ident=ident)
 
     def _interrupt(self) -> None:
+        """Interrupt what runs now (any thread). The interrupt reaches the enclave through the channel, possibly
+        after requests the main loop sends meanwhile, so it carries the next request id as of now: the enclave
+        interrupts only a request allocated before it."""
         self._stdin_cancel.set()
-        if self._link is not None:
-            self._link.send_soon(m.Interrupt())
+        link = self._link
+        if link is not None:
+            link.send_soon(m.Interrupt(before=link.next_request_id))
 
     def pre_handler_hook(self) -> None:
         # Signal-mode interrupts (SIGINT to the kernel) are forwarded the same way; never raise in the loop.

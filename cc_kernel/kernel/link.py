@@ -125,7 +125,7 @@ class EnclaveLink:
         sim_dir = str(spec.sim_dir) if spec.sim_dir is not None else None
         # The process app.main started before ipykernel was imported, if it is exactly the one we would start.
         wanted = early.enclave_argv(-1, platform=spec.platform, sim_dir=sim_dir, faults=spec.faults)
-        adopted = early.adopt(wanted, early.enclave_env(spec.extra_env))
+        adopted = early.adopt(wanted, spec.extra_env)
         self.started_early = adopted is not None
         if adopted is not None:
             self.process, ours = adopted
@@ -181,6 +181,11 @@ class EnclaveLink:
             raise EnclaveError(f"the enclave connection failed: {exc}") from exc
         if self._receipts:  # the enclave now works on this request: check the last one's receipt meanwhile
             self._flush_receipts()
+
+    @property
+    def next_request_id(self) -> int:
+        """The id the next request will get (read from any thread: ids only grow)."""
+        return self._next_req
 
     def send_soon(self, msg: m.Message) -> None:
         """Thread-safe fire-and-forget send (interrupts from the control thread)."""

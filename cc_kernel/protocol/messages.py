@@ -663,7 +663,13 @@ class UploadReply(Message):
 @_message("interrupt")
 @dataclass(frozen=True, slots=True)
 class Interrupt(Message):
-    """Interrupt the running cell (SIGINT in the enclave's interpreter)."""
+    """Interrupt the running request (SIGINT in the enclave's interpreter) if its ``req_id`` is below ``before``.
+
+    ``before`` is the kernel's next request id when the interrupt arrived: the interrupt travels after requests
+    the kernel may already have sent, and must not hit one that started after it (an interrupt while idle does
+    nothing, as a SIGINT to an idle stock kernel)."""
+
+    before: ReqId
 
 
 @_message("shutdown")
