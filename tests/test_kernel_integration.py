@@ -107,8 +107,20 @@ def test_interrupt_ends_a_sleeping_cell(kernel: LiveKernel) -> None:
 
 
 def test_interrupt_when_idle_is_harmless(kernel: LiveKernel) -> None:
-    kernel.km.interrupt_kernel()  # jupyter_client's shutdown does this before every shutdown_request
-    assert kernel.value("'still here'") == "'still here'"
+    # jupyter_client's shutdown interrupts before every shutdown_request. The interrupt goes on the control
+    # channel and the next cell on the shell channel, which the kernel serves on different threads: "idle" is
+    # only defined once the interrupt_reply has come back, so the test waits for it (as a frontend's button does).
+    kc = kernel.kc
+    msg = kc.session.msg("interrupt_request", {})
+    kc.control_channel.send(msg)
+    deadline = time.monotonic() + 15
+    while True:
+        reply = kc.control_channel.get_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+            break
+    assert reply["msg_type"] == "interrupt_reply" and reply["content"]["status"] == "ok"
+    for _ in range(3):  # the interrupt must not reach any later cell
+        assert kernel.value("'still here'") == "'still here'"
 
 
 def test_input_and_getpass_through_stdin(kernel: LiveKernel) -> None:

@@ -472,6 +472,29 @@ def test_a_bad_anchor_self_signature(keys: list[ec.EllipticCurvePrivateKey]) -> 
     assert (info.value.check, info.value.index) == ("chain.signature", 0)
 
 
+def test_a_bad_self_signature_stays_bad_after_a_good_anchor_of_the_same_name_verified(
+    keys: list[ec.EllipticCurvePrivateKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cc_kernel.crypto import x509chain
+
+    checked: list[str] = []
+    real = x509chain._check_signature
+
+    def counting(child: x509.Certificate, issuer: x509.Certificate, *, index: int) -> None:
+        checked.append(child.subject.rfc4514_string())
+        real(child, issuer, index=index)
+
+    monkeypatch.setattr(x509chain, "_check_signature", counting)
+    root = _cert("cache-root", keys[0], "cache-root", keys[0])
+    walk_chain(root, [], anchors=pin(root), now=NOW)
+    walk_chain(root, [], anchors=pin(root), now=NOW)
+    assert checked == ["CN=cache-root"]  # the pinned bytes' self-signature is checked once per process
+    forged = _cert("cache-root", keys[0], "cache-root", keys[1])  # same name and key, signed by another key
+    with pytest.raises(SignatureInvalid) as info:
+        walk_chain(forged, [], anchors=pin(forged), now=NOW)
+    assert (info.value.check, info.value.index) == ("chain.signature", 0)
+
+
 def test_overlong_paths_are_refused(keys: list[ec.EllipticCurvePrivateKey]) -> None:
     certs = [_cert("c0", keys[0], "c0", keys[0])]
     for i in range(1, MAX_CHAIN_LENGTH + 1):

@@ -68,6 +68,11 @@ def _subject(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string()
 
 
+#: SHA-256 of pinned anchors whose self-signature verified. The check depends on the certificate's bytes alone,
+#: and only anchors the caller pinned by that digest get here, so the set stays as small as the anchor sets.
+_SELF_SIGNATURE_OK: set[bytes] = set()
+
+
 def walk_chain(
     leaf: x509.Certificate,
     intermediates: Sequence[x509.Certificate],
@@ -111,9 +116,11 @@ def walk_chain(
             index=top_index,
         )
 
-    # 3. a self-issued anchor must carry a valid self-signature (pinning already fixed its bytes)
-    if top.issuer == top.subject:
+    # 3. a self-issued anchor must carry a valid self-signature (pinning already fixed its bytes, so the outcome
+    #    for these exact bytes is remembered: verified once per process, not on every attestation)
+    if top.issuer == top.subject and top_sha256 not in _SELF_SIGNATURE_OK:
         _check_signature(top, top, index=top_index)
+        _SELF_SIGNATURE_OK.add(top_sha256)
 
     # 4. every link: child path[i] is issued by path[i + 1]
     for i in range(top_index):
