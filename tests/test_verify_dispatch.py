@@ -30,6 +30,7 @@ from cc_kernel.attestation.verify import (
     COLLATERAL_ENDORSEMENT,
     DCAP_FORMAT,
     NITRO_FORMAT,
+    SNP_FORMATS,
     answered_nonce,
     envelope_collateral,
     verify_evidence,
@@ -268,3 +269,11 @@ def test_an_unknown_format_names_the_supported_ones() -> None:
         verify_evidence(env, anchors=hardware_anchors(), now=CHAIN_AT)
     assert info.value.check == "envelope.format"
     assert DCAP_FORMAT in info.value.expected and NITRO_FORMAT in info.value.expected  # type: ignore[operator]
+
+
+def test_the_dispatch_formats_are_the_envelope_formats() -> None:
+    from cc_kernel.attestation.envelope import FORMATS
+    from cc_kernel.attestation.platforms import nitro
+
+    assert NITRO_FORMAT == nitro.ENVELOPE_FORMAT
+    assert set(FORMATS) == {*SNP_FORMATS, DCAP_FORMAT, NITRO_FORMAT}

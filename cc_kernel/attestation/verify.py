@@ -14,14 +14,17 @@ Invariants:
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from cc_kernel.attestation.anchors import TrustAnchors
 from cc_kernel.attestation.envelope import EvidenceEnvelope
 from cc_kernel.attestation.evidence import VerifiedEvidence
-from cc_kernel.attestation.platforms import intel_dcap, nitro, sev_snp
-from cc_kernel.attestation.platforms.intel_collateral import COLLATERAL_ITEMS, DcapCollateral, load_collateral
+from cc_kernel.attestation.platforms import sev_snp
 from cc_kernel.attestation.platforms.simulation import describes_simulation
 from cc_kernel.errors import MalformedEvidence, UntrustedRoot
+
+if TYPE_CHECKING:
+    from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 
 __all__ = [
     "COLLATERAL_ENDORSEMENT",
@@ -39,7 +42,7 @@ SNP_FORMATS = ("amd-snp-report", "cc-sim-snp-report")
 #: An Intel DCAP quote (TDX v4/v5, SGX v3); the PCK chain travels inside the quote.
 DCAP_FORMAT = "intel-dcap-quote"
 #: An AWS Nitro attestation document (COSE_Sign1); the certificate bundle travels inside it.
-NITRO_FORMAT = nitro.ENVELOPE_FORMAT
+NITRO_FORMAT = "aws-nitro-cose-sign1"
 SUPPORTED_FORMATS = (*SNP_FORMATS, DCAP_FORMAT, NITRO_FORMAT)
 #: Endorsement kind of an Intel collateral item in an envelope; its role is one of ``COLLATERAL_ITEMS``.
 COLLATERAL_ENDORSEMENT = "intel-collateral"
@@ -82,11 +85,16 @@ def verify_evidence(
     # 1. dispatch by format
     if env.format in SNP_FORMATS:
         return _verify_snp(env, anchors=anchors, now=now, simulation_anchors=simulation_anchors)
+    # DCAP and Nitro code loads only when such evidence arrives (the simulated and SNP paths start faster)
     if env.format == DCAP_FORMAT:
+        from cc_kernel.attestation.platforms import intel_dcap
+
         effective = anchors if simulation_anchors is None else anchors.merged(simulation_anchors)
         chosen = collateral if collateral is not None else envelope_collateral(env)
         return intel_dcap.verify_quote(env.evidence, anchors=effective, now=now, collateral=chosen)
     if env.format == NITRO_FORMAT:  # no simulated Nitro exists: only the pinned AWS root can verify it
+        from cc_kernel.attestation.platforms import nitro
+
         return nitro.verify_document(env.evidence, anchors=anchors, now=now)
     raise MalformedEvidence(
         f"evidence format {env.format!r} is not supported",
@@ -103,6 +111,8 @@ def envelope_collateral(env: EvidenceEnvelope) -> DcapCollateral | None:
         MalformedEvidence: ``envelope.collateral``: an unknown or repeated item, an item that does not parse,
             or a tcbInfo / QE identity without its signing chain.
     """
+    from cc_kernel.attestation.platforms.intel_collateral import COLLATERAL_ITEMS, load_collateral
+
     items: dict[str, bytes] = {}
     for e in env.endorsements:
         if e.kind != COLLATERAL_ENDORSEMENT:
@@ -133,6 +143,8 @@ def answered_nonce(evidence: VerifiedEvidence, env: EvidenceEnvelope) -> bytes:
     be named as such instead of as a binding mismatch.
     """
     if evidence.platform == "nitro":
+        from cc_kernel.attestation.platforms import nitro
+
         signed = nitro.document_nonce(evidence)
         if signed is not None:
             return signed

@@ -15,17 +15,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from cc_kernel import __version__
 from cc_kernel.attestation.anchors import TrustAnchors
 from cc_kernel.attestation.binding import NONCE_SIZE, SESSION_ID_SIZE
-from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 from cc_kernel.attestation.policy import Policy
 from cc_kernel.channel.ratls import AttestedPeer, verify_peer
 from cc_kernel.channel.transport import Address, FramedChannel, open_client
 from cc_kernel.errors import CCKernelError, RemoteProtocolError
 from cc_kernel.protocol.connection import Connection, Role
 from cc_kernel.protocol.messages import PROTOCOL_VERSION, AttestRequest, AttestResponse, Fatal, Hello
+
+if TYPE_CHECKING:  # Intel collateral code loads only when a DCAP quote is verified
+    from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 
 
 def _utcnow() -> datetime:

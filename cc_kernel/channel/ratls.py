@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from cc_kernel.attestation.anchors import TrustAnchors
 from cc_kernel.attestation.binding import NONCE_SIZE, SESSION_ID_SIZE, check_binding
 from cc_kernel.attestation.envelope import EvidenceEnvelope, parse_envelope_unverified
 from cc_kernel.attestation.evidence import BoundEvidence
-from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 from cc_kernel.attestation.policy import Policy
 from cc_kernel.attestation.result import AttestationResult, appraise
 from cc_kernel.attestation.verify import answered_nonce, verify_evidence
 from cc_kernel.crypto.hashing import constant_time_equal
 from cc_kernel.crypto.keys import peer_certificate_info
 from cc_kernel.errors import BindingMismatch, MalformedEvidence, StaleEvidence
+
+if TYPE_CHECKING:  # Intel collateral code loads only when a DCAP quote is verified
+    from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 
 #: The nonce and session id the enclave binds into the evidence it embeds in its certificate at start-up.
 STARTUP_NONCE = bytes(NONCE_SIZE)

@@ -20,10 +20,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors
-from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 from cc_kernel.attestation.policy import Policy
 from cc_kernel.channel.client import AttestedChannel, connect_attested
 from cc_kernel.channel.transport import Address
@@ -31,6 +30,9 @@ from cc_kernel.errors import CCKernelError, ChannelError, ConnectError, EnclaveE
 from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import OUTPUT_MESSAGES
 from cc_kernel.protocol.flow import output_cost
+
+if TYPE_CHECKING:  # Intel collateral code loads only when a DCAP quote is verified
+    from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 
 log = logging.getLogger("cc_kernel.kernel")
 
