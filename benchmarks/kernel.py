@@ -33,7 +33,7 @@ Metrics (all timed in this client process with ``time.perf_counter``, through ju
 Audit log on/off (also alone with --audit-only): two confidential kernels in the same run, one keeping its
 session log (the default) and one with CC_KERNEL_AUDIT=0, the trivial-cell round-trip median measured in alternating
 blocks as above; the ratio on / off has the target <= 1.1x (enclave signing plus the kernel's checked append; the
-fsync happens on the kernel's writer thread, off the reply path).
+fsync happens on the kernel's fsync thread, off the reply path, grouped within 20 ms during bursts).
 
 Nothing is written to the user's Jupyter directories: the kernelspecs are installed into a temporary prefix and
 JUPYTER_PATH / JUPYTER_DATA_DIR point at temporary directories for the duration of the run.
