@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import stat
 import subprocess
 import sys
@@ -28,10 +30,20 @@ from typing import Any
 
 import nbformat
 import pytest
-from kernel_env import BADGE_MIME, SIM, JupyterEnv, LiveKernel, is_badge, live_kernel
+from kernel_env import (
+    BADGE_MIME,
+    SIM,
+    JupyterEnv,
+    LiveKernel,
+    children_running,
+    is_badge,
+    live_kernel,
+    proc_alive,
+)
 
 from cc_kernel.audit import OutputDigester, code_hash
 from cc_kernel.audit.format import MAGIC
+from cc_kernel.testing.enclaves import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -285,6 +297,32 @@ def test_enclave_killed_mid_cell_leaves_an_unterminated_log_with_every_earlier_r
     assert [e["code"] for e in doc["timeline"][1:]] == ["before = 1", "print(before + 1)"]
     assert doc["verified_prefix"] == 3 and [f["check"] for f in doc["findings"]] == ["log.unterminated"]
     assert "UNTERMINATED" in verify(jupyter_env, log).out
+
+
+def test_kernel_killed_leaves_an_unterminated_log_with_every_completed_cell(
+    jupyter_env: JupyterEnv, tmp_path: Path
+) -> None:
+    audit_dir = tmp_path / "logs"
+    with live_kernel(SIM, env=jupyter_env.kernel_env(CC_KERNEL_AUDIT_DIR=str(audit_dir))) as k:
+        k.ok("before = 1", timeout=60)
+        k.ok("print(before + 1)")
+        [log] = logs_in(audit_dir)
+        # the last receipt reaches the file without any further request (it follows its reply by about 1 ms)
+        deadline = time.monotonic() + 10
+        while len(records(log.read_bytes())) < 3:
+            assert time.monotonic() < deadline, "the last cell's receipt never reached the log"
+            time.sleep(0.002)
+        [enclave] = children_running("cc_kernel.enclave", k.pid)
+        os.kill(k.pid, signal.SIGKILL)  # no shutdown, no closing entry
+        wait_until(lambda: not proc_alive(k.pid), timeout=10, what="the kernel to die")
+        wait_until(lambda: not proc_alive(enclave), timeout=10, what="the orphaned enclave to end its session")
+    result = verify(jupyter_env, log, "--json")
+    assert result.code == 1
+    doc = result.doc
+    assert doc["status"] == "unterminated", doc["findings"]
+    assert kinds(doc) == ["opening", "cell", "cell"]
+    assert [e["code"] for e in doc["timeline"][1:]] == ["before = 1", "print(before + 1)"]
+    assert [f["check"] for f in doc["findings"]] == ["log.unterminated"]
 
 
 def test_redaction_keeps_the_hash_and_drops_the_code(jupyter_env: JupyterEnv, tmp_path: Path) -> None:

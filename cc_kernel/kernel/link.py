@@ -38,8 +38,6 @@ log = logging.getLogger("cc_kernel.kernel")
 
 #: Return credit to the enclave once this many output bytes were handed to Jupyter.
 CREDIT_BATCH = 256 * 1024
-#: Longest wait before a received audit receipt is checked and logged when no further request comes (s).
-RECEIPT_DELAY = 0.02
 REPLY_TYPES = (
     m.ExecuteReply, m.CompleteReply, m.InspectReply, m.IsCompleteReply, m.HistoryReply, m.CommInfoReply,
     m.UploadReply, m.InputRequest,
@@ -92,7 +90,7 @@ class EnclaveLink:
         self._log_lines: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._receipts: list[m.AuditReceipt] = []
-        self._receipt_timer: asyncio.TimerHandle | None = None
+        self._receipt_check_due = False
         self._receipt_failure: str | None = None
 
     # -- start ----------------------------------------------------------------------------------------------
@@ -181,7 +179,7 @@ class EnclaveLink:
             await self.attested.channel.send(msg)
         except CCKernelError as exc:
             raise EnclaveError(f"the enclave connection failed: {exc}") from exc
-        if self._receipts:  # the enclave now works on this request: check the last one's receipt meanwhile
+        if self._receipts:  # a receipt not checked yet (normally none): check it while the enclave runs this request
             self._flush_receipts()
 
     @property
@@ -229,9 +227,9 @@ class EnclaveLink:
                 elif isinstance(msg, m.AuditReceipt):
                     if self._on_receipt is not None:
                         self._receipts.append(msg)
-                        if self._receipt_timer is None:
-                            self._receipt_timer = asyncio.get_running_loop().call_later(
-                                RECEIPT_DELAY, self._flush_receipts)
+                        if not self._receipt_check_due:
+                            self._receipt_check_due = True
+                            asyncio.get_running_loop().call_soon(self._flush_receipts)
                 elif isinstance(msg, m.Pong):
                     continue
                 else:
@@ -247,15 +245,14 @@ class EnclaveLink:
     def _flush_receipts(self, *, stopping: bool = False) -> None:
         """Check and log the receipts received so far, in order.
 
-        Receipts are not checked the moment they arrive: the enclave sends each one right after its reply,
-        and checking it (CBOR decode, Ed25519 verify, hand-over to the log's writer thread) then would delay
-        the next reply on a machine with few cores. They are checked when the next request has been sent (while
-        the enclave runs it), after ``RECEIPT_DELAY`` at the latest, and before the link closes. A receipt that
+        The enclave sends each receipt right after its reply. The read loop schedules this check with
+        ``call_soon`` rather than running it in place: a reply read in the same chunk has already woken its
+        request, whose task then runs first, so the check (msgpack decode, Ed25519 verify, one ``write``) never
+        holds up a reply. A receipt is thus in the log file within a loop iteration of its arrival. Whatever
+        is still queued is also checked after each request is sent and before the link closes. A receipt that
         does not verify stops the session: no further request is sent.
         """
-        if self._receipt_timer is not None:
-            self._receipt_timer.cancel()
-            self._receipt_timer = None
+        self._receipt_check_due = False
         receipts, self._receipts = self._receipts, []
         if self._on_receipt is None or self._receipt_failure is not None:
             return
