@@ -116,6 +116,7 @@ def test_a_burst_is_covered_by_few_fsyncs_spaced_by_the_interval(tmp_path: Path)
     assert all(b - a >= interval * 0.5 for  # (not 2 ms apart, as the writes were)
                a, b in itertools.pairwise(times))
     assert fsync.calls[-1][1] == size  # the last fsync covered every entry
+    assert f.fsyncs == len(times)
 
 
 def test_entries_keep_getting_fsynced_after_the_interval(tmp_path: Path) -> None:

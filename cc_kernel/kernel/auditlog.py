@@ -69,6 +69,7 @@ class AuditFile:
         self._cv = threading.Condition()
         self._written = 0  # entries written so far
         self._synced = 0  # entries covered by a completed fsync
+        self._fsyncs = 0  # completed fsyncs
         self._syncer_idle = False  # the syncer waits without a deadline: a write must wake it
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="cc-audit-fsync", daemon=True)
@@ -83,6 +84,11 @@ class AuditFile:
     def synced(self) -> int:
         """Entries known to be on stable storage (covered by a completed fsync)."""
         return self._synced
+
+    @property
+    def fsyncs(self) -> int:
+        """Fsyncs completed so far (fewer than entries during bursts: group commit)."""
+        return self._fsyncs
 
     def _failed(self) -> AuditError:
         return AuditError(f"writing the audit log {self.path} failed: {self._error}")
@@ -136,6 +142,7 @@ class AuditFile:
             else:
                 with self._cv:
                     self._synced = target
+                    self._fsyncs += 1
 
     def close(self, timeout: float = 5.0) -> None:
         """Fsync what was written and close the file (idempotent)."""
