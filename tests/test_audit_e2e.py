@@ -299,7 +299,7 @@ def test_enclave_killed_mid_cell_leaves_an_unterminated_log_with_every_earlier_r
     assert "UNTERMINATED" in verify(jupyter_env, log).out
 
 
-def test_kernel_killed_leaves_an_unterminated_log_with_every_completed_cell(
+def test_kernel_killed_after_its_receipts_were_logged_leaves_a_valid_unterminated_log(
     jupyter_env: JupyterEnv, tmp_path: Path
 ) -> None:
     audit_dir = tmp_path / "logs"
@@ -307,7 +307,8 @@ def test_kernel_killed_leaves_an_unterminated_log_with_every_completed_cell(
         k.ok("before = 1", timeout=60)
         k.ok("print(before + 1)")
         [log] = logs_in(audit_dir)
-        # the last receipt reaches the file without any further request (it follows its reply by about 1 ms)
+        # wait for the last receipt to be in the file (it needs no further request; how soon it gets there is
+        # tested deterministically in test_link_receipts.py), then kill: what the file holds must verify
         deadline = time.monotonic() + 10
         while len(records(log.read_bytes())) < 3:
             assert time.monotonic() < deadline, "the last cell's receipt never reached the log"

@@ -193,3 +193,40 @@ def test_a_receipt_that_does_not_verify_stops_the_session(
             await s.enclave.aclose()
 
     asyncio.run(main())
+
+
+def test_a_request_sent_right_after_a_bad_receipt_arrived_is_refused(
+    sim_authority: SimulationAuthority, policy: Policy, sim_anchors: TrustAnchors
+) -> None:
+    """Even a task that sends before the scheduled check has run (here: the one woken by the reply, in the same
+    step) finds the bad receipt checked first: nothing more goes to that enclave."""
+
+    async def main() -> None:
+        s = await open_session(sim_authority, policy, sim_anchors)
+        try:
+            req_id, q = s.link.new_request()
+            await s.link.send(request(req_id))
+            assert isinstance(await s.enclave.receive(), m.ExecuteRequest)
+            outcome: list[str] = []
+
+            async def next_cell_at_once() -> None:
+                await q.get()
+                try:
+                    await s.link.send(request(s.link.next_request_id))  # no await before this: same step
+                    outcome.append("sent")
+                except EnclaveError as exc:
+                    outcome.append(str(exc))
+
+            task = asyncio.ensure_future(next_cell_at_once())
+            bad = receipt_bytes(s, 1)
+            await s.enclave.send(reply(req_id))
+            await s.enclave.send(m.AuditReceipt(req_id=req_id, receipt=bad[:-1] + bytes([bad[-1] ^ 1])))
+            await asyncio.wait_for(task, 5)
+            [said] = outcome
+            assert "invalid audit receipt" in said and "entry.signature" in said
+            assert len(s.log) == 1  # the opening only
+        finally:
+            await s.link.kill()
+            await s.enclave.aclose()
+
+    asyncio.run(main())

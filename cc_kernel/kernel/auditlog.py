@@ -65,7 +65,8 @@ class AuditFile:
             raise AuditError(f"cannot create the audit log {self.path}: {exc.strerror}") from exc
         self._interval = sync_interval
         self._fsync = fsync
-        self._error: OSError | None = None
+        self._write_error: OSError | None = None
+        self._sync_error: OSError | None = None
         self._cv = threading.Condition()
         self._written = 0  # entries written so far
         self._synced = 0  # entries covered by a completed fsync
@@ -91,26 +92,27 @@ class AuditFile:
         return self._fsyncs
 
     def _failed(self) -> AuditError:
-        return AuditError(f"writing the audit log {self.path} failed: {self._error}")
+        return AuditError(f"writing the audit log {self.path} failed: {self._write_error or self._sync_error}")
 
     def write(self, data: bytes) -> None:
-        """Append one entry (all of ``data``) now; its fsync follows on the background thread.
+        """Append one entry (all of ``data``) now; its fsync follows on the background thread. Thread-safe: the
+        check, the write and the count happen under one lock, which ``close`` takes too.
 
         Raises:
             AuditError: the file is closed, an earlier write or fsync failed, or this write failed.
         """
-        if self._error is not None:
-            raise self._failed()
-        if self._closing or self._fd < 0:
-            raise AuditError(f"the audit log {self.path} is closed")
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
-        except OSError as exc:
-            self._error = exc
-            raise self._failed() from exc
         with self._cv:
+            if self._write_error is not None or self._sync_error is not None:
+                raise self._failed()
+            if self._closing or self._fd < 0:
+                raise AuditError(f"the audit log {self.path} is closed")
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except OSError as exc:
+                self._write_error = exc
+                raise self._failed() from exc
             self._written += 1
             if self._syncer_idle:
                 self._cv.notify()
@@ -120,9 +122,10 @@ class AuditFile:
         while True:
             with self._cv:
                 while True:
-                    if self._synced == self._written or self._error is not None:
+                    # after a failed write, what was written before it is still fsynced; after a failed fsync,
+                    # nothing more can be known to be on disk
+                    if self._synced == self._written or self._sync_error is not None:
                         if self._closing:
-                            self._cv.notify_all()
                             return
                         self._syncer_idle = True
                         self._cv.wait()
@@ -138,19 +141,31 @@ class AuditFile:
             try:
                 self._fsync(self._fd)
             except OSError as exc:
-                self._error = exc
+                with self._cv:
+                    self._sync_error = exc
             else:
                 with self._cv:
                     self._synced = target
                     self._fsyncs += 1
 
     def close(self, timeout: float = 5.0) -> None:
-        """Fsync what was written and close the file (idempotent)."""
+        """Fsync what was written and close the file. Idempotent; no write is accepted once it started.
+
+        Raises:
+            AuditError: not every entry is known to be on disk: an fsync failed, or it did not finish within
+                ``timeout`` (the file then stays open for the fsync thread).
+        """
         with self._cv:
             self._closing = True
             self._cv.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if self._fd >= 0 and not self._thread.is_alive():
+        if self._thread.is_alive():
+            raise AuditError(f"the audit log {self.path} was not fsynced within {timeout:g} s; "
+                             f"{self._written - self._synced} entries may not be on disk")
+        if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._sync_error is not None:
+            raise AuditError(f"the audit log {self.path} could not be fsynced ({self._sync_error}); "
+                             f"{self._written - self._synced} entries may not be on disk")

@@ -290,9 +290,7 @@ class ConfidentialKernel(Kernel):
         """Check and append one enclave-signed receipt (raises on a bad one: the link then stops)."""
         if self._audit is None:
             raise AuditError("the enclave sent an audit receipt but this session keeps no log")
-        self._audit.append(msg.receipt)
-        if self._audit.closed and self._audit_file is not None:
-            self._audit_file.close()
+        self._audit.append(msg.receipt)  # the file itself is closed (last fsync) by _stop_enclave
 
     # -- badge ---------------------------------------------------------------------------------------------------
 
@@ -674,7 +672,10 @@ class ConfidentialKernel(Kernel):
         if self._link is not None:
             await self._link.shutdown(restart=restart)
         if self._audit_file is not None:
-            await asyncio.to_thread(self._audit_file.close)
+            try:
+                await asyncio.to_thread(self._audit_file.close)
+            except AuditError as exc:  # the log is still valid up to what reached the disk; say so in the server log
+                self.log.warning("%s", exc)
 
     def _atexit(self) -> None:
         if self._link is not None:

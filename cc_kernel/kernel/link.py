@@ -172,15 +172,18 @@ class EnclaveLink:
         self._pending.pop(req_id, None)
 
     async def send(self, msg: m.Message) -> None:
-        """Send a message; a broken channel becomes EnclaveError (the reader reports why)."""
+        """Send a message; a broken channel becomes EnclaveError (the reader reports why).
+
+        Receipts read but not checked yet (normally none: see ``_flush_receipts``) are checked first, so a bad
+        receipt stops the session before anything more is sent, whatever task sends."""
+        if self._receipts:
+            self._flush_receipts()
         if self.attested is None or self.closed_reason is not None or self._receipt_failure is not None:
             raise EnclaveError(self.closed_reason or self._receipt_failure or "the enclave is not connected")
         try:
             await self.attested.channel.send(msg)
         except CCKernelError as exc:
             raise EnclaveError(f"the enclave connection failed: {exc}") from exc
-        if self._receipts:  # a receipt not checked yet (normally none): check it while the enclave runs this request
-            self._flush_receipts()
 
     @property
     def next_request_id(self) -> int:
@@ -248,9 +251,9 @@ class EnclaveLink:
         The enclave sends each receipt right after its reply. The read loop schedules this check with
         ``call_soon`` rather than running it in place: a reply read in the same chunk has already woken its
         request, whose task then runs first, so the check (msgpack decode, Ed25519 verify, one ``write``) never
-        holds up a reply. A receipt is thus in the log file within a loop iteration of its arrival. Whatever
-        is still queued is also checked after each request is sent and before the link closes. A receipt that
-        does not verify stops the session: no further request is sent.
+        holds up a reply. A receipt is thus in the log file within a loop iteration of being read. Whatever is
+        still queued is also checked before anything is sent and before the link closes. A receipt that does
+        not verify stops the session: no further request is sent.
         """
         self._receipt_check_due = False
         receipts, self._receipts = self._receipts, []
