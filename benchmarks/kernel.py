@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from machine import wait_quiet  # benchmarks/machine.py (the scripts run from benchmarks/)
+from machine import git_state, wait_quiet  # benchmarks/machine.py (the scripts run from benchmarks/)
 
 REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("cc_kernel") is None:  # not installed: use this checkout
@@ -411,18 +411,6 @@ def warm_up(kernels: tuple[str, str], log: Callable[[str], None]) -> None:
         log(f"  warm-up {kernel}: {time.perf_counter() - t0:.2f} s (not measured)")
 
 
-def _git_state() -> dict[str, Any]:
-    """The checkout measured: HEAD and the files changed since (the numbers belong to that code)."""
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
-    return {"head": git("rev-parse", "HEAD"), "changed": changed}
-
-
 def fmt(value: float, unit: str) -> str:
     if unit == "s":
         return f"{value:.3f} s"
@@ -521,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": round(time.time() - started, 1),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                         "loadavg_at_end": load},
-            "code": _git_state(), "kernels": kernels, "plan": plan.__dict__, "numpy_iterations": numpy_iters,
+            "code": git_state(), "kernels": kernels, "plan": plan.__dict__, "numpy_iterations": numpy_iters,
             "table": rows, "audit_on_off": {k: v for k, v in audit.items() if k != "line"},
             "rounds": [{"kernel": r.kernel, "round": r.round, "summary": r.summary, "samples": r.samples}
                        for r in results],

@@ -1,10 +1,14 @@
-"""Shared by the benchmark scripts: how busy this shared machine is, and waiting until it is quiet."""
+"""Shared by the benchmark scripts: how busy this shared machine is, waiting until it is quiet, and which code
+was measured."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def cpu_busy(interval: float) -> float:
@@ -37,3 +41,18 @@ def wait_quiet(
     if busy > max_busy:
         log(f"  machine still {busy:.0%} busy after {timeout:.0f} s of waiting; measuring anyway")
     return busy
+
+
+def git_state() -> dict[str, Any]:
+    """The checkout measured: HEAD and the tracked files changed since (the numbers belong to that code). Empty
+    values when the scripts do not run from a git checkout (e.g. a frozen copy)."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"head": git("rev-parse", "HEAD"),
+            "changed": git("status", "--porcelain", "--untracked-files=no").splitlines()}

@@ -71,7 +71,7 @@ from cryptography import x509  # noqa: E402 - after the path fix-up above
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa  # noqa: E402
 from cryptography.x509.oid import SignatureAlgorithmOID  # noqa: E402
-from machine import wait_quiet  # noqa: E402 - benchmarks/machine.py (the scripts run from benchmarks/)
+from machine import git_state, wait_quiet  # noqa: E402 - benchmarks/machine.py (the scripts run from benchmarks/)
 
 from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors  # noqa: E402
 from cc_kernel.attestation.binding import expected_report_data  # noqa: E402
@@ -602,19 +602,6 @@ def report(
     return "\n".join(lines), rows, cold
 
 
-def _git_state() -> dict[str, Any]:
-    """The checkout measured: HEAD and the files changed since (the numbers belong to that code)."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"head": git("rev-parse", "HEAD"), "changed": git("status", "--porcelain", "--untracked-files=no")
-            .splitlines()}
-
-
 def check_once(cases: list[Case], log: Callable[[str], None]) -> dict[str, dict[str, int]]:
     """Every case runs once (a verification must succeed with the expected platform label); for verifications
     the signature checks are counted."""
@@ -683,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                         "cryptography": version("cryptography"), "openssl": backend.openssl_version_text(),
                         "loadavg_at_end": os.getloadavg()},
-            "code": _git_state(), "plan": plan.__dict__, "target_ms": TARGET_MS,
+            "code": git_state(), "plan": plan.__dict__, "target_ms": TARGET_MS,
             "busy_before_blocks": res.busy, "cold_process": cold_summary, "cases": rows,
         }
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
