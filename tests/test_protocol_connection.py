@@ -30,7 +30,7 @@ NONCE, SID = bytes(range(32)), bytes(range(16))
 
 # One valid instance of every message type.
 SAMPLES: dict[type[m.Message], m.Message] = {
-    m.Hello: m.Hello(role="kernel", versions=[1], software="test"),
+    m.Hello: m.Hello(role="kernel", versions=[2], software="test"),
     m.AttestRequest: m.AttestRequest(nonce=NONCE, session_id=SID),
     m.AttestResponse: m.AttestResponse(envelope=b"envelope"),
     m.ExecuteRequest: m.ExecuteRequest(
@@ -101,14 +101,17 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.ShutdownReply: m.ShutdownReply(restart=False),
     m.AuditReceipt: m.AuditReceipt(req_id=1, receipt=b"receipt"),
     m.AuditStart: m.AuditStart(opening_hash=b"h" * 32, redact_code=False),
+    m.AuditOff: m.AuditOff(),
+    m.SessionInfo: m.SessionInfo(protections={"landlock": {"in_force": True, "detail": "ABI 7"}}, complete=True),
+    m.WorkerReady: m.WorkerReady(pid=42, protections={}),
     m.Ping: m.Ping(seq=1),
     m.Pong: m.Pong(seq=1),
     m.Credit: m.Credit(nbytes=10),
     m.Fatal: m.Fatal(reason="bye"),
 }
 
-KERNEL_HELLO = m.Hello(role="kernel", versions=[1], software="kernel-test")
-ENCLAVE_HELLO = m.Hello(role="enclave", versions=[1], software="enclave-test")
+KERNEL_HELLO = m.Hello(role="kernel", versions=[2], software="kernel-test")
+ENCLAVE_HELLO = m.Hello(role="enclave", versions=[2], software="enclave-test")
 
 
 def frame(msg: m.Message) -> bytes:
@@ -183,9 +186,9 @@ def test_full_session_between_two_connections() -> None:
 
     assert deliver(e, k.send(KERNEL_HELLO)) == [KERNEL_HELLO]
     assert (k.state, e.state) == (State.HELLO_SENT, State.HELLO_RECEIVED)
-    assert e.their_version == 1
+    assert e.their_version == 2
     assert deliver(k, e.send(ENCLAVE_HELLO)) == [ENCLAVE_HELLO]
-    assert (k.state, e.state, k.their_version) == (State.ATTESTING, State.ATTESTING, 1)
+    assert (k.state, e.state, k.their_version) == (State.ATTESTING, State.ATTESTING, 2)
 
     request = m.AttestRequest(nonce=NONCE, session_id=SID)
     assert deliver(e, k.send(request)) == [request]
@@ -356,7 +359,7 @@ def test_oversized_send_is_local_and_moves_to_error() -> None:
     e = Connection(Role.ENCLAVE, max_frame_size=64)
     deliver(e, frame(KERNEL_HELLO))
     with pytest.raises(LocalProtocolError, match="exceeds the limit of 64"):
-        e.send(m.Hello(role="enclave", versions=[1], software="s" * 100))
+        e.send(m.Hello(role="enclave", versions=[2], software="s" * 100))
     assert e.state is State.ERROR
 
 
@@ -385,28 +388,28 @@ def test_oversized_incoming_frame_is_remote_error() -> None:
 def test_enclave_refuses_a_kernel_without_a_common_version() -> None:
     e = Connection(Role.ENCLAVE)
     with pytest.raises(
-        RemoteProtocolError, match=r"no common protocol version: we speak \[1\], the peer offers \[2, 3\]"
+        RemoteProtocolError, match=r"no common protocol version: we speak \[2\], the peer offers \[3, 4\]"
     ):
-        deliver(e, frame(m.Hello(role="kernel", versions=[2, 3], software="future")))
+        deliver(e, frame(m.Hello(role="kernel", versions=[3, 4], software="future")))
     assert e.state is State.ERROR
     assert e.their_version is None
 
 
 def test_enclave_picks_the_common_version_and_must_answer_it() -> None:
     e = Connection(Role.ENCLAVE)
-    deliver(e, frame(m.Hello(role="kernel", versions=[1, 7], software="newer")))
-    assert e.their_version == 1
-    with pytest.raises(LocalProtocolError, match=r"exactly the negotiated version \[1\]"):
-        e.send(m.Hello(role="enclave", versions=[1, 7], software="x"))
+    deliver(e, frame(m.Hello(role="kernel", versions=[2, 7], software="newer")))
+    assert e.their_version == 2
+    with pytest.raises(LocalProtocolError, match=r"exactly the negotiated version \[2\]"):
+        e.send(m.Hello(role="enclave", versions=[2, 7], software="x"))
 
 
 @pytest.mark.parametrize(
     ("hello", "expect"),
     [
-        (m.Hello(role="enclave", versions=[2], software="x"), r"choose exactly one of our versions \[1\]"),
-        (m.Hello(role="enclave", versions=[1, 2], software="x"), r"choose exactly one"),
-        (m.Hello(role="kernel", versions=[1], software="x"), r"role 'kernel', expected 'enclave'"),
-        (m.Hello(role="enclave", versions=[1, 1], software="x"), r"not distinct"),
+        (m.Hello(role="enclave", versions=[3], software="x"), r"choose exactly one of our versions \[2\]"),
+        (m.Hello(role="enclave", versions=[2, 3], software="x"), r"choose exactly one"),
+        (m.Hello(role="kernel", versions=[2], software="x"), r"role 'kernel', expected 'enclave'"),
+        (m.Hello(role="enclave", versions=[2, 2], software="x"), r"not distinct"),
     ],
 )
 def test_kernel_checks_the_enclave_hello(hello: m.Hello, expect: str) -> None:
@@ -419,9 +422,9 @@ def test_kernel_checks_the_enclave_hello(hello: m.Hello, expect: str) -> None:
 @pytest.mark.parametrize(
     ("hello", "expect"),
     [
-        (m.Hello(role="kernel", versions=[2], software="x"), r"versions we do not speak: \[2\]"),
-        (m.Hello(role="enclave", versions=[1], software="x"), r"must say role 'kernel'"),
-        (m.Hello(role="kernel", versions=[1, 1], software="x"), r"distinct"),
+        (m.Hello(role="kernel", versions=[3], software="x"), r"versions we do not speak: \[3\]"),
+        (m.Hello(role="enclave", versions=[2], software="x"), r"must say role 'kernel'"),
+        (m.Hello(role="kernel", versions=[2, 2], software="x"), r"distinct"),
     ],
 )
 def test_kernel_checks_its_own_hello(hello: m.Hello, expect: str) -> None:
@@ -433,7 +436,7 @@ def test_kernel_checks_its_own_hello(hello: m.Hello, expect: str) -> None:
 def test_enclave_refuses_a_hello_claiming_to_be_an_enclave() -> None:
     e = Connection(Role.ENCLAVE)
     with pytest.raises(RemoteProtocolError, match="role 'enclave', expected 'kernel'"):
-        deliver(e, frame(m.Hello(role="enclave", versions=[1], software="x")))
+        deliver(e, frame(m.Hello(role="enclave", versions=[2], software="x")))
 
 
 # --- closing ------------------------------------------------------------------------------------------------

@@ -167,10 +167,14 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.UploadEnd: st.builds(m.UploadEnd, req_id=req_ids, sha256=st.binary(min_size=32, max_size=32)),
     m.UploadReply: st.builds(m.UploadReply, req_id=req_ids, status=status2, message=texts),
     m.Interrupt: st.builds(m.Interrupt, before=req_ids),
-    m.Shutdown: st.builds(m.Shutdown, restart=bools),
+    m.Shutdown: st.builds(m.Shutdown, restart=bools, reason=texts),
     m.ShutdownReply: st.builds(m.ShutdownReply, restart=bools),
     m.AuditReceipt: st.builds(m.AuditReceipt, req_id=req_ids, receipt=st.binary(min_size=1, max_size=64)),
     m.AuditStart: st.builds(m.AuditStart, opening_hash=st.binary(min_size=32, max_size=32), redact_code=st.booleans()),
+    m.AuditOff: st.just(m.AuditOff()),
+    m.SessionInfo: st.builds(m.SessionInfo, protections=st.dictionaries(names, st.fixed_dictionaries(
+        {"in_force": bools, "detail": texts}), max_size=4), complete=bools),
+    m.WorkerReady: st.builds(m.WorkerReady, pid=counts, protections=st.dictionaries(names, texts, max_size=3)),
     m.Ping: st.builds(m.Ping, seq=counts),
     m.Pong: st.builds(m.Pong, seq=counts),
     m.Credit: st.builds(m.Credit, nbytes=counts),
@@ -185,7 +189,8 @@ SPEC_WIRE_NAMES = {
     "inspect_request", "inspect_reply", "is_complete_request", "is_complete_reply", "history_request",
     "history_reply", "input_request", "input_reply", "comm_open", "comm_msg", "comm_close", "comm_info_request",
     "comm_info_reply", "upload_start", "upload_chunk", "upload_end", "upload_reply", "interrupt", "shutdown",
-    "shutdown_reply", "audit_receipt", "audit_start", "ping", "pong", "credit", "fatal",
+    "shutdown_reply", "audit_receipt", "audit_start", "audit_off", "session_info",
+    "worker_ready", "ping", "pong", "credit", "fatal",
 }  # fmt: skip
 
 
@@ -491,5 +496,5 @@ def test_negotiate_without_overlap_is_a_remote_error() -> None:
 
 
 def test_protocol_version_is_supported() -> None:
-    assert m.PROTOCOL_VERSION == 1
+    assert m.PROTOCOL_VERSION == 2
     assert m.PROTOCOL_VERSION in m.SUPPORTED_VERSIONS

@@ -30,6 +30,7 @@ from cc_kernel.protocol.messages import (
     SUPPORTED_VERSIONS,
     AttestRequest,
     AttestResponse,
+    AuditOff,
     AuditReceipt,
     AuditStart,
     ClearOutput,
@@ -60,6 +61,7 @@ from cc_kernel.protocol.messages import (
     Message,
     Ping,
     Pong,
+    SessionInfo,
     Shutdown,
     ShutdownReply,
     Stream,
@@ -112,6 +114,7 @@ class AttestationVerified:
 KERNEL_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
     {
         AuditStart,
+        AuditOff,
         ExecuteRequest,
         CompleteRequest,
         InspectRequest,
@@ -151,6 +154,7 @@ ENCLAVE_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
         CommInfoReply,
         UploadReply,
         AuditReceipt,
+        SessionInfo,
     }
 )
 

@@ -21,8 +21,10 @@ from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 from cc_kernel.errors import LocalProtocolError, RemoteProtocolError
 
 #: The protocol version this code speaks by default, and every version it can speak.
-PROTOCOL_VERSION: Final = 1
-SUPPORTED_VERSIONS: Final[tuple[int, ...]] = (1,)
+#: Version 2: the enclave is a monitor and a sandboxed worker (``SessionInfo``, ``AuditOff``, ``WorkerReady``,
+#: ``Shutdown.reason``); version 1 peers are refused with "no common protocol version".
+PROTOCOL_VERSION: Final = 2
+SUPPORTED_VERSIONS: Final[tuple[int, ...]] = (2,)
 
 # --- size caps (characters for str, bytes for bytes, items for lists) --------------------------------------
 
@@ -675,9 +677,13 @@ class Interrupt(Message):
 @_message("shutdown")
 @dataclass(frozen=True, slots=True)
 class Shutdown(Message):
-    """Kernel -> enclave: finish, answer ShutdownReply and close."""
+    """Kernel -> enclave: finish, answer ShutdownReply and close.
+
+    ``reason`` is empty for a shutdown or restart the user asked for; otherwise it says why the kernel stops
+    the session (e.g. a receipt that did not match its request) and becomes the closing entry's reason."""
 
     restart: bool
+    reason: Annotated[str, _Len(0, MAX_REASON)] = ""
 
 
 @_message("shutdown_reply")
@@ -707,6 +713,40 @@ class AuditStart(Message):
 
     opening_hash: Annotated[bytes, _Len(32, 32)]
     redact_code: bool
+
+
+@_message("audit_off")
+@dataclass(frozen=True, slots=True)
+class AuditOff(Message):
+    """Kernel -> enclave, right after attestation, instead of AuditStart: this session keeps no log.
+
+    The enclave runs no application request before it has received AuditStart or AuditOff."""
+
+
+@_message("session_info")
+@dataclass(frozen=True, slots=True)
+class SessionInfo(Message):
+    """Enclave -> kernel, once after AttestResponse: what protects this session inside the TEE.
+
+    ``protections`` maps a protection's name (``uid``, ``no_new_privs``, ``landlock``, ``seccomp``,
+    ``monitor_not_dumpable``, ...) to ``{"in_force": bool, "detail": str}``; ``complete`` says whether every
+    protection the platform requires is in force (a hardware monitor never serves a session where it is not).
+    """
+
+    protections: JsonDict
+    complete: bool
+
+
+@_message("worker_ready")
+@dataclass(frozen=True, slots=True)
+class WorkerReady(Message):
+    """Worker -> monitor (on their private socketpair only), once: the shell is built and the sandbox applied.
+
+    ``protections`` has ``SessionInfo.protections``'s shape; the monitor checks what it can see from outside
+    (``/proc/PID/status``) before it believes it. Never valid on the kernel <-> enclave channel."""
+
+    pid: Count
+    protections: JsonDict
 
 
 @_message("ping")
