@@ -710,21 +710,24 @@ class CellRun:
 
     @property
     def badge(self) -> Mapping[str, Any] | None:
-        """The attestation badge's machine-readable state (Confidential Python kernels), or None."""
+        """The attestation badge's machine-readable state (Confidential Python kernels), or None: its latest
+        version (it is shown once, then updated in place as the attestation completes)."""
+        latest: Mapping[str, Any] | None = None
         for out in self.outputs:
             data = out.get("content", {}).get("data", {})
             for mime, value in data.items():
                 if mime.startswith("application/vnd.cc-kernel.attestation") and isinstance(value, Mapping):
-                    return value
-        return None
+                    latest = value
+        return latest
 
     @property
     def badge_text(self) -> str:
+        text = ""  # the latest version, as for ``badge``
         for out in self.outputs:
             data = out.get("content", {}).get("data", {})
             if any(m.startswith("application/vnd.cc-kernel.attestation") for m in data):
-                return str(data.get("text/plain", ""))
-        return ""
+                text = str(data.get("text/plain", ""))
+        return text
 
     @property
     def text(self) -> str:

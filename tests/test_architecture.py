@@ -19,6 +19,8 @@ ALLOWED: dict[str, set[str]] = {
     "channel": {"errors", "protocol", "crypto", "attestation", "audit", "channel"},
     "measure": {"attestation"},
     "simstore": {"errors", "crypto", "attestation"},
+    # the trust boundary: the worker runs the cells and imports nothing that holds or makes keys or evidence
+    "worker": {"errors", "protocol", "worker"},
     "enclave": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "enclave", "simstore", "measure"},
     "kernel": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "kernel", "simstore", "measure"},
 }
@@ -68,12 +70,25 @@ def test_layer_rules(path: Path) -> None:
                 assert sub in ALLOWED[part], f"{rel} imports {name}: {part} may import only {sorted(ALLOWED[part])}"
         if part in CORE:
             assert top not in IO_MODULES, f"{rel} is pure core but imports {name}"
-        if part == "enclave":
+        if part == "worker":
+            assert not name.startswith(("cryptography", "ssl")), f"{rel} runs the cells but imports {name}"
+        if part in ("enclave", "worker"):
             assert top not in ENCLAVE_FORBIDDEN, f"{rel} runs in the enclave but imports {name}"
         if name.startswith("cryptography.hazmat"):
             assert rel.startswith(HAZMAT_ALLOWED), f"{rel} imports {name}; only {HAZMAT_ALLOWED} may"
         if top in {"msgpack"}:
             assert rel in MSGPACK_ALLOWED, f"{rel} imports msgpack; only protocol/codec.py may"
+
+
+def test_worker_rule_fires(tmp_path: Path) -> None:
+    """The boundary rule itself: a worker module importing the audit signer is refused."""
+    fake = ROOT / "worker" / "_layer_probe.py"
+    fake.write_text("from cc_kernel.audit.receipts import ReceiptSigner\n")
+    try:
+        with pytest.raises(AssertionError, match="worker may import only"):
+            test_layer_rules(fake)
+    finally:
+        fake.unlink()
 
 
 def test_rule_catches_a_violation(tmp_path: Path) -> None:

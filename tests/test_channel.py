@@ -61,7 +61,11 @@ def supervisor(cc_data_dir: Path) -> Iterator[SupervisorProcess]:
 
 
 async def _attest(target: Address | Any, policy: Policy, sim_anchors: TrustAnchors) -> AttestedChannel:
-    return await connect_attested(target, policy=policy, anchors=hardware_anchors(), simulation_anchors=sim_anchors)
+    """Attest, then say the session keeps no log (the enclave runs nothing before AuditStart or AuditOff)."""
+    attested = await connect_attested(target, policy=policy, anchors=hardware_anchors(),
+                                      simulation_anchors=sim_anchors)
+    await attested.channel.send(m.AuditOff())
+    return attested
 
 
 async def _execute(channel: FramedChannel, code: str, req_id: int = 1) -> tuple[str, m.ExecuteReply]:
@@ -210,7 +214,7 @@ def test_ready_only_after_verification(
     asyncio.run(main())
     assert spy.states_at_verify == [State.AWAITING_VERIFICATION]
     assert spy.conns[0].state is State.READY
-    assert spy.sent == ["Hello", "AttestRequest"]
+    assert spy.sent == ["Hello", "AttestRequest", "AuditOff"]  # AuditOff: this test's own first message
 
 
 @SLOW

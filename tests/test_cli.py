@@ -93,7 +93,7 @@ def test_measure_prints_the_measurement_and_its_manifest(cc_data_dir: Path) -> N
     assert doc["measurement"] == plain.stdout.strip()
     assert doc["python"] == f"{platform.python_implementation()} {platform.python_version()}"
     names = [entry["name"] for entry in doc["manifest"]]
-    assert "cc_kernel/enclave/worker.py" in names
+    assert "cc_kernel/enclave/monitor.py" in names and "cc_kernel/worker/shell.py" in names
     assert not any(n.startswith(("cc_kernel/kernel/", "cc_kernel/testing/")) for n in names)
     assert all(re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) for entry in doc["manifest"])
 

@@ -1,4 +1,4 @@
-"""Tests for cc_kernel.enclave.shell: IPython without ipykernel, output to an in-process sink.
+"""Tests for cc_kernel.worker.shell: IPython without ipykernel, output to an in-process sink.
 
 InteractiveShell is a process-wide singleton that patches sys and builtins, so one shell serves the whole
 module (``capture_fds=False``: pytest owns fds 1/2). Scenarios that need fd capture, a clean HOME or process
@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from cc_kernel.enclave.shell import EnclaveShell
-from cc_kernel.enclave.streams import OutputRouter
+from cc_kernel.worker.shell import EnclaveShell
+from cc_kernel.worker.streams import OutputRouter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -666,8 +666,8 @@ FD_SCRIPT = """
 import builtins, ctypes, json, os, signal, sys
 from pathlib import Path
 from IPython.core.interactiveshell import InteractiveShell
-from cc_kernel.enclave.shell import EnclaveShell
-from cc_kernel.enclave.streams import OutputRouter
+from cc_kernel.worker.shell import EnclaveShell
+from cc_kernel.worker.streams import OutputRouter
 
 class Sink:
     def __init__(self):
@@ -741,7 +741,7 @@ def test_fd_capture_and_cleanup_in_a_subprocess(tmp_path: Path) -> None:
 
 HARDEN_SCRIPT = """
 import ctypes, json, resource, sys
-from cc_kernel.enclave.shell import harden_process
+from cc_kernel.enclave.hardening import harden_process
 
 report = harden_process()
 libc = ctypes.CDLL(None, use_errno=True)

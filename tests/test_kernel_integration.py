@@ -72,7 +72,7 @@ def _badge_text(msg: dict[str, Any]) -> str:
 
 
 def _enclave_pid(k: LiveKernel) -> int:
-    return int(k.value("import os as _os; _os.getpid()"))
+    return int(k.value("import os as _os; _os.getppid()"))  # the monitor: the cells run in its worker child
 
 
 # -- generic behaviour, with python3 as the control ----------------------------------------------------------

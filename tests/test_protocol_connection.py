@@ -104,6 +104,7 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.AuditOff: m.AuditOff(),
     m.SessionInfo: m.SessionInfo(protections={"landlock": {"in_force": True, "detail": "ABI 7"}}, complete=True),
     m.WorkerReady: m.WorkerReady(pid=42, protections={}),
+    m.RequestDone: m.RequestDone(req_id=1, status="ok"),
     m.Ping: m.Ping(seq=1),
     m.Pong: m.Pong(seq=1),
     m.Credit: m.Credit(nbytes=10),

@@ -172,6 +172,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.AuditReceipt: st.builds(m.AuditReceipt, req_id=req_ids, receipt=st.binary(min_size=1, max_size=64)),
     m.AuditStart: st.builds(m.AuditStart, opening_hash=st.binary(min_size=32, max_size=32), redact_code=st.booleans()),
     m.AuditOff: st.just(m.AuditOff()),
+    m.RequestDone: st.builds(m.RequestDone, req_id=req_ids, status=status2),
     m.SessionInfo: st.builds(m.SessionInfo, protections=st.dictionaries(names, st.fixed_dictionaries(
         {"in_force": bools, "detail": texts}), max_size=4), complete=bools),
     m.WorkerReady: st.builds(m.WorkerReady, pid=counts, protections=st.dictionaries(names, texts, max_size=3)),
@@ -190,7 +191,7 @@ SPEC_WIRE_NAMES = {
     "history_reply", "input_request", "input_reply", "comm_open", "comm_msg", "comm_close", "comm_info_request",
     "comm_info_reply", "upload_start", "upload_chunk", "upload_end", "upload_reply", "interrupt", "shutdown",
     "shutdown_reply", "audit_receipt", "audit_start", "audit_off", "session_info",
-    "worker_ready", "ping", "pong", "credit", "fatal",
+    "worker_ready", "request_done", "ping", "pong", "credit", "fatal",
 }  # fmt: skip
 
 

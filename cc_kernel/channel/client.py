@@ -23,9 +23,16 @@ from cc_kernel.attestation.binding import NONCE_SIZE, SESSION_ID_SIZE
 from cc_kernel.attestation.policy import Policy
 from cc_kernel.channel.ratls import AttestedPeer, verify_peer
 from cc_kernel.channel.transport import Address, FramedChannel, open_client
-from cc_kernel.errors import CCKernelError, RemoteProtocolError
+from cc_kernel.errors import BrokenChannelError, CCKernelError, RemoteProtocolError
 from cc_kernel.protocol.connection import Connection, Role
-from cc_kernel.protocol.messages import PROTOCOL_VERSION, AttestRequest, AttestResponse, Fatal, Hello
+from cc_kernel.protocol.messages import (
+    PROTOCOL_VERSION,
+    AttestRequest,
+    AttestResponse,
+    Fatal,
+    Hello,
+    SessionInfo,
+)
 
 if TYPE_CHECKING:  # Intel collateral code loads only when a DCAP quote is verified
     from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
@@ -43,6 +50,8 @@ class AttestedChannel:
     peer: AttestedPeer
     session_id: bytes
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: What the enclave's monitor says protects the session inside the TEE (its worker's sandbox).
+    session_info: SessionInfo | None = None
 
 
 async def connect_attested(
@@ -109,5 +118,18 @@ async def connect_attested(
     except BaseException:  # cancelled (e.g. an outer timeout) or a programming error: still close the channel
         await channel.aclose()
         raise
+    try:  # the monitor says what protects the session, or refuses to serve it (Fatal, with its reason)
+        async with asyncio.timeout(timeout):
+            info = await channel.receive()
+        if isinstance(info, Fatal):
+            raise BrokenChannelError(f"the enclave verified but refused to start the session: {info.reason}")
+        if not isinstance(info, SessionInfo):
+            raise RemoteProtocolError(f"expected SessionInfo after attestation, got {type(info).__name__}")
+    except TimeoutError as exc:
+        await channel.aclose()
+        raise RemoteProtocolError(f"the enclave did not start its session within {timeout} s") from exc
+    except BaseException:
+        await channel.aclose()
+        raise
     timings["total"] = (time.perf_counter() - t0) * 1000
-    return AttestedChannel(channel=channel, peer=peer, session_id=session_id, timings_ms=timings)
+    return AttestedChannel(channel=channel, peer=peer, session_id=session_id, timings_ms=timings, session_info=info)

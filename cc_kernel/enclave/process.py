@@ -1,8 +1,13 @@
 """Enclave: the process entry point (``python -m cc_kernel.enclave``) — one session per process.
 
-Modes: ``--fd N`` serves the already connected socket N (local mode: the kernel made a socketpair);
-``--control-fd N`` is a pre-started spare of ``cc-kernel enclave serve``: it builds its interpreter, then waits
-for the supervisor to pass it an accepted connection over the control socket (SCM_RIGHTS); ``--listen ADDR``
+The process is the session's monitor (:mod:`cc_kernel.enclave.monitor`): keys, evidence, TLS, receipts; the
+user's cells run in a sandboxed worker child (:mod:`cc_kernel.worker`) that it starts on a private socketpair.
+
+Modes: ``--fd N`` serves the already connected socket N (local mode: the kernel made a socketpair; the worker
+starts at once, as the kernel's own user, capabilities dropped, in the notebook's directory);
+``--control-fd N`` is a pre-started spare of ``cc-kernel enclave serve``: keys and start-up evidence made, it
+waits for the supervisor to pass it an accepted connection over the control socket (SCM_RIGHTS), then starts
+its worker in a private per-session directory (as a uid of its own when running as root); ``--listen ADDR``
 listens itself, serves the first connection and exits (for TEEs where one process is the whole enclave, e.g.
 Gramine-SGX, whose manifest fixes the command line; the service manager starts a fresh enclave per session).
 
@@ -19,18 +24,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from cc_kernel.enclave.evidence import FAULTS, EvidenceSource, SimulatedSource, detect_hardware_source
+from cc_kernel.enclave.hardening import harden_process
+from cc_kernel.enclave.monitor import Monitor, WorkerSpec
 from cc_kernel.enclave.providers import PROVIDER_ENV, PROVIDER_NAMES
-from cc_kernel.enclave.worker import Session
 from cc_kernel.errors import CCKernelError
 
 log = logging.getLogger("cc_kernel.enclave")
@@ -51,6 +54,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
     p.add_argument("--fault", action="append", default=[], choices=FAULTS,
                    help="teaching fault for the simulated TEE (repeatable)")
+    p.add_argument("--worker-uid", type=int, default=None,
+                   help="run the worker as this uid (root only; default in server modes: a uid of its own)")
     p.add_argument("--no-capture-fds", action="store_true", help="do not capture OS fds 1/2 (debugging)")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
@@ -67,23 +72,32 @@ def _setup_logging(level: str) -> None:
     root.propagate = False
 
 
-def _private_environment() -> str:
-    """Point HOME, caches and tool configuration at a private, empty directory: nothing of the session is
-    written to the host's files, and no host-side configuration is loaded into the measured interpreter.
-    Returns the directory; the caller removes it when the session ends."""
-    private = tempfile.mkdtemp(prefix="cc-enclave-home-")
-    for var in ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR"):
-        os.environ[var] = private
-    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
-    os.environ.pop("PYTHONSTARTUP", None)
-    return private
-
-
 def _receive_fd(control: socket.socket) -> socket.socket:
     _msg, fds, _flags, _addr = socket.recv_fds(control, 16, 1)
     if not fds:
         raise CCKernelError("the supervisor closed the control socket without passing a connection")
     return socket.socket(fileno=fds[0])
+
+
+#: Server modes running as root give each session's worker its own uid: this base plus the monitor's pid
+#: (unique among live sessions; a session's files are removed when it ends, so a reused uid inherits nothing).
+WORKER_UID_BASE = 1_000_000_000
+
+
+def _worker_spec(args: argparse.Namespace) -> WorkerSpec:
+    server_mode = args.fd is None
+    uid = args.worker_uid
+    if uid is None and server_mode and os.geteuid() == 0:
+        uid = WORKER_UID_BASE + os.getpid()
+    forbid: tuple[Path, ...] = ()
+    if args.platform == "simulation":
+        from cc_kernel.simstore import simulation_dir
+
+        forbid = (args.sim_dir or simulation_dir(),)
+    return WorkerSpec(
+        uid=uid, gid=uid, private_workdir=server_mode, forbid=forbid, required=args.platform == "hardware",
+        capture_fds=not args.no_capture_fds, log_level=args.log_level,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,9 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         print("python -m cc_kernel.enclave: --evidence-provider needs --platform hardware", file=sys.stderr)
         return 2
     _setup_logging(args.log_level)
-    # Import the shell (and IPython) only now: the hardening below applies before user code exists.
-    from cc_kernel.enclave.shell import EnclaveShell, harden_process
-
     report = harden_process()
     log.info("hardening: %s", report)
     try:
@@ -106,34 +117,26 @@ def main(argv: list[str] | None = None) -> int:
     except CCKernelError as exc:
         log.error("cannot produce evidence: %s", exc)
         return 3
-    private_home = _private_environment()
+    monitor = Monitor(
+        source=source, worker=_worker_spec(args),
+        monitor_protections={"monitor_not_dumpable": {
+            "in_force": report.not_dumpable,
+            "detail": "prctl(PR_SET_DUMPABLE, 0): no ptrace attach or /proc/PID/mem by same-uid processes"
+            if report.not_dumpable else "prctl(PR_SET_DUMPABLE) failed",
+        }},
+    )
 
     def _terminate(signum: int, _frame: object) -> None:  # SIGTERM from the kernel or supervisor
-        shutil.rmtree(private_home, ignore_errors=True)
+        monitor.cleanup()
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)
-
-    class _Sink:
-        def __init__(self, emit: Callable[[str, dict[str, Any]], None]) -> None:
-            self.emit = emit
-
-    capture = not args.no_capture_fds
-
-    def shell_factory(emit: Callable[[str, dict[str, Any]], None], input_fn: Callable[[str, bool], str]) -> Any:
-        return EnclaveShell(_Sink(emit), input_fn, capture_fds=capture)
-
-    try:
-        session = Session(source=source, shell_factory=shell_factory)
-        if args.fd is not None:
-            sock = socket.socket(fileno=args.fd)
-            return session.run(sock)
-        if args.listen is not None:
-            return session.run(sock_provider=_accept_one(args.listen))
-        control = socket.socket(fileno=args.control_fd)
-        return session.run(sock_provider=lambda: _receive_fd(control))
-    finally:  # what the session wrote under HOME (caches, the user's files) does not outlive it
-        shutil.rmtree(private_home, ignore_errors=True)
+    if args.fd is not None:
+        return monitor.run(socket.socket(fileno=args.fd))
+    if args.listen is not None:
+        return monitor.run(sock_provider=_accept_one(args.listen))
+    control = socket.socket(fileno=args.control_fd)
+    return monitor.run(sock_provider=lambda: _receive_fd(control))
 
 
 def _accept_one(address_text: str) -> Callable[[], socket.socket]:

@@ -40,6 +40,8 @@ class BadgeState:
     detail: str = ""
     audit_log: str = ""
     failures: list[str] = field(default_factory=list)
+    #: What the enclave's monitor says protects the cells' sandbox: name -> {"in_force", "detail"}.
+    protections: dict[str, Any] = field(default_factory=dict)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -55,6 +57,15 @@ def is_reserved(data: dict[str, Any], transient: dict[str, Any] | None) -> bool:
     return isinstance(did, str) and did.startswith(DISPLAY_ID_PREFIX)
 
 
+def protections_text(protections: dict[str, Any]) -> str:
+    """One line: the protections in force, then each missing one with its reason."""
+    on = [name for name, p in protections.items() if isinstance(p, dict) and p.get("in_force")]
+    off = [f"{name} ({p.get('detail', '')})" for name, p in protections.items()
+           if isinstance(p, dict) and not p.get("in_force")]
+    text = ", ".join(on) or "none"
+    return text + (f"; NOT IN FORCE: {'; '.join(off)}" if off else "")
+
+
 def _rows(b: BadgeState) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     r = b.result
@@ -65,6 +76,8 @@ def _rows(b: BadgeState) -> list[tuple[str, str]]:
         weak = list(r.unsafe_flags_used) + [w for w in r.warnings if w not in r.unsafe_flags_used]
         rows.append(("accepted warnings", ", ".join(weak) or "none"))
         rows.append(("debug", "ENABLED" if r.debug else "disabled"))
+    if b.protections:
+        rows.append(("cell sandbox", protections_text(b.protections)))
     if b.failures:
         rows.append(("failed checks", "; ".join(b.failures)))
     if b.detail:
@@ -95,6 +108,6 @@ def render(b: BadgeState) -> dict[str, Any]:
     machine: dict[str, Any] = {
         "state": b.state, "session_id": b.session_id, "mode": b.mode, "as_of": b.at.isoformat(),
         "audit_log": b.audit_log, "failures": b.failures, "detail": b.detail,
-        "result": b.result.to_json_dict() if b.result else None,
+        "result": b.result.to_json_dict() if b.result else None, "protections": b.protections,
     }
     return {"text/plain": "\n".join(plain), "text/html": body, BADGE_MIME: machine}

@@ -252,13 +252,17 @@ class ConfidentialKernel(Kernel):
             attested = await self._link.start(timeout=self.attest_timeout)
             if self.audit:
                 await self._open_audit_log(attested.peer, policy)
+            else:
+                await self._link.send(m.AuditOff())
         except BaseException as exc:
             self._failure = exc
             self._set_badge(state="refused", failures=_failure_lines(exc), detail=_fix_hint(exc, self.mode))
             self.log.error("attestation failed: %s", exc)
             raise
         self._result = attested.peer.result
-        self._set_badge(state=self._result.status, result=self._result)
+        info = self._link.session_info if self._link else None
+        self._set_badge(state=self._result.status, result=self._result,
+                        protections=dict(info.protections) if info else {})
         self.log.info("enclave attested: %s%s", self._result.status,
                       " (the enclave process started early was adopted)" if self._link and self._link.started_early
                       else "")
@@ -475,9 +479,11 @@ class ConfidentialKernel(Kernel):
 
         assert self._result is not None
         if not silent:
+            protections = self._link.session_info.protections if self._link and self._link.session_info else {}
+            lines = [*self._result.summary_lines(), f"cell sandbox: {badge.protections_text(protections)}"]
             data = {
-                "text/plain": "\n".join(self._result.summary_lines()),
-                "application/json": self._result.to_json_dict(),
+                "text/plain": "\n".join(lines),
+                "application/json": {**self._result.to_json_dict(), "protections": protections},
             }
             self.send_response(self.iopub_socket, "display_data", {"data": data, "metadata": {}, "transient": {}})
             del json

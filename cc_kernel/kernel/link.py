@@ -92,6 +92,8 @@ class EnclaveLink:
         self._receipts: list[m.AuditReceipt] = []
         self._receipt_check_due = False
         self._receipt_failure: str | None = None
+        #: What the monitor says protects the session inside the TEE (its worker's sandbox).
+        self.session_info: m.SessionInfo | None = None
 
     # -- start ----------------------------------------------------------------------------------------------
 
@@ -115,6 +117,7 @@ class EnclaveLink:
         except BaseException:
             await self.kill()
             raise
+        self.session_info = self.attested.session_info
         self._reader = asyncio.ensure_future(self._read_loop())
         return self.attested
 
@@ -235,6 +238,9 @@ class EnclaveLink:
                             asyncio.get_running_loop().call_soon(self._flush_receipts)
                 elif isinstance(msg, m.Pong):
                     continue
+                elif isinstance(msg, m.Fatal):
+                    reason = f"the enclave stopped the session: {msg.reason}"
+                    break
                 else:
                     log.warning("unexpected %s from the enclave", type(msg).__name__)
         except CCKernelError as exc:

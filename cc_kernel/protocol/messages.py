@@ -749,6 +749,15 @@ class WorkerReady(Message):
     protections: JsonDict
 
 
+@_message("request_done")
+@dataclass(frozen=True, slots=True)
+class RequestDone(Message):
+    """Worker -> monitor only: request ``req_id``, which has no Jupyter reply (a comm message), has finished."""
+
+    req_id: ReqId
+    status: ReplyStatus
+
+
 @_message("ping")
 @dataclass(frozen=True, slots=True)
 class Ping(Message):

@@ -353,8 +353,9 @@ def start_supervisor(
 @dataclass
 class InProcessEnclave:
     """The enclave's side of the attestation handshake, in this process (no shell): for fast channel tests
-    and benchmarks. It answers Hello and AttestRequest exactly as ``enclave.worker.Session`` does, with
-    evidence from ``source``, and returns the channel in READY; what happens next is up to the caller."""
+    and benchmarks. It answers Hello and AttestRequest exactly as ``enclave.monitor.Monitor`` does, with
+    evidence from ``source``, then SessionInfo (no worker: nothing in force), and returns the channel in READY;
+    what happens next is up to the caller."""
 
     source: EvidenceSource
     audit_key: AuditKey = field(default_factory=AuditKey)
@@ -397,6 +398,8 @@ class InProcessEnclave:
                 audit_pub=self.audit_key.public_bytes, session_id=challenge.session_id, nonce=challenge.nonce,
             )
             await channel.send(m.AttestResponse(envelope=encode_envelope(env)))
+            await channel.send(m.SessionInfo(protections={"worker": {
+                "in_force": False, "detail": "in-process test enclave: there is no worker"}}, complete=False))
         except BaseException:
             await channel.aclose()
             raise

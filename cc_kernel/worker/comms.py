@@ -1,6 +1,6 @@
 """Enclave comms: the ``comm`` package's ``create_comm``/``get_comm_manager``, backed by an output router.
 
-Layer: runs inside the TEE, used by :mod:`cc_kernel.enclave.shell`; never imports ipykernel. Invariants: comm
+Layer: runs inside the TEE, used by :mod:`cc_kernel.worker.shell`; never imports ipykernel. Invariants: comm
 messages published by user code (ipywidgets 8, custom comms) go through the same ordered router as all other
 output; incoming ``comm_open``/``comm_msg``/``comm_close`` are dispatched by :meth:`EnclaveCommManager.handle`
 on the caller's thread (the shell runs them as user code). Installing replaces the two module-level hooks of
@@ -16,7 +16,7 @@ from typing import Any
 import comm
 from comm.base_comm import BaseComm, BuffersType, CommManager, MaybeDict
 
-from cc_kernel.enclave.streams import OutputRouter
+from cc_kernel.worker.streams import OutputRouter
 
 __all__ = ["EnclaveComm", "EnclaveCommManager"]
 

@@ -1,7 +1,7 @@
 """The enclave's interpreter: IPython's InteractiveShell without ipykernel, output routed to an injected sink.
 
 Layer: runs inside the TEE; transport-agnostic (the enclave server, or a test, supplies an
-:class:`~cc_kernel.enclave.streams.OutputSink` and an ``input_fn``). Never imports ipykernel, jupyter_client
+:class:`~cc_kernel.worker.streams.OutputSink` and an ``input_fn``). Never imports ipykernel, jupyter_client
 or zmq. Every public method returns Jupyter reply *content* (``execute_reply``, ``complete_reply``, ...).
 
 Invariants:
@@ -12,7 +12,7 @@ Invariants:
   only; ``VIRTUAL_ENV`` is ignored; jedi's parse cache (pickles!) is redirected into the private directory, so
   completion never unpickles files from the host's disk.
 * **One ordered output path.** stdout/stderr, rich displays, results, errors and comm messages all pass
-  through one :class:`~cc_kernel.enclave.streams.OutputRouter`; stream text is flushed before every other
+  through one :class:`~cc_kernel.worker.streams.OutputRouter`; stream text is flushed before every other
   message and before every reply, so the sink sees output in the order the user produced it.
 * **Main thread.** The shell must be created, used and closed on the process's main thread (CPython delivers
   signals there; :meth:`EnclaveShell.interrupt` relies on ``pthread_kill(main, SIGINT)``). Only
@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import ctypes
 import getpass
 import importlib
 import os
@@ -39,7 +38,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final
 
@@ -54,15 +52,13 @@ from IPython.utils.tokenutil import token_at_cursor
 from traitlets import Type
 from traitlets.config import Config
 
-from cc_kernel.enclave.streams import FdCapture, OutputRouter, OutputSink, SinkStream
+from cc_kernel.worker.streams import FdCapture, OutputRouter, OutputSink, SinkStream
 
 __all__ = [
     "EnclaveShell",
-    "HardeningReport",
     "InputFn",
     "OutputSink",
     "StdinNotImplementedError",
-    "harden_process",
 ]
 
 #: ``input_fn(prompt, password) -> str``: ask the frontend for a line of input (blocks until the reply).
@@ -319,7 +315,7 @@ class EnclaveShell:
 
     def _setup_comms(self) -> None:
         try:
-            from cc_kernel.enclave.comms import EnclaveCommManager
+            from cc_kernel.worker.comms import EnclaveCommManager
         except ImportError:  # the comm package is optional
             self._shell.kernel = _KernelShim(self._shell, None)
             return
@@ -792,48 +788,3 @@ def _in_event_loop(frame: FrameType | None) -> bool:
         return True
     filename = frame.f_code.co_filename
     return filename == _LOOP_FILES[1] or filename.startswith(_LOOP_FILES[0])
-
-
-# --- process hardening -----------------------------------------------------------------------------------
-
-_PR_SET_DUMPABLE: Final = 4
-
-
-@dataclass(frozen=True)
-class HardeningReport:
-    """What :func:`harden_process` managed to apply (for the audit log)."""
-
-    not_dumpable: bool
-    core_dumps_disabled: bool
-    bytecode_writing_disabled: bool
-
-
-def harden_process() -> HardeningReport:
-    """Best-effort hardening of the enclave process; returns what was applied, never raises.
-
-    * ``prctl(PR_SET_DUMPABLE, 0)`` (Linux): no core dumps, no ptrace attach by same-uid processes, /proc/self
-      files owned by root.
-    * ``RLIMIT_CORE`` = 0 (soft and hard).
-    * ``sys.dont_write_bytecode``: no ``.pyc`` written to the (host-visible) disk from now on.
-    """
-    not_dumpable = False
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            not_dumpable = libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
-        except (OSError, AttributeError):
-            not_dumpable = False
-    core_disabled = False
-    try:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        core_disabled = resource.getrlimit(resource.RLIMIT_CORE) == (0, 0)
-    except (ImportError, OSError, ValueError):
-        core_disabled = False
-    sys.dont_write_bytecode = True
-    return HardeningReport(
-        not_dumpable=not_dumpable,
-        core_dumps_disabled=core_disabled,
-        bytecode_writing_disabled=sys.dont_write_bytecode,
-    )

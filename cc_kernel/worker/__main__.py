@@ -1,0 +1,3 @@
+from cc_kernel.worker.main import main
+
+raise SystemExit(main())

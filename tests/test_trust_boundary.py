@@ -1,0 +1,146 @@
+"""The trust boundary inside the TEE, attacked from a cell: the worker holds nothing to steal, reaches no
+attestation interface, key file, installed code or monitor, and cannot forge or smuggle frames to the monitor.
+
+Each test runs a real SIMULATION kernel (monitor + sandboxed worker) and runs the attack as a cell, the way a
+hostile package imported by a notebook would. These hold whether the tests run as root (CI) or not: as root
+the local worker keeps uid 0 without any capability; Landlock, seccomp and ``no_new_privs`` apply either way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kernel_env import SIM, JupyterEnv, KernelPool, LiveKernel, live_kernel
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pool(jupyter_env: JupyterEnv) -> Iterator[KernelPool]:
+    kernels = KernelPool()
+    try:
+        yield kernels
+    finally:
+        kernels.close()
+
+
+@pytest.fixture
+def sim(pool: KernelPool) -> LiveKernel:
+    return pool.get(SIM)
+
+
+def _outcome(k: LiveKernel, attempt: str) -> str:
+    """Run ``attempt`` (an expression or statement) in a cell; return "ok" or the exception it raised."""
+    code = (
+        "def _try():\n"
+        + "".join(f"    {line}\n" for line in attempt.splitlines())
+        + "try:\n    _try()\n    print('ok')\nexcept BaseException as e:\n    print(type(e).__name__, e.errno if"
+        " isinstance(e, OSError) else '')\n"
+    )
+    return k.ok(code, timeout=30).stream().strip()
+
+
+def test_no_key_signer_or_evidence_source_in_the_worker(sim: LiveKernel) -> None:
+    found = sim.value(
+        "import gc, sys, json as _j; _j.dumps(["
+        "sorted({type(o).__name__ for o in gc.get_objects() if any(w in type(o).__name__ for w in "
+        "('PrivateKey', 'AuditKey', 'ReceiptSigner', 'TlsIdentity', 'SimulatedSource', 'SimulationAuthority', "
+        "'Provider', 'SSLContext', 'SSLObject'))}), "
+        "sorted(m for m in sys.modules if m.split('.')[:2] in (['cc_kernel', 'crypto'], ['cc_kernel', 'attestation'], "
+        "['cc_kernel', 'audit'], ['cc_kernel', 'channel'], ['cc_kernel', 'enclave']))])"
+    )
+    objects, modules = json.loads(found.strip("'"))
+    assert objects == [] and modules == []
+
+
+def test_worker_reports_its_sandbox_to_the_kernel(sim: LiveKernel) -> None:
+    text = sim.ok("%attestation", timeout=30).stream() + json.dumps(sim.cells[-1].content)
+    assert "landlock" in text.lower() or "sandbox" in text.lower()
+
+
+def test_a_cell_cannot_read_the_simulated_authority_keys(sim: LiveKernel, jupyter_env: JupyterEnv) -> None:
+    sim_dir = jupyter_env.data_dir / "cc_kernel" / "simulation"
+    keys = sorted(p.name for p in sim_dir.iterdir())
+    assert keys, "the simulated authority exists on the kernel's side"
+    for name in keys:
+        assert _outcome(sim, f"open({str(sim_dir / name)!r}, 'rb').read()").startswith("PermissionError")
+    assert _outcome(sim, f"import os; os.listdir({str(sim_dir)!r})").startswith("PermissionError")
+
+
+def test_a_cell_cannot_mint_evidence(sim: LiveKernel, jupyter_env: JupyterEnv) -> None:
+    sim_dir = jupyter_env.data_dir / "cc_kernel" / "simulation"
+    attempt = (f"from cc_kernel.simstore import load_or_create_authority\n"
+               f"from pathlib import Path\nload_or_create_authority(Path({str(sim_dir)!r}))")
+    assert _outcome(sim, attempt).startswith("PermissionError")
+
+
+@pytest.mark.parametrize("where", ["package", "site-packages", "stdlib"])
+def test_a_cell_cannot_write_installed_code(sim: LiveKernel, where: str) -> None:
+    target = {
+        "package": "import cc_kernel, pathlib; p = pathlib.Path(cc_kernel.__file__).parent / 'planted.py'",
+        "site-packages": "import sysconfig, pathlib; p = pathlib.Path(sysconfig.get_paths()['purelib']) / "
+                         "'sitecustomize.py'",
+        "stdlib": "import os, pathlib; p = pathlib.Path(os.__file__).parent / 'planted.py'",
+    }[where]
+    assert _outcome(sim, f"{target}\np.write_text('print(1)')").startswith("PermissionError")
+
+
+def test_a_cell_cannot_signal_read_or_trace_the_monitor(sim: LiveKernel) -> None:
+    assert _outcome(sim, "import os, signal; os.kill(os.getppid(), signal.SIGTERM)").startswith("PermissionError")
+    assert _outcome(sim, "import os; open(f'/proc/{os.getppid()}/mem', 'rb').read(1)").startswith("PermissionError")
+    assert _outcome(sim, "import os; open(f'/proc/{os.getppid()}/environ', 'rb').read()").startswith(
+        "PermissionError")
+    ptrace = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+              "if libc.ptrace(16, os.getppid(), 0, 0) != 0:\n"
+              "    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))")
+    assert _outcome(sim, ptrace).startswith("PermissionError")
+    assert sim.value("1 + 1") == "2", "the monitor is alive and serving"
+
+
+def _smuggle(k: LiveKernel, frame_expr: str) -> tuple[str, str]:
+    """A cell writes ``frame_expr`` (bytes) straight into the worker's socket to the monitor."""
+    cell = k.execute(
+        "import gc, socket\n"
+        "from cc_kernel.protocol import messages as m\nfrom cc_kernel.protocol.privsep import encode\n"
+        "socks = [o for o in gc.get_objects() if isinstance(o, socket.socket) and o.family == socket.AF_UNIX]\n"
+        f"socks[0].sendall({frame_expr})\nimport time; time.sleep(5)\n",
+        timeout=30,
+    )
+    return cell.status, cell.traceback_text + json.dumps(cell.content)
+
+
+@pytest.mark.parametrize(
+    ("frame", "expect"),
+    [
+        ("b'\\x00\\x00\\x00\\x05hello'", "malformed"),
+        ("encode(m.AuditReceipt(req_id=1, receipt=b'forged'))", "audit_receipt is not allowed"),
+        ("encode(m.AttestResponse(envelope=b'evidence of my choice'))", "attest_response is not allowed"),
+        ("encode(m.CompleteReply(req_id=999, status='ok', matches=[], cursor_start=0, cursor_end=0, metadata={}))",
+         "does not answer the request in hand"),
+        ("b'\\xff\\xff\\xff\\xff'", "exceeds"),
+    ],
+)
+def test_a_smuggled_frame_ends_the_session(jupyter_env: JupyterEnv, frame: str, expect: str) -> None:
+    with live_kernel(SIM) as k:
+        k.ok("x = 1", timeout=60)
+        status, text = _smuggle(k, frame)
+        assert status == "error"
+        assert "broke the monitor's protocol" in text and expect in text
+        later = k.execute("1 + 1", timeout=10)
+        assert later.status == "error" and "stopped" in later.traceback_text.lower()
+
+
+def test_a_smuggled_frame_is_named_in_the_closing_entry(jupyter_env: JupyterEnv, tmp_path: Path) -> None:
+    env = jupyter_env.kernel_env(CC_KERNEL_AUDIT_DIR=str(tmp_path))
+    with live_kernel(SIM, env=env) as k:
+        k.ok("x = 1", timeout=60)
+        _smuggle(k, "encode(m.AuditReceipt(req_id=1, receipt=b'forged'))")
+    from cc_kernel.audit.verify import verify_log_bytes
+
+    (log,) = tmp_path.glob("*.cclog")
+    report = verify_log_bytes(log.read_bytes(), sim_dir=jupyter_env.data_dir / "cc_kernel" / "simulation")
+    closing = report.entries[-1]
+    assert "worker died" in closing.reason and "audit_receipt is not allowed" in closing.reason
