@@ -1,0 +1,1 @@
+"""The worker: runs the user's cells (IPython) in a sandbox; holds no key, no evidence source, no receipt signer."""
