@@ -127,6 +127,19 @@ def loopback_echo() -> str:
                 return conn.recv(4).decode()
 
 
+def connect_unix(address: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(address)
+        return "connected"
+
+
+def socketpair_echo() -> str:
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(b"pair")
+        return right.recv(4).decode()
+
+
 def kill_own_child() -> int:
     child = subprocess.Popen(["sleep", "60"])
     child.send_signal(signal.SIGTERM)
@@ -195,6 +208,9 @@ def main() -> None:
         "list_sys_kernel": outcome(lambda: os.listdir("/sys/kernel")),
         "list_tmp": outcome(lambda: os.listdir("/tmp")),
         "read_etc_shadow": outcome(lambda: Path("/etc/shadow").read_bytes()[:0].decode()),
+        # daemons' sockets outside the grants: a root-owned 0600 pathname socket, an abstract socket
+        "connect_unix_socket": outcome(lambda: connect_unix(config["unix_socket"])),
+        "connect_abstract_socket": outcome(lambda: connect_unix("\0" + config["abstract_socket"])),
         # the monitor process
         "ptrace_attach_monitor": outcome(lambda: c_call(libc.ptrace(ctypes.c_long(PTRACE_ATTACH),
                                                                     ctypes.c_long(monitor), None, None))),
@@ -219,6 +235,7 @@ def main() -> None:
         "subprocess_ls": outcome(lambda: subprocess.run(["ls", workdir], capture_output=True, text=True,
                                                         check=True).stdout.split()),
         "loopback_tcp": outcome(loopback_echo),
+        "socketpair": outcome(socketpair_echo),
         "signal_own_child": outcome(kill_own_child),
         "query_personality": outcome(lambda: c_call(libc.personality(ctypes.c_ulong(0xFFFFFFFF)))),
         "write_dev_null": outcome(lambda: Path("/dev/null").write_text("x")),

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -67,6 +68,13 @@ REFUSED = {
     "clone_user_namespace": "EPERM",
     "set_personality": "EPERM",
 }
+# Mode-dependent refusals: staying uid 0, the filter refuses AF_UNIX sockets (uid 0 passes every socket file's
+# mode, and Landlock ABI <= 7 does not govern connect); with its own uid the worker meets the socket's 0600 mode.
+# An abstract socket outside the worker's Landlock domain is refused by Landlock's scope (ABI >= 6).
+BY_MODE = {
+    "stay": {"connect_unix_socket": "EPERM", "connect_abstract_socket": "EPERM"},
+    "uid": {"connect_unix_socket": "EACCES", "connect_abstract_socket": "EPERM"},
+}
 # What a cell must still be able to do -> the value the helper got.
 ALLOWED = {
     "workdir_read_write": "cell data",
@@ -76,6 +84,7 @@ ALLOWED = {
     "import_stdlib": "3.3",
     "subprocess_ls": repr(["sub"]),
     "loopback_tcp": "ping",
+    "socketpair": "pair",
     "signal_own_child": -15,
     "query_personality": 0,
     "write_dev_null": 1,
@@ -85,6 +94,7 @@ ALLOWED = {
 
 @dataclass
 class Run:
+    mode: str
     out: dict[str, Any]
     worker: subprocess.Popen[str]
     monitor: subprocess.Popen[str]
@@ -124,6 +134,19 @@ def _directories(uid: int | None) -> Iterator[dict[str, Path]]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+@contextmanager
+def _listening_sockets(directory: Path) -> Iterator[dict[str, str]]:
+    """A root-owned pathname socket (mode 0600) and an abstract socket, both listening in this process."""
+    path, name = directory / "daemon.sock", f"cc-sandbox-test-{os.getpid()}-{directory.name}"
+    with socket.socket(socket.AF_UNIX) as on_path, socket.socket(socket.AF_UNIX) as abstract:
+        on_path.bind(str(path))
+        path.chmod(0o600)
+        on_path.listen(1)
+        abstract.bind("\0" + name)
+        abstract.listen(1)
+        yield {"unix_socket": str(path), "abstract_socket": name}
+
+
 def _world_traversable(path: Path) -> bool:
     return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
 
@@ -132,12 +155,12 @@ def _world_traversable(path: Path) -> bool:
 def sandboxed(mode: str, **config: Any) -> Iterator[Run]:
     """Start the helper in ``mode`` with extra config keys; yields once it printed its outcomes (still alive)."""
     uid = WORKER_UID if mode == "uid" else None
-    with _fake_monitor() as monitor, _directories(uid) as dirs:
+    with _fake_monitor() as monitor, _directories(uid) as dirs, _listening_sockets(dirs["secret"]) as sockets:
         cfg: dict[str, Any] = {
             "monitor_pid": monitor.pid, "workdir": str(dirs["work"]),
             "private_dirs": [str(dirs["home"]), str(dirs["tmp"])], "read_only_extra": [str(dirs["readonly"])],
             "uid": uid, "gid": uid, "required": ROOT, "secret_file": str(dirs["secret"] / "ark-key.pem"),
-            "fake_device": str(dirs["device"] / "sev-guest"),
+            "fake_device": str(dirs["device"] / "sev-guest"), **sockets,
             # A uid that cannot read the interpreter's installation imports what it needs before the sandbox
             # (single-threaded: OpenBLAS must not start threads); with a world-readable install it does not.
             "preimport": uid is not None and not _world_traversable(Path(sys.base_prefix)),
@@ -152,7 +175,7 @@ def sandboxed(mode: str, **config: Any) -> Iterator[Run]:
             if not line:
                 worker.wait(timeout=30)
                 pytest.fail(f"helper printed nothing (exit {worker.returncode}): {worker.stderr.read()}")
-            yield Run(json.loads(line), worker, monitor, dirs)  # leaving the block lets the helper exit
+            yield Run(mode, json.loads(line), worker, monitor, dirs)  # leaving the block lets the helper exit
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -172,6 +195,14 @@ def test_attack_refused(attacked: Run, attack: str) -> None:
     result = attacked.out["results"][attack]
     assert result["ok"] is False, f"{attack} succeeded inside the sandbox: {result}"
     assert (result["exc"], result["errno"]) == ("PermissionError", REFUSED[attack]), result
+
+
+@pytest.mark.parametrize("attack", ["connect_unix_socket", "connect_abstract_socket"])
+def test_daemon_sockets_refused(attacked: Run, attack: str) -> None:
+    result = attacked.out["results"][attack]
+    if attack == "connect_unix_socket" and not ROOT:
+        pytest.skip("the pathname socket belongs to this (unprivileged) user; only file modes could refuse it")
+    assert (result["ok"], result["exc"], result["errno"]) == (False, "PermissionError", BY_MODE[attacked.mode][attack])
 
 
 def test_monitor_survived_the_signals(attacked: Run) -> None:
@@ -268,6 +299,7 @@ def test_landlock_alone_guards_the_monitor() -> None:
         for attack in ("ptrace_attach_monitor", "kill_monitor", "tgkill_monitor"):
             assert (results[attack]["ok"], results[attack]["errno"]) == (False, "EPERM"), (attack, results[attack])
         assert results["read_monitor_mem"]["errno"] == "EACCES"
+        assert results["connect_abstract_socket"]["errno"] == "EPERM"  # the scope, not the filter
         assert run.monitor.poll() is None
 
 

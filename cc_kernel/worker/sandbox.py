@@ -29,7 +29,8 @@ socketpair inherited. Before it builds the IPython shell it calls :func:`apply_s
     A libseccomp filter, default allow, that refuses with EPERM the syscalls that reach other processes or the
     kernel's privileged interfaces (:data:`DENIED_SYSCALLS`), ``clone`` with any namespace flag, ``personality``
     other than the query, and ``kill``/``tkill``/``tgkill``/``rt_sigqueueinfo``/``rt_tgsigqueueinfo``/
-    ``pidfd_open`` aimed at the monitor (also ``kill(-monitor)`` and ``kill(-1)``); ``clone3`` answers ENOSYS
+    ``pidfd_open`` aimed at the monitor (also ``kill(-monitor)`` and ``kill(-1)``); for a worker that stays
+    uid 0, ``socket(AF_UNIX, ...)`` (``socketpair`` stays allowed; see the seccomp step); ``clone3`` answers ENOSYS
     (its flags sit behind a pointer the filter cannot read; libc then falls back to ``clone``). A syscall of
     another architecture (i386, x32) kills the process.
 
@@ -54,6 +55,7 @@ import ctypes
 import errno
 import os
 import platform
+import socket
 import stat
 import sys
 import threading
@@ -489,12 +491,19 @@ def _apply_seccomp(spec: SandboxSpec) -> dict[str, object]:
         flt.add_rule(eperm, _syscall_number(name), sc.Arg(0, sc.MASKED_EQ, _LOW32, monitor))
     for target in {(-spec.monitor_pid) & _LOW32, (-1) & _LOW32}:
         flt.add_rule(eperm, _syscall_number("kill"), sc.Arg(0, sc.MASKED_EQ, _LOW32, target))
+    unix_note = ""
+    if os.geteuid() == 0:
+        # Landlock (ABI <= 7) does not govern connect() to a pathname unix socket, and uid 0 passes every
+        # socket file's mode: a root worker could drive any daemon (a container runtime's socket is a host
+        # root shell). socketpair() stays allowed; a worker with a uid of its own is held by file modes.
+        flt.add_rule(eperm, _syscall_number("socket"), sc.Arg(0, sc.MASKED_EQ, _LOW32, socket.AF_UNIX))
+        unix_note = ", AF_UNIX sockets refused (uid 0)"
     flt.load()
     if _prctl(_PR_GET_SECCOMP, what="PR_GET_SECCOMP") != 2:
         raise OSError(errno.EPERM, "seccomp filter not in force after load")
     return {"detail": f"filter mode: {len(DENIED_SYSCALLS)} syscalls refused, namespace clone flags refused, "
                       f"clone3 ENOSYS, personality query only, signals to monitor {spec.monitor_pid} "
-                      f"(and its group, and kill(-1)) refused; foreign-architecture syscalls kill"}
+                      f"(and its group, and kill(-1)) refused{unix_note}; foreign-architecture syscalls kill"}
 
 
 def _reason(exc: Exception) -> str:
