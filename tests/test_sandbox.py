@@ -313,6 +313,7 @@ def test_seccomp_alone_guards_the_monitor() -> None:
                        "kill_everyone", "tgkill_monitor", "pidfd_open_monitor", "unshare_user_namespace"):
             assert (results[attack]["ok"], results[attack]["errno"]) == (False, "EPERM"), (attack, results[attack])
         assert results["read_secret"]["ok"] is True  # files are Landlock's part
+        assert results["read_monitor_mem"]["errno"] == "EACCES"  # non-dumpable monitor, no CAP_SYS_PTRACE
         assert run.monitor.poll() is None
 
 
@@ -368,6 +369,21 @@ def test_default_read_only_drops_excluded_paths_and_their_ancestors(tmp_path: Pa
     granted = default_read_only(exclude=[data_dir])
     assert Path(os.path.realpath(tmp_path / "share")) not in granted
     assert Path(os.path.realpath(data_dir / "inside")) not in granted
+
+
+def test_exposed_names_secrets_inside_a_grant(tmp_path: Path) -> None:
+    """A notebook directory that contains the Jupyter data directory exposes it: Landlock cannot exclude it."""
+    home = tmp_path / "home"
+    data_dir = home / ".local" / "share" / "jupyter"
+    data_dir.mkdir(parents=True)
+    elsewhere = tmp_path / "authority"
+    elsewhere.mkdir()
+    spec = SandboxSpec(workdir=home, private_dirs=(), read_only=(Path("/usr"),), uid=None, gid=None,
+                       monitor_pid=1, required=True)
+    assert sandbox.exposed(spec, [data_dir, elsewhere]) == {data_dir: Path(os.path.realpath(home))}
+    notebooks = home / "notebooks"
+    notebooks.mkdir()
+    assert sandbox.exposed(SandboxSpec(notebooks, (), (Path("/usr"),), None, None, 1, True), [data_dir]) == {}
 
 
 def test_sandbox_error_is_a_cc_kernel_error() -> None:

@@ -34,6 +34,8 @@ socketpair inherited. Before it builds the IPython shell it calls :func:`apply_s
     (its flags sit behind a pointer the filter cannot read; libc then falls back to ``clone``). A syscall of
     another architecture (i386, x32) kills the process.
 
+:func:`exposed` tells the monitor, before it starts a worker, which secrets a spec's grants would contain.
+
 Invariants: the sandbox is applied by a single-threaded process (Landlock and no_new_privs bind the calling
 thread only; a second thread is refused as :class:`SandboxError` whatever ``required`` says); with
 ``required=True`` every part is probed before anything changes, and any part that cannot be applied raises
@@ -230,6 +232,25 @@ def default_read_only(exclude: Iterable[Path] = ()) -> tuple[Path, ...]:
         chosen.add(real)
     chosen.update(device for device in DEVICE_FILES if device.exists())
     return tuple(sorted(chosen))
+
+
+def exposed(spec: SandboxSpec, secrets: Iterable[Path]) -> dict[Path, Path]:
+    """Which of ``secrets`` the spec would expose: ``{secret: the granted path that contains it}``.
+
+    Landlock grants whole hierarchies and cannot carve an exception out of one, so a secret (the Jupyter data
+    directory, the simulated authority's key directory, a client key) inside a grant is readable by the
+    worker whatever else is done. The monitor calls this before starting a worker: hardware refuses such a
+    spec, simulation says it on the badge. Compares real paths. Pure apart from resolving symlinks.
+    """
+    grants = [Path(os.path.realpath(p)) for p in (spec.workdir, *spec.private_dirs, *spec.read_only)]
+    found: dict[Path, Path] = {}
+    for secret in secrets:
+        real = Path(os.path.realpath(secret))
+        for grant in grants:
+            if _within(real, grant):
+                found[secret] = grant
+                break
+    return found
 
 
 # --- small syscall helpers -----------------------------------------------------------------------------------
