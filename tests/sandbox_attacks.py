@@ -31,6 +31,7 @@ import cc_kernel
 from cc_kernel.errors import SandboxError
 from cc_kernel.worker import sandbox
 
+true_binary = Path("/bin/true").read_bytes()
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 PTRACE_ATTACH = 16
@@ -140,6 +141,14 @@ def socketpair_echo() -> str:
         return right.recv(4).decode()
 
 
+def run_copy_of_true(directory: str) -> int:
+    """Copy /bin/true's bytes into ``directory``, make it executable and run it."""
+    target = Path(directory) / "true-copy"
+    target.write_bytes(true_binary)
+    target.chmod(0o755)
+    return subprocess.run([str(target)], check=True).returncode
+
+
 def kill_own_child() -> int:
     child = subprocess.Popen(["sleep", "60"])
     child.send_signal(signal.SIGTERM)
@@ -225,6 +234,7 @@ def main() -> None:
         # namespaces and kernel interfaces
         "unshare_user_namespace": outcome(lambda: c_call(libc.unshare(CLONE_NEWUSER))),
         "clone_user_namespace": outcome(clone_new_user),
+        "exec_in_private_tmp": outcome(lambda: run_copy_of_true(private_dirs[-1])),
         "set_personality": outcome(lambda: c_call(libc.personality(ctypes.c_ulong(PER_LINUX32)))),
         # what a cell must still be able to do
         "workdir_read_write": outcome(lambda: read_write(workdir)),
@@ -232,6 +242,7 @@ def main() -> None:
         "tempfile_in_private_tmp": outcome(lambda: tempfile.TemporaryFile(dir=private_dirs[-1]).close()),
         "import_numpy": outcome(import_numpy),
         "import_stdlib": outcome(import_stdlib),
+        "exec_in_workdir": outcome(lambda: run_copy_of_true(workdir)),
         "subprocess_ls": outcome(lambda: subprocess.run(["ls", workdir], capture_output=True, text=True,
                                                         check=True).stdout.split()),
         "loopback_tcp": outcome(loopback_echo),

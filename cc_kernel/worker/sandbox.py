@@ -16,8 +16,8 @@ socketpair inherited. Before it builds the IPython shell it calls :func:`apply_s
 ``landlock``
     A ruleset that handles every filesystem access right of the running ABI (rights known here up to ABI 7;
     ABI 6 and 7 added none), then grants: read+execute beneath each ``read_only`` hierarchy, every right
-    beneath ``workdir`` and each of ``private_dirs``, and read (plus write for ``/dev/null``, ``/dev/full``,
-    ``/dev/tty``) on the device files in ``read_only``. Anything else is refused with EACCES: the simulated
+    beneath ``workdir``, every right but execute beneath each of ``private_dirs``, and read (plus write for
+    ``/dev/null``, ``/dev/full``, ``/dev/tty``) on the device files in ``read_only``. Anything else is refused with EACCES: the simulated
     authority's key files, the Jupyter data directory, the attestation interfaces (``/dev/sev-guest``,
     ``/dev/tdx_guest``, ``/sys/kernel/config/tsm``, ``/dev/attestation``, ``/dev/nsm``), writing into the
     installed packages or any ``sys.path`` entry. From ABI 6 the domain is also *scoped*: the worker can
@@ -119,7 +119,7 @@ _LOW32 = 0xFFFFFFFF
 
 # prctl(2)
 _PR_CAPBSET_READ, _PR_CAPBSET_DROP = 23, 24
-_PR_GET_SECUREBITS, _PR_SET_SECUREBITS = 27, 28
+_PR_SET_SECUREBITS = 28
 _PR_SET_NO_NEW_PRIVS, _PR_GET_NO_NEW_PRIVS = 38, 39
 _PR_GET_SECCOMP = 21
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_IS_SET, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 1, 4
@@ -136,7 +136,6 @@ _FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_READ_DIR = 1 << 0, 1 << 1, 1 << 
 _FS_TRUNCATE, _FS_IOCTL_DEV = 1 << 14, 1 << 15
 _FS_RIGHTS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
 _FS_REFER = 1 << 13
-_FILE_RIGHTS = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | _FS_TRUNCATE | _FS_IOCTL_DEV
 _READ_EXEC = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
 
@@ -169,8 +168,8 @@ _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 class SandboxSpec:
     """What the worker may touch, and who it becomes.
 
-    ``workdir`` gets every filesystem right (the notebook's working directory), ``private_dirs`` too (the
-    worker's private HOME and TMPDIR), ``read_only`` read+execute (see :func:`default_read_only`). ``uid`` and
+    ``workdir`` gets every filesystem right (the notebook's working directory), ``private_dirs`` every right
+    but execute (the worker's private HOME and TMPDIR), ``read_only`` read+execute (see :func:`default_read_only`). ``uid`` and
     ``gid`` (both or neither) are the ids a root worker switches to; None keeps the current ids and, as root,
     drops every capability instead. ``monitor_pid`` is the process the worker must never signal or trace.
     ``required`` (hardware): any part that cannot be applied raises :class:`SandboxError`.
@@ -387,8 +386,9 @@ def _apply_ids(spec: SandboxSpec) -> dict[str, object]:
     os.setresgid(spec.gid, spec.gid, spec.gid)
     os.setresuid(spec.uid, spec.uid, spec.uid)
     ids = (os.getresuid(), os.getresgid(), os.getgroups())
-    if ids != ((spec.uid,) * 3, (spec.gid,) * 3, []) or any(_capget()) or _ambient_set():
-        raise OSError(errno.EPERM, f"ids or capabilities not as asked: {ids}, capabilities {_capget()}")
+    if ids != ((spec.uid,) * 3, (spec.gid,) * 3, []) or any(_capget()) or _ambient_set() or _bounding_set():
+        raise OSError(errno.EPERM, f"ids or capabilities not as asked: {ids}, capabilities {_capget()}, "
+                                   f"bounding {_bounding_set()}")
     return {"detail": f"uid {spec.uid} gid {spec.gid}, no supplementary groups, no capabilities",
             "uid": spec.uid, "gid": spec.gid}
 
@@ -443,7 +443,7 @@ def _build_landlock(spec: SandboxSpec) -> _Ruleset:
         for path in spec.read_only:
             try:
                 mode = os.stat(path).st_mode
-            except FileNotFoundError:
+            except (FileNotFoundError, PermissionError):  # nothing to grant: the worker could not use it either
                 skipped.append(str(path))
                 continue
             if stat.S_ISDIR(mode):
@@ -453,10 +453,10 @@ def _build_landlock(spec: SandboxSpec) -> _Ruleset:
             else:
                 access = _FS_READ_FILE | _FS_EXECUTE
             _landlock_add(ruleset_fd, path, access)
-        for path in (spec.workdir, *spec.private_dirs):
+        for path, access in ((spec.workdir, handled), *((p, handled & ~_FS_EXECUTE) for p in spec.private_dirs)):
             if not path.is_dir():
                 raise OSError(errno.ENOTDIR, f"granted directory {path} does not exist")
-            _landlock_add(ruleset_fd, path, handled)
+            _landlock_add(ruleset_fd, path, access)
     except BaseException:
         os.close(ruleset_fd)
         raise
