@@ -159,6 +159,10 @@ class EnclaveError(CCKernelError):
     """The enclave failed: died, exited, or reported an internal failure (not a user's cell error)."""
 
 
+class SandboxError(CCKernelError):
+    """The worker's sandbox could not be applied; the message names the part and the operating system's reason."""
+
+
 # --- audit ---------------------------------------------------------------------------------------------------
 
 

@@ -23,12 +23,15 @@ ALLOWED: dict[str, set[str]] = {
     "worker": {"errors", "protocol", "worker"},
     "enclave": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "enclave", "simstore", "measure"},
     "kernel": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "kernel", "simstore", "measure"},
+    # The user's cells run here: nothing that holds or makes keys, evidence or receipts.
+    "worker": {"errors", "protocol", "worker"},
 }
 # Third-party modules that the pure core must never import, and that the enclave must never import.
 IO_MODULES = {"socket", "ssl", "asyncio", "subprocess", "selectors", "threading", "zmq", "jupyter_client",
               "ipykernel", "tornado", "time"}
 CORE = {"errors", "protocol", "crypto", "attestation", "audit"}
 ENCLAVE_FORBIDDEN = {"ipykernel", "jupyter_client", "zmq", "jupyter_core", "tornado"}
+WORKER_FORBIDDEN = {"cryptography", "ssl", *ENCLAVE_FORBIDDEN}
 # The only modules allowed to import cryptography.hazmat / msgpack directly: the crypto package, and the
 # platform verifiers (each vendor has its own signature encoding: AMD little-endian R/S, COSE r||s, ...).
 HAZMAT_ALLOWED = ("crypto/", "attestation/platforms/")
@@ -74,6 +77,8 @@ def test_layer_rules(path: Path) -> None:
             assert not name.startswith(("cryptography", "ssl")), f"{rel} runs the cells but imports {name}"
         if part in ("enclave", "worker"):
             assert top not in ENCLAVE_FORBIDDEN, f"{rel} runs in the enclave but imports {name}"
+        if part == "worker":
+            assert top not in WORKER_FORBIDDEN, f"{rel} runs the user's cells but imports {name}"
         if name.startswith("cryptography.hazmat"):
             assert rel.startswith(HAZMAT_ALLOWED), f"{rel} imports {name}; only {HAZMAT_ALLOWED} may"
         if top in {"msgpack"}:
