@@ -18,6 +18,7 @@ import os
 import queue
 import re
 import select
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -189,7 +190,11 @@ class LiveKernel:
         parse messages (PUB drops messages for a subscriber whose queue is full).
         """
         km = KernelManager(kernel_name=name)
-        kwargs: dict[str, Any] = {} if env is None else {"env": env}
+        # a working directory of its own, as a notebook's: the checkout (holding the editable package and
+        # .venv) must not be the cells' writable working directory
+        kwargs: dict[str, Any] = {"cwd": tempfile.mkdtemp(prefix="cc-kernel-cwd-")}
+        if env is not None:
+            kwargs["env"] = env
         km.start_kernel(**kwargs)
         kc = km.client()
         if unbounded_receive:

@@ -187,7 +187,8 @@ class Monitor:
             if path is not None:
                 os.chmod(path, 0o700)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [sys.executable, "-m", "cc_kernel.worker", "--fd", str(theirs.fileno()),
+        # -P: nothing from the working directory (writable by cells) is imported before the sandbox is applied
+        argv = [sys.executable, "-P", "-m", "cc_kernel.worker", "--fd", str(theirs.fileno()),
                 "--monitor-pid", str(os.getpid()), "--private-dir", str(private), "--log-level", spec.log_level]
         if spec.uid is not None:
             argv += ["--uid", str(spec.uid), "--gid", str(spec.gid if spec.gid is not None else spec.uid)]
@@ -333,8 +334,9 @@ class Monitor:
         if self._proc is not None:
             from cc_kernel.enclave.sandbox_check import check_from_outside
 
-            for claim in check_from_outside(self._proc.pid, protections):
-                protections[claim] = {"in_force": False, "detail": "the kernel's view of the worker contradicts it"}
+            for finding in check_from_outside(self._proc.pid, ready.protections):
+                part = finding.split(":", 1)[0]
+                protections[part] = {"in_force": False, "detail": f"the kernel's view contradicts it: {finding}"}
         missing = [name for name in REQUIRED_PROTECTIONS
                    if not (isinstance(protections.get(name), dict) and protections[name].get("in_force"))]
         failed = [name for name, p in protections.items() if isinstance(p, dict) and not p.get("in_force")]
@@ -492,7 +494,8 @@ class Monitor:
                 data = await reader.read(1024 * 1024)
                 if not data:
                     self._decoder.eof()
-                    raise WorkerGone(f"the enclave's worker process, which runs the cells, ended ({self._worker_status()})")
+                    status = self._worker_status()
+                    raise WorkerGone(f"the enclave's worker process, which runs the cells, ended ({status})")
                 self._decoder.feed(data)
                 while (msg := self._decoder.next_message()) is not None:
                     await self._from_worker(msg)

@@ -84,11 +84,25 @@ def _receive_fd(control: socket.socket) -> socket.socket:
 WORKER_UID_BASE = 1_000_000_000
 
 
+def python_readable_by_others() -> str:
+    """Empty if any uid can run this interpreter and read its libraries; else the directory that stops it."""
+    for prefix in {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}:
+        path = Path(prefix).resolve()
+        for directory in (path, *path.parents):
+            if not os.stat(directory).st_mode & 0o001:
+                return str(directory)
+    return ""
+
+
 def _worker_spec(args: argparse.Namespace) -> WorkerSpec:
     server_mode = args.fd is None
     uid = args.worker_uid
     if uid is None and server_mode and os.geteuid() == 0:
-        uid = WORKER_UID_BASE + os.getpid()
+        blocked = python_readable_by_others()
+        if blocked:  # a uid of its own could not run Python: stay uid 0 without capabilities, and say so
+            log.warning("worker keeps uid 0 (no capabilities): %s is not searchable by other users", blocked)
+        else:
+            uid = WORKER_UID_BASE + os.getpid()
     forbid: tuple[Path, ...] = ()
     if args.platform == "simulation":
         from cc_kernel.simstore import simulation_dir

@@ -61,19 +61,6 @@ def _no_core_files() -> None:
     sys.dont_write_bytecode = True
 
 
-def _inside(path: Path, hierarchy: Path) -> bool:
-    try:
-        path.resolve().relative_to(hierarchy.resolve())
-    except ValueError:
-        return False
-    return True
-
-
-def forbidden_reachable(forbidden: list[Path], granted: list[Path]) -> list[str]:
-    """Each forbidden path that lies inside a granted hierarchy, said as "PATH lies under GRANT"."""
-    return [f"{f} lies under {g}, which cells may read" for f in forbidden for g in granted if _inside(f, g)]
-
-
 def _die_with_monitor(monitor_pid: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
@@ -87,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.log_level)
     _no_core_files()
     sock = socket.socket(fileno=args.fd)
-    from cc_kernel.worker.sandbox import SandboxSpec, apply_sandbox, default_read_only
+    from cc_kernel.worker.sandbox import SandboxSpec, apply_sandbox, default_read_only, exposed
     from cc_kernel.worker.serve import MonitorLink, WorkerServer
 
     link = MonitorLink(sock)
     workdir = Path.cwd()
     spec = SandboxSpec(
-        workdir=workdir, private_dirs=(args.private_dir,), read_only=default_read_only(), uid=args.uid,
-        gid=args.gid, monitor_pid=args.monitor_pid, required=args.required,
+        workdir=workdir, private_dirs=(args.private_dir,), read_only=default_read_only(exclude=args.forbid),
+        uid=args.uid, gid=args.gid, monitor_pid=args.monitor_pid, required=args.required,
     )
     protections: dict[str, Any]
     try:
@@ -102,14 +89,23 @@ def main(argv: list[str] | None = None) -> int:
     except CCKernelError as exc:  # required and not applicable: say which part, then end
         link.send(m.WorkerReady(pid=os.getpid(), protections={"sandbox": {"in_force": False, "detail": str(exc)}}))
         return 3
-    granted = [workdir, args.private_dir, *spec.read_only]
-    leaks = forbidden_reachable(list(args.forbid), granted)
+    leaks = [f"{secret} lies under {grant}, which cells may read"
+             for secret, grant in exposed(spec, args.forbid).items()]
+    # Landlock cannot carve the installed code out of a writable working directory that contains it
+    installed = [p for p in spec.read_only if p != workdir and (workdir in p.parents)]
+    protections["installed_code_read_only"] = {
+        "in_force": not installed,
+        "detail": (f"the working directory {workdir} contains installed code ({', '.join(map(str, installed[:3]))}),"
+                   " which cells could therefore change" if installed else
+                   "the interpreter, the standard library, site-packages and this package are read-only"),
+    }
     if args.forbid:
         protections["secrets_unreachable"] = {
             "in_force": not leaks,
             "detail": "; ".join(leaks) if leaks else "the simulated authority's keys lie outside every granted path",
         }
     _die_with_monitor(args.monitor_pid)
+    sys.path.insert(0, "")  # the working directory, as with the stock kernel: `import helper` works (after -P)
     signal.signal(signal.SIGINT, lambda *_: None)  # the shell installs its own; between cells: ignored
     server = WorkerServer(link)
     from cc_kernel.worker.shell import EnclaveShell

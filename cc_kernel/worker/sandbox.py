@@ -17,7 +17,8 @@ socketpair inherited. Before it builds the IPython shell it calls :func:`apply_s
     A ruleset that handles every filesystem access right of the running ABI (rights known here up to ABI 7;
     ABI 6 and 7 added none), then grants: read+execute beneath each ``read_only`` hierarchy, every right
     beneath ``workdir``, every right but execute beneath each of ``private_dirs``, and read (plus write for
-    ``/dev/null``, ``/dev/full``, ``/dev/tty``) on the device files in ``read_only``. Anything else is refused with EACCES: the simulated
+    ``/dev/null``, ``/dev/full``, ``/dev/tty``) on the device files in ``read_only``. Anything else is
+    refused with EACCES: the simulated
     authority's key files, the Jupyter data directory, the attestation interfaces (``/dev/sev-guest``,
     ``/dev/tdx_guest``, ``/sys/kernel/config/tsm``, ``/dev/attestation``, ``/dev/nsm``), writing into the
     installed packages or any ``sys.path`` entry. From ABI 6 the domain is also *scoped*: the worker can
@@ -85,7 +86,7 @@ SUPPORTED_MACHINES = frozenset({"x86_64", "aarch64"})
 
 # Never granted by default_read_only, nor any ancestor of them: "/" itself, devices, shared temporary space,
 # configfs-tsm (under /sys/kernel), users' homes.
-NEVER_GRANTED = (Path("/dev"), Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/sys/kernel"), Path("/home"),
+NEVER_GRANTED = (Path("/dev"), Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/sys/kernel"), Path("/home"),  # noqa: S108
                  Path("/root"))
 _SYSTEM_READ_ONLY = (Path("/usr"), Path("/lib"), Path("/lib64"), Path("/bin"), Path("/sbin"), Path("/etc"),
                      Path("/opt"), Path("/proc"), Path("/sys/devices/system/cpu"))
@@ -169,9 +170,9 @@ class SandboxSpec:
     """What the worker may touch, and who it becomes.
 
     ``workdir`` gets every filesystem right (the notebook's working directory), ``private_dirs`` every right
-    but execute (the worker's private HOME and TMPDIR), ``read_only`` read+execute (see :func:`default_read_only`). ``uid`` and
-    ``gid`` (both or neither) are the ids a root worker switches to; None keeps the current ids and, as root,
-    drops every capability instead. ``monitor_pid`` is the process the worker must never signal or trace.
+    but execute (the worker's private HOME and TMPDIR), ``read_only`` read+execute (see
+    :func:`default_read_only`). ``uid`` and ``gid`` (both or neither) are the ids a root worker switches to;
+    None keeps the current ids and, as root, drops every capability instead. ``monitor_pid`` is the process the worker must never signal or trace.
     ``required`` (hardware): any part that cannot be applied raises :class:`SandboxError`.
     Raises ValueError for a relative path, a grant of ``/``, a uid without a gid (or the reverse), a pid < 1.
     """
