@@ -119,7 +119,7 @@ def _smuggle(k: LiveKernel, frame_expr: str) -> tuple[str, str]:
 @pytest.mark.parametrize(
     ("frame", "expect"),
     [
-        ("b'\\x00\\x00\\x00\\x05hello'", "malformed"),
+        ("b'\\x00\\x00\\x00\\x05hello'", "trailing bytes"),
         ("encode(m.AuditReceipt(req_id=1, receipt=b'forged'))", "audit_receipt is not allowed"),
         ("encode(m.AttestResponse(envelope=b'evidence of my choice'))", "attest_response is not allowed"),
         ("encode(m.CompleteReply(req_id=999, status='ok', matches=[], cursor_start=0, cursor_end=0, metadata={}))",
@@ -142,9 +142,10 @@ def test_a_smuggled_frame_is_named_in_the_closing_entry(jupyter_env: JupyterEnv,
     with live_kernel(SIM, env=env) as k:
         k.ok("x = 1", timeout=60)
         _smuggle(k, "encode(m.AuditReceipt(req_id=1, receipt=b'forged'))")
-    from cc_kernel.audit.verify import verify_log_bytes
+    from cc_kernel.audit.format import ClosingEntry
+    from cc_kernel.audit.verify import read_log_unverified
 
     (log,) = tmp_path.glob("*.cclog")
-    report = verify_log_bytes(log.read_bytes(), sim_dir=jupyter_env.data_dir / "cc_kernel" / "simulation")
-    closing = report.entries[-1]
-    assert "worker died" in closing.reason and "audit_receipt is not allowed" in closing.reason
+    closing = read_log_unverified(log.read_bytes()).entries[-1].entry
+    assert isinstance(closing, ClosingEntry)
+    assert closing.reason.startswith("worker died: ") and "audit_receipt is not allowed" in closing.reason
