@@ -1,0 +1,297 @@
+"""The monitor's rules, driven message by message: what it accepts from the worker, what it receipts, when it
+refuses. No processes: the worker and the kernel's channel are recorders, so each rule is shown exactly (the
+end-to-end attacks from a real cell are in test_trust_boundary.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import pytest
+
+from cc_kernel.attestation.platforms.simulation import SimulationAuthority
+from cc_kernel.audit.format import (
+    ClosingEntry,
+    ReceiptEntry,
+    code_hash,
+    decode_body_unverified,
+    decode_payload_unverified,
+    stream_digest,
+)
+from cc_kernel.audit.receipts import ReceiptSigner
+from cc_kernel.enclave import monitor as mon_mod
+from cc_kernel.enclave.evidence import SimulatedSource
+from cc_kernel.enclave.monitor import OUTPUT_WINDOW, Monitor, WorkerSpec
+from cc_kernel.errors import RemoteProtocolError
+from cc_kernel.protocol import messages as m
+
+SESSION = b"s" * 16
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[m.Message] = []
+
+    async def send(self, msg: m.Message) -> None:
+        self.sent.append(msg)
+
+
+def _execute(req_id: int, code: str = "print(1)", *, allow_stdin: bool = False) -> m.ExecuteRequest:
+    return m.ExecuteRequest(req_id=req_id, code=code, silent=False, store_history=True, user_expressions={},
+                            allow_stdin=allow_stdin, execution_count=req_id, cell_id=None, kind="cell")
+
+
+def _reply(req_id: int) -> m.ExecuteReply:
+    return m.ExecuteReply(req_id=req_id, status="ok", execution_count=req_id, user_expressions={}, payload=[],
+                          ename="", evalue="", traceback=[])
+
+
+def _receipts(sent: list[m.Message]) -> list[Any]:
+    return [decode_body_unverified(decode_payload_unverified(x.receipt)[0]) for x in sent
+            if isinstance(x, m.AuditReceipt)]
+
+
+class Harness:
+    """A monitor whose worker and kernel are recorders; attestation done, the worker ready."""
+
+    def __init__(self, authority: SimulationAuthority, *, audit: bool | None = True) -> None:
+        self.monitor = Monitor(source=SimulatedSource(authority=authority, measurement=bytes(48)),
+                               worker=WorkerSpec())
+        self.kernel = Recorder()
+        self.worker: list[m.Message] = []
+        mon: Any = self.monitor
+        loop = asyncio.get_running_loop()
+        mon._ready = loop.create_future()
+        mon._ready.set_result(m.WorkerReady(pid=1, protections={}))
+        mon._shutdown_due = asyncio.Event()
+        mon._worker_done = asyncio.Event()
+        mon._channel = self.kernel
+        mon._signer = ReceiptSigner(mon._audit_key, SESSION)
+
+        async def to_worker(msg: m.Message) -> None:
+            self.worker.append(msg)
+
+        mon._to_worker = to_worker
+        self._audit = audit
+
+    async def start(self) -> None:
+        if self._audit is True:
+            await self.kernel_says(m.AuditStart(opening_hash=b"h" * 32, redact_code=False))
+        elif self._audit is False:
+            await self.kernel_says(m.AuditOff())
+
+    async def kernel_says(self, msg: m.Message) -> bool:
+        return await self.monitor._from_kernel(msg)  # type: ignore[attr-defined, no-any-return]
+
+    async def worker_says(self, msg: m.Message) -> None:
+        await self.monitor._from_worker(msg)  # type: ignore[attr-defined]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_one_request_at_a_time_and_a_receipt_over_what_the_monitor_relayed(sim_authority: SimulationAuthority) -> None:
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        await h.kernel_says(_execute(1, "print('a')"))
+        await h.kernel_says(_execute(2, "print('b')"))
+        assert [type(x) for x in h.worker] == [m.ExecuteRequest]  # the second waits for the first's reply
+        await h.worker_says(m.Stream(req_id=77, name="stdout", text="a\n"))  # a wrong req_id is rewritten
+        await h.worker_says(_reply(1))
+        assert [x.req_id for x in h.worker if isinstance(x, m.ExecuteRequest)] == [1, 2]
+        stream, reply, receipt = h.kernel.sent[:3]
+        assert isinstance(stream, m.Stream) and stream.req_id == 1
+        assert isinstance(reply, m.ExecuteReply) and isinstance(receipt, m.AuditReceipt) and receipt.req_id == 1
+        (entry,) = _receipts(h.kernel.sent)
+        assert isinstance(entry, ReceiptEntry) and entry.kind == "cell" and entry.code == "print('a')"
+        assert entry.code_sha256 == code_hash("print('a')")
+        assert dict(entry.streams) == {"stdout": stream_digest("stdout", hashlib.sha256(b"a\n").digest())}
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("bad", "expect"),
+    [
+        (_reply(9), "does not answer the request in hand"),
+        (m.CompleteReply(req_id=1, status="ok", matches=[], cursor_start=0, cursor_end=0, metadata={}),
+         "does not answer the request in hand"),
+        (m.InputRequest(req_id=1, prompt="?", password=False), "input request outside a cell that allows stdin"),
+        (m.WorkerReady(pid=1, protections={}), "WorkerReady sent twice"),
+    ],
+)
+def test_a_worker_message_that_answers_nothing_in_hand_is_refused(
+    sim_authority: SimulationAuthority, bad: m.Message, expect: str
+) -> None:
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        await h.kernel_says(_execute(1))
+        with pytest.raises(RemoteProtocolError, match=expect):
+            await h.worker_says(bad)
+
+    run(main())
+
+
+def test_a_reply_while_idle_is_refused(sim_authority: SimulationAuthority) -> None:
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        with pytest.raises(RemoteProtocolError, match="while no request is in hand"):
+            await h.worker_says(_reply(1))
+
+    run(main())
+
+
+def test_output_beyond_the_window_is_a_worker_ignoring_flow_control(sim_authority: SimulationAuthority) -> None:
+    big = "x" * (OUTPUT_WINDOW // 2 + 1024)
+
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        await h.kernel_says(_execute(1))
+        await h.worker_says(m.Stream(req_id=1, name="stdout", text=big))
+        with pytest.raises(RemoteProtocolError, match="ignored flow control"):
+            await h.worker_says(m.Stream(req_id=1, name="stdout", text=big))
+        forwarded = [x for x in h.kernel.sent if isinstance(x, m.Stream)]
+        assert len(forwarded) == 1  # the refused frame never reached the kernel
+
+    run(main())
+
+
+def test_credit_from_the_kernel_reopens_the_window_and_reaches_the_worker(sim_authority: SimulationAuthority) -> None:
+    big = "x" * (OUTPUT_WINDOW // 2 + 1024)
+
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        await h.kernel_says(_execute(1))
+        await h.worker_says(m.Stream(req_id=1, name="stdout", text=big))
+        await h.kernel_says(m.Credit(nbytes=OUTPUT_WINDOW))
+        await h.worker_says(m.Stream(req_id=1, name="stdout", text=big))
+        assert m.Credit(nbytes=OUTPUT_WINDOW) in h.worker
+
+    run(main())
+
+
+def test_nothing_runs_before_the_kernel_said_how_to_log(sim_authority: SimulationAuthority) -> None:
+    async def main() -> None:
+        h = Harness(sim_authority, audit=None)
+        assert await h.kernel_says(_execute(1)) is True  # the session is over
+        assert h.worker == []
+        (fatal,) = h.kernel.sent
+        assert isinstance(fatal, m.Fatal) and "before AuditStart or AuditOff" in fatal.reason
+
+    run(main())
+
+
+def test_audit_start_twice_is_refused(sim_authority: SimulationAuthority) -> None:
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        with pytest.raises(RemoteProtocolError, match="twice"):
+            await h.kernel_says(m.AuditOff())
+
+    run(main())
+
+
+def test_without_a_log_no_receipt_is_made(sim_authority: SimulationAuthority) -> None:
+    async def main() -> None:
+        h = Harness(sim_authority, audit=False)
+        await h.start()
+        await h.kernel_says(_execute(1))
+        await h.worker_says(_reply(1))
+        assert [type(x) for x in h.kernel.sent] == [m.ExecuteReply]
+
+    run(main())
+
+
+def test_a_refused_upload_is_answered_and_receipted_by_the_monitor(sim_authority: SimulationAuthority) -> None:
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        await h.kernel_says(m.UploadStart(req_id=1, name="not an identifier", size=3, fmt="bytes",
+                                          code="%cc_upload f.bin x", execution_count=1, cell_id=None))
+        await h.kernel_says(m.UploadChunk(req_id=1, data=b"abc"))
+        assert h.worker == []  # nothing of it reached the worker
+        reply = next(x for x in h.kernel.sent if isinstance(x, m.UploadReply))
+        assert reply.status == "error" and "Python identifier" in reply.message
+        (entry,) = _receipts(h.kernel.sent)
+        assert entry.kind == "upload" and entry.status == "error" and entry.code == "%cc_upload f.bin x"
+
+    run(main())
+
+
+def test_an_upload_is_hashed_by_the_monitor(sim_authority: SimulationAuthority) -> None:
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        await h.kernel_says(m.UploadStart(req_id=1, name="x", size=6, fmt="bytes", code="%cc_upload f x",
+                                          execution_count=1, cell_id=None))
+        await h.kernel_says(m.UploadChunk(req_id=1, data=b"abc"))
+        await h.kernel_says(m.UploadChunk(req_id=1, data=b"def"))
+        await h.kernel_says(m.UploadEnd(req_id=1, sha256=hashlib.sha256(b"abcdef").digest()))
+        await h.worker_says(m.UploadReply(req_id=1, status="ok", message="x = bytes of 6 bytes"))
+        (entry,) = _receipts(h.kernel.sent)
+        assert entry.upload is not None and entry.upload.sha256 == hashlib.sha256(b"abcdef").digest()
+        assert entry.upload.size == 6 and entry.status == "ok"
+
+    run(main())
+
+
+def test_a_worker_claiming_an_incomplete_upload_succeeded_is_overruled(sim_authority: SimulationAuthority) -> None:
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        await h.kernel_says(m.UploadStart(req_id=1, name="x", size=6, fmt="bytes", code="%cc_upload f x",
+                                          execution_count=1, cell_id=None))
+        await h.kernel_says(m.UploadChunk(req_id=1, data=b"abc"))
+        await h.worker_says(m.UploadReply(req_id=1, status="ok", message="all there"))
+        reply = next(x for x in h.kernel.sent if isinstance(x, m.UploadReply))
+        assert reply.status == "error" and "incomplete (3 of 6 bytes)" in reply.message
+        assert _receipts(h.kernel.sent)[0].status == "error"
+
+    run(main())
+
+
+def test_a_dead_worker_is_answered_receipted_and_closed_with_the_reason(sim_authority: SimulationAuthority) -> None:
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        await h.kernel_says(_execute(1, "boom()"))
+        await h.monitor._worker_died("the worker process ended (killed by signal SIGKILL)")  # type: ignore[attr-defined]
+        types = [type(x) for x in h.kernel.sent]
+        assert types == [m.ExecuteReply, m.AuditReceipt, m.AuditReceipt, m.Fatal]
+        reply = h.kernel.sent[0]
+        assert isinstance(reply, m.ExecuteReply) and reply.status == "error" and "SIGKILL" in reply.evalue
+        cell, closing = _receipts(h.kernel.sent)
+        assert cell.code == "boom()" and cell.status == "error"
+        assert isinstance(closing, ClosingEntry) and closing.reason.startswith("worker died: ")
+
+    run(main())
+
+
+def test_an_interrupt_reaches_only_a_request_allocated_before_it(
+    sim_authority: SimulationAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signals: list[tuple[int, int]] = []
+    monkeypatch.setattr(mon_mod.os, "kill", lambda pid, sig: signals.append((pid, sig)))
+
+    class Proc:
+        pid = 4242
+
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        h.monitor._proc = Proc()  # type: ignore[assignment]
+        await h.kernel_says(m.Interrupt(before=5))  # idle: nothing to interrupt
+        await h.kernel_says(_execute(3))
+        await h.kernel_says(m.Interrupt(before=3))  # allocated after request 3 started? no: 3 is not < 3
+        assert signals == []
+        await h.kernel_says(m.Interrupt(before=4))
+        assert signals == [(4242, mon_mod.signal.SIGINT)]
+
+    run(main())
