@@ -636,7 +636,7 @@ def test_output_window_admits_one_oversized_frame_when_idle() -> None:
 
 def test_output_window_refuses_over_credit_and_bad_amounts() -> None:
     window = OutputWindow()
-    assert window.window_bytes == DEFAULT_OUTPUT_WINDOW == 4 * 1024 * 1024
+    assert window.window_bytes == DEFAULT_OUTPUT_WINDOW == 8 * 1024 * 1024
     window.charge(10)
     with pytest.raises(RemoteProtocolError, match="exceeds the 10 outstanding"):
         window.credit(11)

@@ -53,7 +53,7 @@ from cc_kernel.crypto.keys import AuditKey, TlsIdentity, make_tls_identity, new_
 from cc_kernel.enclave.evidence import EvidenceSource
 from cc_kernel.errors import CCKernelError, ChannelError, ProtocolError, RemoteProtocolError
 from cc_kernel.protocol import messages as m
-from cc_kernel.protocol.connection import OUTPUT_MESSAGES, Connection, OutputWindow, Role
+from cc_kernel.protocol.connection import DEFAULT_OUTPUT_WINDOW, OUTPUT_MESSAGES, Connection, OutputWindow, Role
 from cc_kernel.protocol.flow import output_cost
 from cc_kernel.protocol.privsep import REPLY_FOR, WORKER_TO_MONITOR, LinkDecoder, encode
 
@@ -65,9 +65,8 @@ ATTEST_TIMEOUT = 30.0
 WORKER_START_TIMEOUT = 120.0
 #: Seconds a worker has to answer Shutdown before it is killed.
 WORKER_STOP_TIMEOUT = 2.0
-#: The output window in ``output_cost`` units; the worker waits on the same number, so a worker over it
-#: ignored the kernel's credits (``cc_kernel.worker.serve.OUTPUT_WINDOW``).
-OUTPUT_WINDOW = 8 * 1024 * 1024
+#: The output window (``output_cost`` units), the same number the worker waits on.
+OUTPUT_WINDOW = DEFAULT_OUTPUT_WINDOW
 #: Largest upload accepted into the worker (held in its memory: nothing is written to disk).
 MAX_UPLOAD = 4 * 1024 * 1024 * 1024
 #: Protections a hardware session requires (the worker's report must say each is in force).

@@ -158,13 +158,14 @@ ENCLAVE_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
     }
 )
 
-#: Enclave -> kernel messages a cell can emit without bound; their frame sizes count against ``OutputWindow``.
+#: Enclave -> kernel messages a cell can emit without bound; their ``output_cost`` counts against ``OutputWindow``.
 OUTPUT_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
     {Stream, DisplayData, UpdateDisplayData, ExecuteResult, Error, ClearOutput, CommOpen, CommMsg, CommClose}
 )
 
-#: Default output window: enclave output frames the kernel has not yet acknowledged.
-DEFAULT_OUTPUT_WINDOW: Final = 4 * 1024 * 1024
+#: The output window, in ``output_cost`` units (``protocol/flow.py``): output the worker may have sent that the
+#: kernel has not credited yet. The worker waits on it; the monitor enforces it; the kernel credits against it.
+DEFAULT_OUTPUT_WINDOW: Final = 8 * 1024 * 1024
 
 _Key = tuple[State, Direction, type]
 _S, _R, _L = Direction.SEND, Direction.RECEIVE, Direction.LOCAL
@@ -489,19 +490,20 @@ class Connection:
 
 
 class OutputWindow:
-    """Credit-based output backpressure, shared arithmetic for both ends (pure; no waiting inside).
+    """Credit-based output backpressure: the one window of the whole path (pure; no waiting inside).
 
-    The enclave may have at most ``window_bytes`` of output frames (``OUTPUT_MESSAGES``, counted as whole
-    frame sizes, header included) that the kernel has not yet acknowledged with ``Credit``. Enclave::
+    Units are ``output_cost(msg)`` (``protocol/flow.py``), which depends only on a message's fields, so every
+    hop computes the same number. The worker may have at most ``window_bytes`` units of output
+    (``OUTPUT_MESSAGES``) that the kernel has not yet acknowledged with ``Credit``. Worker::
 
-        frame = conn.send(msg)
-        if type(msg) in OUTPUT_MESSAGES:
-            while not window.charge(len(frame)):
-                ...wait until a Credit arrives, then window.credit(credit.nbytes)...
-        write(frame)
+        while not window.charge(output_cost(msg)):
+            ...wait until a Credit arrives (the monitor forwards the kernel's), then window.credit(n)...
+        send(msg)
 
-    The kernel returns ``Credit(conn.last_frame_size)`` (or a sum of them) once it has handed output to
-    Jupyter; it may run its own window and treat a failed ``charge`` as the enclave ignoring backpressure.
+    The monitor charges the same window as it forwards each output and credits it when the kernel's Credit
+    passes through; since it credits before and charges after the worker does, a failed ``charge`` there can
+    only mean a worker that bypassed its own window, and ends the session. The kernel returns ``Credit`` with
+    the summed ``output_cost`` of what it handed to Jupyter.
     A frame larger than the whole window is admitted when nothing is outstanding, so progress is always
     possible: ``outstanding`` never exceeds ``max(window_bytes, largest frame)``.
     """

@@ -777,7 +777,7 @@ class Pong(Message):
 @_message("credit")
 @dataclass(frozen=True, slots=True)
 class Credit(Message):
-    """Kernel -> enclave: ``nbytes`` of output frames were consumed (see ``OutputWindow``)."""
+    """Kernel -> enclave: output of ``nbytes`` ``output_cost`` units was handed to Jupyter (``OutputWindow``)."""
 
     nbytes: Count
 

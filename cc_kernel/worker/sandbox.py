@@ -172,7 +172,8 @@ class SandboxSpec:
     ``workdir`` gets every filesystem right (the notebook's working directory), ``private_dirs`` every right
     but execute (the worker's private HOME and TMPDIR), ``read_only`` read+execute (see
     :func:`default_read_only`). ``uid`` and ``gid`` (both or neither) are the ids a root worker switches to;
-    None keeps the current ids and, as root, drops every capability instead. ``monitor_pid`` is the process the worker must never signal or trace.
+    None keeps the current ids and, as root, drops every capability instead. ``monitor_pid`` is the process
+    the worker must never signal or trace.
     ``required`` (hardware): any part that cannot be applied raises :class:`SandboxError`.
     Raises ValueError for a relative path, a grant of ``/``, a uid without a gid (or the reverse), a pid < 1.
     """

@@ -24,16 +24,13 @@ from typing import Any
 
 from cc_kernel.errors import ProtocolError
 from cc_kernel.protocol import messages as m
-from cc_kernel.protocol.connection import OutputWindow
+from cc_kernel.protocol.connection import DEFAULT_OUTPUT_WINDOW, OutputWindow
 from cc_kernel.protocol.flow import output_cost
 from cc_kernel.protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from cc_kernel.protocol.privsep import MONITOR_TO_WORKER, LinkDecoder, encode
 
 log = logging.getLogger("cc_kernel.worker")
 
-#: The output window, in ``output_cost`` units: what the worker may have sent that the kernel has not
-#: credited yet. The monitor checks the same number (``cc_kernel.enclave.monitor``).
-OUTPUT_WINDOW = 8 * 1024 * 1024
 #: Largest upload accepted (held in memory: nothing is written to disk). The monitor enforces it first.
 MAX_UPLOAD = 4 * 1024 * 1024 * 1024
 UPLOAD_FORMATS = ("bytes", "text", "npy")
@@ -98,7 +95,7 @@ class WorkerServer:
         self._link = link
         self._work: queue.Queue[Any] = queue.Queue()
         self._inputs: queue.Queue[Any] = queue.Queue()
-        self._window = OutputWindow(OUTPUT_WINDOW)
+        self._window = OutputWindow(DEFAULT_OUTPUT_WINDOW)
         self._window_cond = threading.Condition()
         self._current_req = 0
         self._uploads: dict[int, _Upload] = {}
