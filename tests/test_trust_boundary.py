@@ -149,3 +149,35 @@ def test_a_smuggled_frame_is_named_in_the_closing_entry(jupyter_env: JupyterEnv,
     closing = read_log_unverified(log.read_bytes()).entries[-1].entry
     assert isinstance(closing, ClosingEntry)
     assert closing.reason.startswith("worker died: ") and "audit_receipt is not allowed" in closing.reason
+
+
+def test_two_sessions_on_one_server_cannot_reach_each_other(jupyter_env: JupyterEnv) -> None:
+    """Two kernels on one ``cc-kernel enclave serve``: each session's worker has a private working directory
+    and its own sandbox domain; the other session can neither read its files nor trace, read or signal it,
+    and the directory is gone when the session ends."""
+    from cc_kernel.testing.enclaves import start_supervisor, wait_until
+
+    with start_supervisor(jupyter_env.data_dir) as sup:
+        env = jupyter_env.kernel_env(CC_KERNEL_ENCLAVE=f"tcp://{sup.address.host}:{sup.address.port}")
+        with live_kernel(SIM, env=env) as a, live_kernel(SIM, env=env) as b:
+            cwd_a, pid_a = json.loads(a.value(
+                "import os, json; open('secret.txt', 'w').write('A-secret'); json.dumps([os.getcwd(), os.getpid()])"
+            ).strip("'"))
+            cwd_b = json.loads(b.value("import os, json; json.dumps(os.getcwd())").strip("'"))
+            assert cwd_a != cwd_b and cwd_a.startswith(tempfile_root()) and cwd_b.startswith(tempfile_root())
+            for attempt in (
+                f"open({cwd_a + '/secret.txt'!r}).read()",
+                f"import os; os.listdir({cwd_a!r})",
+                f"open('/proc/{pid_a}/mem', 'rb').read(1)",
+                f"open('/proc/{pid_a}/environ', 'rb').read()",
+                f"import os, signal; os.kill({pid_a}, signal.SIGTERM)",
+            ):
+                assert _outcome(b, attempt).startswith("PermissionError"), attempt
+            assert a.value("open('secret.txt').read()") == "'A-secret'"
+        wait_until(lambda: not Path(cwd_a).exists(), timeout=15, what="the ended session's directory is removed")
+
+
+def tempfile_root() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
