@@ -264,11 +264,12 @@ def test_a_dead_worker_is_answered_receipted_and_closed_with_the_reason(sim_auth
         await h.kernel_says(_execute(1, "boom()"))
         await h.monitor._worker_died("the worker process ended (killed by signal SIGKILL)")  # type: ignore[attr-defined]
         types = [type(x) for x in h.kernel.sent]
-        assert types == [m.ExecuteReply, m.AuditReceipt, m.AuditReceipt, m.Fatal]
-        reply = h.kernel.sent[0]
+        assert types == [m.Error, m.ExecuteReply, m.AuditReceipt, m.AuditReceipt, m.Fatal]
+        shown, reply = h.kernel.sent[:2]
+        assert isinstance(shown, m.Error) and "SIGKILL" in shown.evalue
         assert isinstance(reply, m.ExecuteReply) and reply.status == "error" and "SIGKILL" in reply.evalue
         cell, closing = _receipts(h.kernel.sent)
-        assert cell.code == "boom()" and cell.status == "error"
+        assert cell.code == "boom()" and cell.status == "error" and [o[0] for o in cell.outputs] == ["error"]
         assert isinstance(closing, ClosingEntry) and closing.reason.startswith("worker died: ")
 
     run(main())

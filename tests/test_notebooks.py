@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01-data-in-use", "02-attestation-step-by-step", "03-what-attestation-catches",
-             "04-confidential-analytics", "05-auditing-a-session")
+             "04-confidential-analytics", "05-auditing-a-session", "06-the-cell-is-an-adversary")
 #: The issue's budget for one notebook, top to bottom, on this machine.
 BUDGET_S = 60.0
 #: What notebook 1 plants in its cell (the test checks the relay never saw it for the confidential kernel).
@@ -292,3 +292,24 @@ def test_05_verifies_the_session_log_and_pinpoints_each_tampering(run: Any) -> N
     verdicts = re.findall(r"cell (\d+) +\[(\d+)\] (MATCHES|EDITED after execution|NOT EXECUTED)", cells)
     assert verdicts == [("0", "1", "MATCHES"), ("1", "2", "EDITED after execution"), ("2", "3", "MATCHES")], cells
     assert re.search(r"cell 3 +\[ \] NOT EXECUTED", cells)
+
+
+def test_06_every_attack_from_a_cell_is_refused(run: Any) -> None:
+    nb = run("06-the-cell-is-an-adversary")
+    text = nb.all_text()
+    assert "ALLOWED  " not in text.replace("ALLOWED  write a file in the working directory", "")
+    sandbox = nb.text(nb.cell("%attestation"))
+    assert "cell sandbox: " in sandbox and "NOT IN FORCE" not in sandbox, sandbox
+    for part in ("no_new_privs", "landlock", "seccomp", "monitor_not_dumpable"):
+        assert part in sandbox, part
+    loot = nb.text(nb.cell("import gc, sys"))
+    assert "key-like objects in this process:   none" in loot and "key-holding modules loaded here:    none" in loot
+    monitor = nb.text(nb.cell("def ptrace_attach"))
+    assert monitor.count("refused  ") == 5, monitor
+    oracle = nb.text(nb.cell("import pwd"))
+    assert oracle.count("refused  ") == 6 and "PermissionError" in oracle, oracle
+    plant = nb.text(nb.cell("import sysconfig"))
+    assert plant.count("refused  ") == 3 and "ALLOWED  write a file in the working directory" in plant, plant
+    forged = nb.text(nb.cell("from cc_kernel.teaching import TeachingLab"))
+    assert "cell status: error" in forged
+    assert "broke the monitor's protocol" in forged and "audit_receipt is not allowed" in forged, forged

@@ -630,6 +630,13 @@ class Monitor:
         with contextlib.suppress(CCKernelError, OSError):
             head = self._head
             if head is not None:
+                if isinstance(head.msg, m.ExecuteRequest):  # shown in the notebook, not only in the reply
+                    shown = m.Error(req_id=head.req_id, ename="WorkerDied", evalue=reason, traceback=[
+                        f"WorkerDied: {reason}. Restart the kernel to start a new session."])
+                    self._window.charge(output_cost(shown))
+                    if head.digester is not None:
+                        head.digester.add(shown)
+                    await channel.send(shown)
                 reply = _error_reply(head, reason)
                 self._head = None
                 if reply is not None:
