@@ -296,3 +296,62 @@ def test_an_interrupt_reaches_only_a_request_allocated_before_it(
         assert signals == [(4242, mon_mod.signal.SIGINT)]
 
     run(main())
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_a_hardware_monitor_refuses_a_session_whose_sandbox_is_incomplete(
+    sim_authority: SimulationAuthority, monkeypatch: pytest.MonkeyPatch, required: bool
+) -> None:
+    from cc_kernel.enclave import sandbox_check
+
+    monkeypatch.setattr(sandbox_check, "check_from_outside", lambda pid, report: [])
+
+    async def main() -> None:
+        h = Harness(sim_authority, audit=None)
+        mon: Any = h.monitor
+        mon._worker_spec = WorkerSpec(required=required)
+        mon._monitor_protections = {"monitor_not_dumpable": {"in_force": True, "detail": "prctl"}}
+        mon._ready = asyncio.get_running_loop().create_future()
+        mon._ready.set_result(m.WorkerReady(pid=1, protections={
+            "no_new_privs": {"in_force": True, "detail": "prctl"},
+            "landlock": {"in_force": False, "detail": "landlock_create_ruleset: ENOSYS (kernel without Landlock)"},
+            "seccomp": {"in_force": True, "detail": "filter"},
+        }))
+        mon._proc = None
+        if required:
+            with pytest.raises(Exception, match="could not be fully applied"):
+                await mon._announce(h.kernel)
+            (fatal,) = h.kernel.sent
+            assert isinstance(fatal, m.Fatal) and "landlock: landlock_create_ruleset: ENOSYS" in fatal.reason
+        else:
+            await mon._announce(h.kernel)
+            (info,) = h.kernel.sent
+            assert isinstance(info, m.SessionInfo) and info.complete is False
+            assert info.protections["landlock"]["in_force"] is False
+
+    run(main())
+
+
+def test_the_worker_report_is_checked_against_the_kernels_view(
+    sim_authority: SimulationAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cc_kernel.enclave import sandbox_check
+
+    monkeypatch.setattr(sandbox_check, "check_from_outside",
+                        lambda pid, report: ["seccomp: claimed in force, but Seccomp is 0 (expected 2, filter mode)"])
+
+    class Proc:
+        pid = 4242
+
+    async def main() -> None:
+        h = Harness(sim_authority, audit=None)
+        mon: Any = h.monitor
+        mon._ready = asyncio.get_running_loop().create_future()
+        mon._ready.set_result(m.WorkerReady(pid=4242, protections={"seccomp": {"in_force": True, "detail": "x"}}))
+        mon._proc = Proc()
+        await mon._announce(h.kernel)
+        (info,) = h.kernel.sent
+        assert isinstance(info, m.SessionInfo) and not info.complete
+        assert info.protections["seccomp"]["in_force"] is False and "Seccomp is 0" in info.protections["seccomp"]["detail"]
+
+    run(main())
