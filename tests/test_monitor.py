@@ -352,6 +352,7 @@ def test_the_worker_report_is_checked_against_the_kernels_view(
         await mon._announce(h.kernel)
         (info,) = h.kernel.sent
         assert isinstance(info, m.SessionInfo) and not info.complete
-        assert info.protections["seccomp"]["in_force"] is False and "Seccomp is 0" in info.protections["seccomp"]["detail"]
+        seccomp = info.protections["seccomp"]
+        assert seccomp["in_force"] is False and "Seccomp is 0" in seccomp["detail"]
 
     run(main())
