@@ -356,3 +356,23 @@ def test_the_worker_report_is_checked_against_the_kernels_view(
         assert seccomp["in_force"] is False and "Seccomp is 0" in seccomp["detail"]
 
     run(main())
+
+
+def test_an_upload_altered_on_its_way_is_refused_and_never_reaches_the_namespace(
+    sim_authority: SimulationAuthority,
+) -> None:
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        await h.kernel_says(m.UploadStart(req_id=1, name="x", size=3, fmt="bytes", code="%cc_upload f x",
+                                          execution_count=1, cell_id=None))
+        await h.kernel_says(m.UploadChunk(req_id=1, data=b"abc"))
+        await h.kernel_says(m.UploadEnd(req_id=1, sha256=hashlib.sha256(b"abd").digest()))
+        assert not any(isinstance(x, m.UploadEnd) for x in h.worker)  # the worker binds nothing
+        reply = next(x for x in h.kernel.sent if isinstance(x, m.UploadReply))
+        assert reply.status == "error" and "altered" in reply.message
+        (entry,) = _receipts(h.kernel.sent)
+        assert entry.status == "error" and entry.upload is not None
+        assert entry.upload.sha256 == hashlib.sha256(b"abc").digest()  # what the monitor really handed in
+
+    run(main())

@@ -27,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import hmac
 import logging
 import os
 import shutil
@@ -481,6 +482,10 @@ class Monitor:
             head.upload_hash.update(msg.data)
         else:
             head.upload_ended = True
+            if not hmac.compare_digest(head.upload_hash.digest(), msg.sha256):  # not what the kernel sent
+                await self._reply(head, m.UploadReply(req_id=head.req_id, status="error", message=(
+                    "upload arrived altered: its SHA-256 is not the one the kernel announced; nothing was bound")))
+                return  # the worker never gets the end: it binds nothing, and drops the parts at the next upload
         await self._to_worker(msg)
 
     # -- worker -> monitor --------------------------------------------------------------------------------
@@ -546,9 +551,10 @@ class Monitor:
                 f"({head.msg.TYPE} {head.req_id})")
         if isinstance(msg, m.UploadReply) and msg.status == "ok":
             announced = head.msg.size if isinstance(head.msg, m.UploadStart) else -1
-            if not head.upload_ended or head.upload_size != announced:
+            if head.upload_ended is not True or head.upload_size != announced:
                 msg = m.UploadReply(req_id=head.req_id, status="error", message=(
                     f"upload arrived incomplete ({head.upload_size} of {announced} bytes)"))
+
         await self._reply(head, None if isinstance(msg, m.RequestDone) else msg,
                           status=msg.status if isinstance(msg, m.RequestDone) else None)
 

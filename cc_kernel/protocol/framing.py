@@ -24,7 +24,9 @@ HEADER_SIZE: Final = 4
 _MAX_EXPRESSIBLE: Final = 2**32 - 1
 # Capacity of the unfinished-frame buffer kept while it is empty (reused, not freed and re-allocated for every
 # frame: large allocations are fresh mmap()ed pages, and faulting them in costs more than decoding).
-_RETAIN: Final = 1024 * 1024
+_RETAIN: Final = 4 * 1024 * 1024 + 4
+#: Room made beyond what has arrived of an unfinished frame (bounded by the frame's announced size).
+_AHEAD: Final = 32 * 1024
 _LENGTH: Final = struct.Struct(">I")
 
 
@@ -116,6 +118,8 @@ class FrameDecoder:
             while pos < n:
                 length = self._length(view, pos, n)
                 if length is None or pos + HEADER_SIZE + length > n:  # unfinished or invalid: keep the rest
+                    if length is not None:
+                        self._reserve(HEADER_SIZE + length, n - pos)
                     self._append(view[pos:])
                     return
                 start = pos + HEADER_SIZE
@@ -133,6 +137,7 @@ class FrameDecoder:
             self._append(view[pos:])
             return len(view)
         take = min(HEADER_SIZE + length - self._end, len(view) - pos)
+        self._reserve(HEADER_SIZE + length, take)
         self._append(view[pos : pos + take])
         if self._end == HEADER_SIZE + length:
             with memoryview(self._buf) as buf:
@@ -142,12 +147,26 @@ class FrameDecoder:
                 self._buf = bytearray()
         return pos + take
 
+    def _reserve(self, total: int, incoming: int) -> None:
+        """Make room for ``incoming`` more bytes of an unfinished frame of ``total`` bytes (header included):
+        never beyond ``total``, and never more than twice what is buffered plus ``_AHEAD`` (a header alone,
+        however large its announced length, costs no memory). Copies through a memoryview (once)."""
+        need = self._end + incoming
+        if need <= len(self._buf):
+            return
+        capacity = min(total, max(2 * len(self._buf), need + _AHEAD))
+        grown = bytearray(max(capacity, need))
+        with memoryview(self._buf) as old:
+            grown[: self._end] = old[: self._end]
+        self._buf = grown
+
     def _append(self, part: memoryview) -> None:
         n = len(part)
         end = self._end
         if end + n > len(self._buf):
             grown = bytearray(max(2 * len(self._buf), end + n))
-            grown[:end] = self._buf[:end]
+            with memoryview(self._buf) as old:
+                grown[:end] = old[:end]
             self._buf = grown
         self._buf[end : end + n] = part  # same length: written in place, never resizes
         self._end = end + n

@@ -13,7 +13,6 @@ forwarded by the monitor; the monitor applies the same window and ends a worker 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import queue
@@ -224,6 +223,7 @@ class WorkerServer:
     def _upload(self, msg: m.UploadStart | m.UploadChunk | m.UploadEnd) -> None:
         send = self._link.send
         if isinstance(msg, m.UploadStart):
+            self._uploads.clear()  # one upload at a time: parts of one the monitor refused are dropped
             self._uploads[msg.req_id] = _Upload(msg.name, msg.size, msg.fmt, bytearray())
             return
         upload = self._uploads.get(msg.req_id)
@@ -237,12 +237,12 @@ class WorkerServer:
             upload.buffer += msg.data
             return
         del self._uploads[msg.req_id]
-        data = bytes(upload.buffer)
-        digest = hashlib.sha256(data).digest()
-        if len(data) != upload.size or digest != msg.sha256:
+        if len(upload.buffer) != upload.size:  # the monitor checked the digest of what it handed in
             send(m.UploadReply(req_id=msg.req_id, status="error", message=(
-                f"upload {upload.name!r} arrived incomplete or altered ({len(data)} of {upload.size} bytes)")))
+                f"upload {upload.name!r} arrived incomplete ({len(upload.buffer)} of {upload.size} bytes)")))
             return
+        data = bytes(upload.buffer)
+        upload.buffer = bytearray()
         try:
             value: Any
             if upload.fmt == "text":
@@ -265,7 +265,7 @@ class WorkerServer:
         else:
             summary = f"bytes of {len(value)} bytes"
         send(m.UploadReply(req_id=msg.req_id, status="ok", message=(
-            f"{upload.name} = {summary} (sha256 {digest.hex()[:16]}…)")))
+            f"{upload.name} = {summary} (sha256 {msg.sha256.hex()[:16]}…)")))
 
 
 def output_message(kind: str, content: dict[str, Any], req_id: int) -> m.Message:
