@@ -344,15 +344,22 @@ def _attest(args: argparse.Namespace) -> int:
         _err(f"attestation REFUSED: {exc}")
         return EXIT_INVALID
     result = attested.peer.result
+    info = attested.session_info
+    protections = dict(info.protections) if info is not None else {}
     if args.json:
         out = result.to_json_dict()
         out["verified"] = True
         out["timings_ms"] = {k: round(v, 2) for k, v in attested.timings_ms.items()}
+        out["protections"] = protections
+        out["sandbox_complete"] = bool(info and info.complete)
         print(json.dumps(out, indent=2))
     else:
+        from cc_kernel.kernel.badge import protections_text
+
         print(f"verified {address}")
         for line in result.summary_lines():
             print(f"  {line}")
+        print(f"  Sandbox:     {protections_text(protections)}")
     return EXIT_OK
 
 

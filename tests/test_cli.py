@@ -132,6 +132,7 @@ def test_attest_with_the_pinned_policy_verifies(
     assert text.stdout.startswith(f"verified {serve.address}\n")
     assert "SIMULATION - not hardware-protected" in text.stdout
     assert f"Measurement: {enclave_measurement().hex()}" in text.stdout
+    assert "Sandbox:     " in text.stdout and "landlock" in text.stdout and "seccomp" in text.stdout
 
     as_json = cc_kernel(cc_data_dir, "attest", str(serve.address), "--policy", str(sim_policy_path), "--json")
     assert as_json.returncode == 0, as_json.stderr
@@ -142,6 +143,7 @@ def test_attest_with_the_pinned_policy_verifies(
     assert doc["measurement"] == enclave_measurement().hex()
     assert doc["debug"] is False
     assert set(doc["timings_ms"]) == {"tls_handshake", "evidence", "verify", "total"}
+    assert doc["protections"]["landlock"]["in_force"] is True and doc["protections"]["seccomp"]["in_force"] is True
 
 
 def test_attest_without_a_policy_refuses_the_simulated_enclave(cc_data_dir: Path, serve: SupervisorProcess) -> None:

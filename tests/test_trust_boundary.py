@@ -174,6 +174,13 @@ def test_two_sessions_on_one_server_cannot_reach_each_other(jupyter_env: Jupyter
             ):
                 assert _outcome(b, attempt).startswith("PermissionError"), attempt
             assert a.value("open('secret.txt').read()") == "'A-secret'"
+            (shown,) = a.ok("%attestation", timeout=30).of_type("display_data")
+            session_uid = shown["content"]["data"]["application/json"]["protections"]["session_uid"]
+            uid_a, uid_b = int(a.value("os.getuid()")), int(b.value("import os; os.getuid()"))
+            if session_uid["in_force"]:  # a uid of its own per session
+                assert uid_a != uid_b and 0 not in (uid_a, uid_b), session_uid
+            else:  # this Python cannot run as another uid: said so, and the sandbox alone separates them
+                assert uid_a == uid_b == 0 and "is not searchable by other users" in session_uid["detail"]
         wait_until(lambda: not Path(cwd_a).exists(), timeout=15, what="the ended session's directory is removed")
 
 

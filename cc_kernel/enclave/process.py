@@ -94,15 +94,20 @@ def python_readable_by_others() -> str:
     return ""
 
 
-def _worker_spec(args: argparse.Namespace) -> WorkerSpec:
+def _worker_spec(args: argparse.Namespace, protections: dict[str, dict[str, object]]) -> WorkerSpec:
+    """How to start this session's worker; adds to ``protections`` what the choice of uid means."""
     server_mode = args.fd is None
     uid = args.worker_uid
     if uid is None and server_mode and os.geteuid() == 0:
         blocked = python_readable_by_others()
         if blocked:  # a uid of its own could not run Python: stay uid 0 without capabilities, and say so
             log.warning("worker keeps uid 0 (no capabilities): %s is not searchable by other users", blocked)
+            protections["session_uid"] = {"in_force": False, "detail": (
+                f"the worker keeps uid 0 without capabilities: {blocked} is not searchable by other users, so a "
+                "uid of its own could not run this Python (install it where every uid can read it)")}
         else:
             uid = WORKER_UID_BASE + os.getpid()
+            protections["session_uid"] = {"in_force": True, "detail": f"the worker runs as uid {uid}, its own"}
     forbid: tuple[Path, ...] = ()
     if args.platform == "simulation":
         from cc_kernel.simstore import simulation_dir
@@ -131,14 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     except CCKernelError as exc:
         log.error("cannot produce evidence: %s", exc)
         return 3
-    monitor = Monitor(
-        source=source, worker=_worker_spec(args),
-        monitor_protections={"monitor_not_dumpable": {
-            "in_force": report.not_dumpable,
-            "detail": "prctl(PR_SET_DUMPABLE, 0): no ptrace attach or /proc/PID/mem by same-uid processes"
-            if report.not_dumpable else "prctl(PR_SET_DUMPABLE) failed",
-        }},
-    )
+    protections: dict[str, dict[str, object]] = {"monitor_not_dumpable": {
+        "in_force": report.not_dumpable,
+        "detail": "prctl(PR_SET_DUMPABLE, 0): no ptrace attach or /proc/PID/mem by same-uid processes"
+        if report.not_dumpable else "prctl(PR_SET_DUMPABLE) failed",
+    }}
+    worker = _worker_spec(args, protections)
+    monitor = Monitor(source=source, worker=worker, monitor_protections=protections)
 
     def _terminate(signum: int, _frame: object) -> None:  # SIGTERM from the kernel or supervisor
         monitor.cleanup()
