@@ -188,3 +188,16 @@ def tempfile_root() -> str:
     import tempfile
 
     return tempfile.gettempdir()
+
+
+def test_the_sandbox_keeps_the_ipython_experience(sim: LiveKernel) -> None:
+    """What a notebook does every day still works inside the sandbox: shell escapes (a pty), %%bash,
+    subprocesses, files and modules in the working directory, numpy, a temporary file."""
+    assert sim.ok("!echo from-a-pty", timeout=30).stream().strip() == "from-a-pty"
+    assert sim.ok("%%bash\necho from-bash", timeout=30).stream().strip() == "from-bash"
+    assert sim.value("import subprocess; subprocess.run(['ls', '.'], capture_output=True).returncode") == "0"
+    sim.ok("open('helper_mod_06.py', 'w').write('VALUE = 42\\n')")
+    assert sim.value("import helper_mod_06; helper_mod_06.VALUE") == "42"
+    sim.ok("import os; os.remove('helper_mod_06.py')")
+    assert sim.value("import numpy as np; int(np.arange(10).sum())") == "45"
+    assert sim.value("import tempfile; f = tempfile.NamedTemporaryFile(); f.write(b'x'); f.flush(); 1") == "1"

@@ -91,9 +91,13 @@ NEVER_GRANTED = (Path("/dev"), Path("/tmp"), Path("/var/tmp"), Path("/run"), Pat
 _SYSTEM_READ_ONLY = (Path("/usr"), Path("/lib"), Path("/lib64"), Path("/bin"), Path("/sbin"), Path("/etc"),
                      Path("/opt"), Path("/proc"), Path("/sys/devices/system/cpu"))
 DEVICE_FILES = (Path("/dev/null"), Path("/dev/zero"), Path("/dev/full"), Path("/dev/random"), Path("/dev/urandom"),
-                Path("/dev/tty"))
+                Path("/dev/tty"), Path("/dev/ptmx"), Path("/dev/pts"))
 """Device files the worker may open when they exist (read; see :data:`WRITABLE_DEVICES`)."""
-WRITABLE_DEVICES = frozenset({Path("/dev/null"), Path("/dev/full"), Path("/dev/tty")})
+WRITABLE_DEVICES = frozenset({Path("/dev/null"), Path("/dev/full"), Path("/dev/tty"), Path("/dev/ptmx")})
+#: Terminals: ``/dev/ptmx`` and the ``/dev/pts`` directory of pseudo-terminals it creates, read, write and terminal
+#: ioctls (IPython's ``!command`` and ``%%bash`` run children on a pty). A pty of another uid stays protected by
+#: its file mode; one of the worker's own uid is the worker's own.
+TERMINALS = frozenset({Path("/dev/tty"), Path("/dev/ptmx"), Path("/dev/pts")})
 
 DENIED_SYSCALLS = (
     # other processes' memory and state
@@ -448,7 +452,10 @@ def _build_landlock(spec: SandboxSpec) -> _Ruleset:
             except (FileNotFoundError, PermissionError):  # nothing to grant: the worker could not use it either
                 skipped.append(str(path))
                 continue
-            if stat.S_ISDIR(mode):
+            if path in TERMINALS:
+                access = (_FS_READ_FILE | _FS_WRITE_FILE | _FS_READ_DIR * stat.S_ISDIR(mode)
+                          | (_FS_IOCTL_DEV if abi >= 5 else 0))
+            elif stat.S_ISDIR(mode):
                 access = _READ_EXEC
             elif stat.S_ISCHR(mode):
                 access = _FS_READ_FILE | (_FS_WRITE_FILE if path in WRITABLE_DEVICES else 0)
