@@ -12,7 +12,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import platform
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -327,6 +329,19 @@ def test_seccomp_alone_guards_the_monitor() -> None:
         assert results["read_secret"]["ok"] is True  # files are Landlock's part
         assert results["read_monitor_mem"]["errno"] == "EACCES"  # non-dumpable monitor, no CAP_SYS_PTRACE
         assert run.monitor.poll() is None
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the x32 syscall ABI exists on x86_64 only")
+def test_a_syscall_of_another_abi_kills_the_worker(tmp_path: Path) -> None:
+    """x32 numbers (bit 30 set) bypass rules written for x86_64 numbers unless the filter guards them."""
+    code = ("import ctypes, os; from pathlib import Path; from cc_kernel.worker import sandbox as s\n"
+            f"s.apply_sandbox(s.SandboxSpec(Path({str(tmp_path)!r}), (), s.default_read_only(), None, None, "
+            "os.getppid(), False))\n"
+            "print('sandboxed', flush=True)\n"
+            "ctypes.CDLL(None).syscall(ctypes.c_long(0x40000000 | 39))  # x32 getpid\n"
+            "print('survived', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (-signal.SIGSYS, "sandboxed\n"), done
 
 
 def test_second_thread_is_refused_before_anything_changes() -> None:
