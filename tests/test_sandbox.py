@@ -298,6 +298,16 @@ def test_required_without_landlock_scopes_raises() -> None:
         assert run.out["error"] == "landlock: ABI 5 has no signal/abstract-socket scoping (needs ABI 6, Linux 6.12)"
 
 
+@pytest.mark.skipif(not ROOT, reason="required=True needs root")
+def test_required_landlock_failing_at_enforcement_raises_its_reason() -> None:
+    """Without no_new_privs (and with capabilities dropped) landlock_restrict_self fails: the SandboxError
+    carries the kernel's reason, and the prepared ruleset is closed exactly once."""
+    with sandboxed("stay", skip_silently=["no_new_privs"], required=True) as run:
+        assert (run.out["error_type"], run.out["error"]) == (
+            "SandboxError", "landlock: landlock_restrict_self: Operation not permitted [EPERM]")
+        assert parse_status(run.out["status"])["Seccomp"] == "0"  # nothing after the failing part ran
+
+
 def test_not_required_reports_landlock_missing_and_goes_on() -> None:
     with sandboxed("stay", landlock_abi=0, required=False) as run:
         report = run.out["report"]

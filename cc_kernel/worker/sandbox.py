@@ -424,6 +424,12 @@ class _Ruleset:
     read_write: int
     skipped: list[str]
 
+    def close(self) -> None:
+        """Close the ruleset's fd once; later calls do nothing."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
 
 def _build_landlock(spec: SandboxSpec) -> _Ruleset:
     """Create the ruleset and add every rule. Runs before the uid switch: opening a granted path (O_PATH) needs
@@ -471,7 +477,7 @@ def _enforce_landlock(ruleset: _Ruleset) -> dict[str, object]:
                          ctypes.c_uint32(0)) < 0:
             raise _errno_error("landlock_restrict_self")
     finally:
-        os.close(ruleset.fd)
+        ruleset.close()
     try:  # self-check: "/" is never granted, so listing it must now be refused
         os.close(os.open("/", os.O_RDONLY | os.O_DIRECTORY))
     except PermissionError:
@@ -586,6 +592,6 @@ def apply_sandbox(spec: SandboxSpec) -> Report:
                 entry["detail"] = f"{entry['detail']}; {problems[part]}"
             report[part] = {"in_force": True, **entry}
     finally:
-        if ruleset is not None and "landlock" not in report:  # a required part failed before enforcement
-            os.close(ruleset.fd)
+        if ruleset is not None:  # a part failed before enforcement, or enforcement closed it already
+            ruleset.close()
     return report
