@@ -3,8 +3,8 @@ itself with a spec built from fresh directories, attacks a fake monitor and the 
 what the kernel answered. The fake monitor is a separate, non-dumpable process, as the real one is.
 
 Two modes: ``stay`` (uid None: as root every capability is dropped) and ``uid`` (switch to an unprivileged
-uid; needs root). Every secret and every writable stand-in is readable/writable by the worker's uid as far as
-file modes go, so a refusal shows the sandbox at work, not file permissions.
+uid; needs root). The stand-ins (the authority's key, the read-only directory, the attestation device) are
+open to the worker's uid as far as file modes go, so their refusal shows the sandbox at work, not file modes.
 """
 
 from __future__ import annotations
