@@ -357,6 +357,17 @@ def test_a_syscall_of_another_abi_kills_the_worker(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout) == (-signal.SIGSYS, "sandboxed\n"), done
 
 
+def test_elsewhere_than_linux_every_part_is_unavailable() -> None:
+    """Simulated by flipping the module's platform flag (in a child, in case the refusal ever regressed)."""
+    code = ("import os; from pathlib import Path; from cc_kernel.worker import sandbox as s\n"
+            "s.LINUX = False\n"
+            "spec = s.SandboxSpec(Path('/w'), (), (), None, None, os.getppid(), True)\n"
+            "try:\n    s.apply_sandbox(spec)\nexcept s.SandboxError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    why = f"not Linux ({sys.platform})"
+    assert done.stdout == f"capabilities: {why}; no_new_privs: {why}; landlock: {why}; seccomp: {why}\n"
+
+
 def test_second_thread_is_refused_before_anything_changes() -> None:
     code = ("import threading, os; from cc_kernel.worker import sandbox; from pathlib import Path\n"
             "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"

@@ -158,10 +158,12 @@ class _CapData(ctypes.Structure):
     _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32))
 
 
+LINUX = sys.platform == "linux"
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.prctl.restype = ctypes.c_int
-_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+if LINUX:  # elsewhere the module imports, and apply_sandbox reports every part as unavailable
+    _libc.syscall.restype = ctypes.c_long
+    _libc.prctl.restype = ctypes.c_int
+    _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,7 @@ def _drop_bounding_set() -> None:
 
 def _landlock_abi() -> int:
     """The running kernel's Landlock ABI version, 0 when there is none (the probe tests replace)."""
-    if platform.machine() not in SUPPORTED_MACHINES:
+    if not LINUX or platform.machine() not in SUPPORTED_MACHINES:
         return 0
     ret = int(_libc.syscall(ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET), None, ctypes.c_size_t(0),
                             ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION)))
@@ -344,6 +346,8 @@ def _ids_part(spec: SandboxSpec) -> str:
 def _preflight(spec: SandboxSpec) -> dict[str, str]:
     """Reasons, by part, why a part cannot be applied here; empty when every part looks applicable."""
     problems: dict[str, str] = {}
+    if not LINUX:
+        return dict.fromkeys((_ids_part(spec), "no_new_privs", "landlock", "seccomp"), f"not Linux ({sys.platform})")
     if spec.uid is not None and os.geteuid() != 0:
         problems["uid"] = f"cannot switch to uid {spec.uid}: not running as root (euid {os.geteuid()})"
     if spec.uid is None and os.geteuid() != 0 and _bounding_set():
