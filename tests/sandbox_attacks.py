@@ -84,9 +84,18 @@ BATTERY: dict[str, Callable[[], int]] = {
 
 def create_file(directory: str) -> str:
     path = Path(directory) / f"cc-sandbox-probe-{os.getpid()}"
-    path.write_text("planted")
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))  # creating is the refused step
     path.unlink()
     return str(path)
+
+
+def symlink_then_append(target: Path, directory: str) -> str:
+    """Open an installed module for appending through a symlink in the workdir. Opening is the step the
+    sandbox must refuse; nothing is written, so a run without Landlock leaves the module as it was."""
+    link = Path(directory) / "planted.py"
+    link.symlink_to(target)
+    open(link, "a").close()
+    return str(link)
 
 
 def read_write(directory: str) -> str:
@@ -187,6 +196,8 @@ def main() -> None:
             raise OSError(errno.EOPNOTSUPP, f"{_part} disabled by the test")
 
         setattr(sandbox, {"seccomp": "_apply_seccomp", "landlock": "_build_landlock"}[part], unavailable)
+    for part in config.get("skip_silently", ()):  # a part that claims success without doing anything
+        setattr(sandbox, f"_apply_{part}", lambda *_: {"detail": "skipped by the test"})
     spec = sandbox.SandboxSpec(
         workdir=Path(workdir),
         private_dirs=tuple(Path(p) for p in private_dirs),
@@ -213,6 +224,9 @@ def main() -> None:
         "write_package_dir": outcome(lambda: create_file(str(package_dir))),
         "write_site_packages": outcome(lambda: create_file(site_packages)),
         "append_installed_module": outcome(lambda: open(package_dir / "errors.py", "a").close()),
+        "hardlink_installed_module": outcome(lambda: os.link(package_dir / "errors.py", Path(workdir) / "e.py")),
+        "symlink_then_append": outcome(lambda: symlink_then_append(package_dir / "errors.py", workdir)),
+        "chmod_secret": outcome(lambda: os.chmod(config["secret_file"], 0o666)),
         "open_fake_attestation_device": outcome(lambda: os.close(os.open(config["fake_device"], os.O_RDWR))),
         "list_sys_kernel": outcome(lambda: os.listdir("/sys/kernel")),
         "list_tmp": outcome(lambda: os.listdir("/tmp")),

@@ -3,8 +3,8 @@ itself with a spec built from fresh directories, attacks a fake monitor and the 
 what the kernel answered. The fake monitor is a separate, non-dumpable process, as the real one is.
 
 Two modes: ``stay`` (uid None: as root every capability is dropped) and ``uid`` (switch to an unprivileged
-uid; needs root). Every secret and every writable stand-in is readable/writable by the worker's uid as far as
-file modes go, so a refusal shows the sandbox at work, not file permissions.
+uid; needs root). The stand-ins (the authority's key, the read-only directory, the attestation device) are
+open to the worker's uid as far as file modes go, so their refusal shows the sandbox at work, not file modes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import platform
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -34,6 +36,7 @@ from cc_kernel.worker.sandbox import SandboxSpec, default_read_only
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the worker sandbox is Linux-only")
 
 HELPER = Path(__file__).with_name("sandbox_attacks.py")
+PACKAGE_DIR = Path(sandbox.__file__).resolve().parents[1]
 ROOT = os.geteuid() == 0
 WORKER_UID = 200123  # an unprivileged id no account on the machine uses
 MODES = ["stay", "uid"]
@@ -49,6 +52,7 @@ REFUSED = {
     "write_package_dir": "EACCES",
     "write_site_packages": "EACCES",
     "append_installed_module": "EACCES",
+    "symlink_then_append": "EACCES",
     # the evidence source: a 0666 file standing for /dev/sev-guest, and configfs-tsm's parent /sys/kernel
     "open_fake_attestation_device": "EACCES",
     "list_sys_kernel": "EACCES",
@@ -73,9 +77,11 @@ REFUSED = {
 # Mode-dependent refusals: staying uid 0, the filter refuses AF_UNIX sockets (uid 0 passes every socket file's
 # mode, and Landlock ABI <= 7 does not govern connect); with its own uid the worker meets the socket's 0600 mode.
 # An abstract socket outside the worker's Landlock domain is refused by Landlock's scope (ABI >= 6).
+# A hard link of an installed module into the workdir: Landlock's refer rule answers EXDEV; with its own uid
+# the worker is stopped earlier by protected_hardlinks (EPERM).
 BY_MODE = {
-    "stay": {"connect_unix_socket": "EPERM", "connect_abstract_socket": "EPERM"},
-    "uid": {"connect_unix_socket": "EACCES", "connect_abstract_socket": "EPERM"},
+    "stay": {"connect_unix_socket": "EPERM", "connect_abstract_socket": "EPERM", "hardlink_installed_module": "EXDEV"},
+    "uid": {"connect_unix_socket": "EACCES", "connect_abstract_socket": "EPERM", "hardlink_installed_module": "EPERM"},
 }
 # What a cell must still be able to do -> the value the helper got.
 ALLOWED = {
@@ -84,7 +90,7 @@ ALLOWED = {
     "tempfile_in_private_tmp": None,
     "import_numpy": 45,
     "import_stdlib": "3.3",
-    "subprocess_ls": repr(["sub", "true-copy"]),
+    "subprocess_ls": repr(["planted.py", "sub", "true-copy"]),  # the symlink was made; appending through it failed
     "exec_in_workdir": 0,
     "loopback_tcp": "ping",
     "socketpair": "pair",
@@ -201,12 +207,16 @@ def test_attack_refused(attacked: Run, attack: str) -> None:
     assert (result["exc"], result["errno"]) == ("PermissionError", REFUSED[attack]), result
 
 
-@pytest.mark.parametrize("attack", ["connect_unix_socket", "connect_abstract_socket"])
-def test_daemon_sockets_refused(attacked: Run, attack: str) -> None:
+@pytest.mark.parametrize("attack", sorted(BY_MODE["stay"]))
+def test_mode_dependent_refusal(attacked: Run, attack: str) -> None:
     result = attacked.out["results"][attack]
     if attack == "connect_unix_socket" and not ROOT:
         pytest.skip("the pathname socket belongs to this (unprivileged) user; only file modes could refuse it")
-    assert (result["ok"], result["exc"], result["errno"]) == (False, "PermissionError", BY_MODE[attacked.mode][attack])
+    expected = BY_MODE[attacked.mode][attack]
+    if attack == "hardlink_installed_module" and attacked.mode == "uid" and not _world_traversable(PACKAGE_DIR):
+        expected = "EACCES"  # the checkout itself is closed to other users: path lookup fails first
+    exc = "OSError" if expected == "EXDEV" else "PermissionError"
+    assert (result["ok"], result["exc"], result["errno"]) == (False, exc, expected)
 
 
 def test_monitor_survived_the_signals(attacked: Run) -> None:
@@ -259,11 +269,14 @@ def test_monitor_catches_a_report_that_lies(attacked: Run) -> None:
     assert {"no_new_privs", "seccomp", next(iter(attacked.out["report"]))} <= parts, findings
 
 
-def test_unprivileged_uid_cannot_read_root_only_files(attacked: Run) -> None:
-    """With a uid of its own the worker also loses root's reach into granted hierarchies (/etc/shadow)."""
+def test_unprivileged_uid_loses_roots_reach(attacked: Run) -> None:
+    """With a uid of its own the worker can neither read root-only files inside granted hierarchies
+    (/etc/shadow) nor change the mode of a root-owned file outside them (Landlock has no chmod right)."""
     if "uid" not in attacked.out["report"]:
-        pytest.skip("staying root: root-only files inside granted hierarchies stay readable (docs/sandbox.md)")
-    assert attacked.out["results"]["read_etc_shadow"]["errno"] == "EACCES"
+        pytest.skip("staying root: root-only files in granted hierarchies stay readable and chmod stays open "
+                    "(docs/sandbox.md)")
+    results = attacked.out["results"]
+    assert (results["read_etc_shadow"]["errno"], results["chmod_secret"]["errno"]) == ("EACCES", "EPERM")
 
 
 # --- when a part is missing ----------------------------------------------------------------------------------
@@ -283,6 +296,16 @@ def test_required_without_landlock_raises_before_changing_anything() -> None:
 def test_required_without_landlock_scopes_raises() -> None:
     with sandboxed("stay", landlock_abi=5, required=True) as run:
         assert run.out["error"] == "landlock: ABI 5 has no signal/abstract-socket scoping (needs ABI 6, Linux 6.12)"
+
+
+@pytest.mark.skipif(not ROOT, reason="required=True needs root")
+def test_required_landlock_failing_at_enforcement_raises_its_reason() -> None:
+    """Without no_new_privs (and with capabilities dropped) landlock_restrict_self fails: the SandboxError
+    carries the kernel's reason, and the prepared ruleset is closed exactly once."""
+    with sandboxed("stay", skip_silently=["no_new_privs"], required=True) as run:
+        assert (run.out["error_type"], run.out["error"]) == (
+            "SandboxError", "landlock: landlock_restrict_self: Operation not permitted [EPERM]")
+        assert parse_status(run.out["status"])["Seccomp"] == "0"  # nothing after the failing part ran
 
 
 def test_not_required_reports_landlock_missing_and_goes_on() -> None:
@@ -319,6 +342,30 @@ def test_seccomp_alone_guards_the_monitor() -> None:
         assert results["read_secret"]["ok"] is True  # files are Landlock's part
         assert results["read_monitor_mem"]["errno"] == "EACCES"  # non-dumpable monitor, no CAP_SYS_PTRACE
         assert run.monitor.poll() is None
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the x32 syscall ABI exists on x86_64 only")
+def test_a_syscall_of_another_abi_kills_the_worker(tmp_path: Path) -> None:
+    """x32 numbers (bit 30 set) bypass rules written for x86_64 numbers unless the filter guards them."""
+    code = ("import ctypes, os; from pathlib import Path; from cc_kernel.worker import sandbox as s\n"
+            f"s.apply_sandbox(s.SandboxSpec(Path({str(tmp_path)!r}), (), s.default_read_only(), None, None, "
+            "os.getppid(), False))\n"
+            "print('sandboxed', flush=True)\n"
+            "ctypes.CDLL(None).syscall(ctypes.c_long(0x40000000 | 39))  # x32 getpid\n"
+            "print('survived', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (-signal.SIGSYS, "sandboxed\n"), done
+
+
+def test_elsewhere_than_linux_every_part_is_unavailable() -> None:
+    """Simulated by flipping the module's platform flag (in a child, in case the refusal ever regressed)."""
+    code = ("import os; from pathlib import Path; from cc_kernel.worker import sandbox as s\n"
+            "s.LINUX = False\n"
+            "spec = s.SandboxSpec(Path('/w'), (), (), None, None, os.getppid(), True)\n"
+            "try:\n    s.apply_sandbox(spec)\nexcept s.SandboxError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    why = f"not Linux ({sys.platform})"
+    assert done.stdout == f"capabilities: {why}; no_new_privs: {why}; landlock: {why}; seccomp: {why}\n"
 
 
 def test_second_thread_is_refused_before_anything_changes() -> None:

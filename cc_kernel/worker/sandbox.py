@@ -14,18 +14,17 @@ socketpair inherited. Before it builds the IPython shell it calls :func:`apply_s
     ``prctl(PR_SET_NO_NEW_PRIVS, 1)``: no set-uid bit or file capability grants anything to the worker or its
     children. Required by the two parts below.
 ``landlock``
-    A ruleset that handles every filesystem access right of the running ABI (rights known here up to ABI 7;
-    ABI 6 and 7 added none), then grants: read+execute beneath each ``read_only`` hierarchy, every right
-    beneath ``workdir``, every right but execute beneath each of ``private_dirs``, and read (plus write for
-    ``/dev/null``, ``/dev/full``, ``/dev/tty``) on the device files in ``read_only``. Anything else is
-    refused with EACCES: the simulated
-    authority's key files, the Jupyter data directory, the attestation interfaces (``/dev/sev-guest``,
-    ``/dev/tdx_guest``, ``/sys/kernel/config/tsm``, ``/dev/attestation``, ``/dev/nsm``), writing into the
-    installed packages or any ``sys.path`` entry. From ABI 6 the domain is also *scoped*: the worker can
-    neither signal nor connect to an abstract unix socket of a process outside its domain (the monitor, other
-    sessions); Landlock always refuses ptrace and ``/proc/PID/mem``-style access to processes outside the
-    domain. TCP is deliberately not handled: cells may use the network. Landlock rules only *grant* access to
-    hierarchies; they cannot carve an exception out of one, so a secret must lie outside every granted path.
+    A ruleset that handles every filesystem access right of the running ABI (rights known here up to ABI 7; ABI 6
+    and 7 added none), then grants: read+execute beneath each ``read_only`` hierarchy, every right beneath
+    ``workdir``, every right but execute beneath each of ``private_dirs``, and read (plus write for ``/dev/null``,
+    ``/dev/full``, ``/dev/tty``) on the device files in ``read_only``. Anything else is refused with EACCES: the
+    simulated authority's key files, the Jupyter data directory, the attestation interfaces (``/dev/sev-guest``,
+    ``/dev/tdx_guest``, ``/sys/kernel/config/tsm``, ``/dev/attestation``, ``/dev/nsm``), writing into the installed
+    packages or any ``sys.path`` entry. From ABI 6 the domain is also *scoped*: the worker can neither signal nor
+    connect to an abstract unix socket of a process outside its domain (the monitor, other sessions); Landlock
+    always refuses ptrace and ``/proc/PID/mem``-style access to processes outside the domain. TCP is deliberately
+    not handled: cells may use the network. Landlock rules only *grant* access to hierarchies; they cannot carve an
+    exception out of one, so a secret must lie outside every granted path.
 ``seccomp``
     A libseccomp filter, default allow, that refuses with EPERM the syscalls that reach other processes or the
     kernel's privileged interfaces (:data:`DENIED_SYSCALLS`), ``clone`` with any namespace flag, ``personality``
@@ -86,8 +85,8 @@ SUPPORTED_MACHINES = frozenset({"x86_64", "aarch64"})
 
 # Never granted by default_read_only, nor any ancestor of them: "/" itself, devices, shared temporary space,
 # configfs-tsm (under /sys/kernel), users' homes.
-NEVER_GRANTED = (Path("/dev"), Path("/tmp"), Path("/var/tmp"), Path("/run"), Path("/sys/kernel"), Path("/home"),  # noqa: S108
-                 Path("/root"))
+NEVER_GRANTED = (Path("/dev"), Path("/tmp"), Path("/var/tmp"),  # noqa: S108 - named to be kept out, never used
+                 Path("/run"), Path("/sys/kernel"), Path("/home"), Path("/root"))
 _SYSTEM_READ_ONLY = (Path("/usr"), Path("/lib"), Path("/lib64"), Path("/bin"), Path("/sbin"), Path("/etc"),
                      Path("/opt"), Path("/proc"), Path("/sys/devices/system/cpu"))
 DEVICE_FILES = (Path("/dev/null"), Path("/dev/zero"), Path("/dev/full"), Path("/dev/random"), Path("/dev/urandom"),
@@ -163,21 +162,22 @@ class _CapData(ctypes.Structure):
     _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32))
 
 
+LINUX = sys.platform == "linux"
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.prctl.restype = ctypes.c_int
-_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+if LINUX:  # elsewhere the module imports, and apply_sandbox reports every part as unavailable
+    _libc.syscall.restype = ctypes.c_long
+    _libc.prctl.restype = ctypes.c_int
+    _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 
 
 @dataclass(frozen=True)
 class SandboxSpec:
     """What the worker may touch, and who it becomes.
 
-    ``workdir`` gets every filesystem right (the notebook's working directory), ``private_dirs`` every right
-    but execute (the worker's private HOME and TMPDIR), ``read_only`` read+execute (see
-    :func:`default_read_only`). ``uid`` and ``gid`` (both or neither) are the ids a root worker switches to;
-    None keeps the current ids and, as root, drops every capability instead. ``monitor_pid`` is the process
-    the worker must never signal or trace.
+    ``workdir`` gets every filesystem right (the notebook's working directory), ``private_dirs`` every right but
+    execute (the worker's private HOME and TMPDIR), ``read_only`` read+execute (see :func:`default_read_only`).
+    ``uid`` and ``gid`` (both or neither) are the ids a root worker switches to; None keeps the current ids and, as
+    root, drops every capability instead. ``monitor_pid`` is the process the worker must never signal or trace.
     ``required`` (hardware): any part that cannot be applied raises :class:`SandboxError`.
     Raises ValueError for a relative path, a grant of ``/``, a uid without a gid (or the reverse), a pid < 1.
     """
@@ -322,7 +322,7 @@ def _drop_bounding_set() -> None:
 
 def _landlock_abi() -> int:
     """The running kernel's Landlock ABI version, 0 when there is none (the probe tests replace)."""
-    if platform.machine() not in SUPPORTED_MACHINES:
+    if not LINUX or platform.machine() not in SUPPORTED_MACHINES:
         return 0
     ret = int(_libc.syscall(ctypes.c_long(_SYS_LANDLOCK_CREATE_RULESET), None, ctypes.c_size_t(0),
                             ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION)))
@@ -350,6 +350,8 @@ def _ids_part(spec: SandboxSpec) -> str:
 def _preflight(spec: SandboxSpec) -> dict[str, str]:
     """Reasons, by part, why a part cannot be applied here; empty when every part looks applicable."""
     problems: dict[str, str] = {}
+    if not LINUX:
+        return dict.fromkeys((_ids_part(spec), "no_new_privs", "landlock", "seccomp"), f"not Linux ({sys.platform})")
     if spec.uid is not None and os.geteuid() != 0:
         problems["uid"] = f"cannot switch to uid {spec.uid}: not running as root (euid {os.geteuid()})"
     if spec.uid is None and os.geteuid() != 0 and _bounding_set():
@@ -360,7 +362,8 @@ def _preflight(spec: SandboxSpec) -> dict[str, str]:
         return problems
     abi = _landlock_abi()
     if abi < 1:
-        problems["landlock"] = "not available: the kernel reports no Landlock ABI (not built in, or not in lsm=)"
+        problems["landlock"] = ("not available: the kernel reports no Landlock ABI (not built in, not in lsm=, "
+                                "or refused by a container's seccomp profile)")
     elif abi < 6:
         problems["landlock"] = f"ABI {abi} has no signal/abstract-socket scoping (needs ABI 6, Linux 6.12)"
     if _SECCOMP_MISSING is not None:
@@ -429,6 +432,12 @@ class _Ruleset:
     read_write: int
     skipped: list[str]
 
+    def close(self) -> None:
+        """Close the ruleset's fd once; later calls do nothing."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
 
 def _build_landlock(spec: SandboxSpec) -> _Ruleset:
     """Create the ruleset and add every rule. Runs before the uid switch: opening a granted path (O_PATH) needs
@@ -479,7 +488,7 @@ def _enforce_landlock(ruleset: _Ruleset) -> dict[str, object]:
                          ctypes.c_uint32(0)) < 0:
             raise _errno_error("landlock_restrict_self")
     finally:
-        os.close(ruleset.fd)
+        ruleset.close()
     try:  # self-check: "/" is never granted, so listing it must now be refused
         os.close(os.open("/", os.O_RDONLY | os.O_DIRECTORY))
     except PermissionError:
@@ -594,6 +603,6 @@ def apply_sandbox(spec: SandboxSpec) -> Report:
                 entry["detail"] = f"{entry['detail']}; {problems[part]}"
             report[part] = {"in_force": True, **entry}
     finally:
-        if ruleset is not None and "landlock" not in report:  # a required part failed before enforcement
-            os.close(ruleset.fd)
+        if ruleset is not None:  # a part failed before enforcement, or enforcement closed it already
+            ruleset.close()
     return report
