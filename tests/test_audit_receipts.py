@@ -20,7 +20,7 @@ from cc_kernel.audit.format import (
     decode_body_unverified,
     decode_payload_unverified,
 )
-from cc_kernel.audit.receipts import comm_input_text
+from cc_kernel.audit.receipts import comm_input_text, expected_receipt
 from cc_kernel.errors import AuditError, LogVerificationError
 from cc_kernel.protocol import messages as m
 
@@ -163,6 +163,63 @@ def test_writer_refuses_a_bad_receipt_before_appending(fault: str) -> None:
     assert s.writer.failed
     with pytest.raises(AuditError, match="earlier failure"):
         s.writer.append(s.cell("c = 3"))
+
+
+def test_writer_admit_sees_the_verified_entry_and_can_refuse_it() -> None:
+    """``admit`` runs after verification and before the write: a refusal writes nothing and ends the log."""
+    s = open_session()
+    seen: list[str] = []
+
+    def admit(entry: ReceiptEntry | ClosingEntry) -> None:
+        seen.append(entry.type)
+        if isinstance(entry, ClosingEntry):
+            raise AuditError("not this closing entry")
+
+    s.writer.append(s.cell("a = 1"), admit=admit)
+    written = list(s.out)
+    with pytest.raises(LogVerificationError):  # a receipt that does not verify never reaches admit
+        s.writer.append(b"\x93garbage", admit=admit)
+    assert seen == ["receipt"]
+    s2 = open_session(seed=b"admit")
+    s2.writer.append(s2.cell("a = 1"), admit=admit)
+    with pytest.raises(AuditError, match="not this closing entry"):
+        s2.writer.append(s2.signer.sign_closing(ended_ms=s2.clock), admit=admit)
+    assert len(s2.out) == 2 and s2.writer.failed and not s2.writer.closed
+    assert s.out == written
+
+
+def test_expected_receipt_names_each_receipted_request_and_only_those() -> None:
+    def execute(silent: bool) -> m.ExecuteRequest:
+        return m.ExecuteRequest(req_id=1, code="x", silent=silent, store_history=True, user_expressions={},
+                                allow_stdin=False, execution_count=1, cell_id=None, kind="cell")
+
+    data = {"v": [1, "é"]}
+    assert expected_receipt(execute(False)) == ("cell", "x")
+    assert expected_receipt(execute(True)) == ("silent", "x")
+    assert expected_receipt(m.CompleteRequest(req_id=1, code="pri", cursor_pos=3)) == ("complete", "pri")
+    assert expected_receipt(m.InspectRequest(req_id=1, code="len", cursor_pos=3, detail_level=0)) == (
+        "inspect", "len")
+    assert expected_receipt(m.IsCompleteRequest(req_id=1, code="if x:")) == ("is_complete", "if x:")
+    assert expected_receipt(m.CommOpen(req_id=1, comm_id="c", target_name="t", data=data, metadata={},
+                                       buffers=[])) == ("comm", comm_input_text("comm_open", "c", data, "t"))
+    assert expected_receipt(m.CommMsg(req_id=1, comm_id="c", data=data, metadata={}, buffers=[])) == (
+        "comm", comm_input_text("comm_msg", "c", data))
+    assert expected_receipt(m.CommClose(req_id=1, comm_id="c", data={}, metadata={}, buffers=[])) == (
+        "comm", comm_input_text("comm_close", "c", {}))
+    assert expected_receipt(m.UploadStart(req_id=1, name="d", size=1, fmt="bytes", code="%cc_upload f d",
+                                          execution_count=2, cell_id=None)) == ("upload", "%cc_upload f d")
+    for other in (
+        m.HistoryRequest(req_id=1, hist_access_type="tail", output=False, raw=True, session=0, start=0, stop=None,
+                         n=1, pattern="", unique=False),
+        m.CommInfoRequest(req_id=1, target_name=None),
+        m.UploadChunk(req_id=1, data=b"x"),
+        m.UploadEnd(req_id=1, sha256=bytes(32)),
+        m.InputReply(req_id=1, value="", cancelled=True),
+        m.Interrupt(before=2),
+        m.Shutdown(restart=False),
+        m.AuditOff(),
+    ):
+        assert expected_receipt(other) is None, type(other).__name__
 
 
 def test_writer_misuse_and_sink_failure() -> None:

@@ -6,8 +6,9 @@ Invariants:
   ``start(opening_hash)`` nor anything after its closing entry; every receipt fits ``MAX_RECEIPT``;
 * the writer appends a receipt only after it checked, against the opening entry it wrote, the signature (the
   session's attested audit key), session id, sequence number and chain; a bad receipt raises
-  ``LogVerificationError`` and leaves the writer failed (nothing more is ever appended); the closing entry is
-  the last thing it appends;
+  ``LogVerificationError`` and leaves the writer failed (nothing more is ever appended); so does an entry its
+  caller's ``admit`` check refuses; the closing entry is the last thing it appends;
+* which requests get a receipt, and with which kind and code, is defined once: ``expected_receipt``;
 * no I/O here: the writer calls the injected ``sink`` once per entry with the exact bytes to append (the
   kernel's sink appends and fsyncs); times are parameters.
 """
@@ -44,9 +45,13 @@ from cc_kernel.audit.format import (
 from cc_kernel.crypto.hashing import constant_time_equal
 from cc_kernel.crypto.keys import AuditKey
 from cc_kernel.errors import AuditError, LogVerificationError
+from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.messages import MAX_RECEIPT
 
-__all__ = ["AppendedEntry", "LogWriter", "ReceiptSigner", "comm_input_text", "make_opening", "result_json"]
+__all__ = [
+    "AppendedEntry", "LogWriter", "ReceiptSigner", "comm_input_text", "expected_receipt", "make_opening",
+    "result_json",
+]
 
 #: Bytes the payload wrapper adds to a body: map, two keys, bin headers, a 64-byte signature.
 _PAYLOAD_OVERHEAD = 96
@@ -248,6 +253,37 @@ def comm_input_text(kind: str, comm_id: str, data: Mapping[str, object], target_
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def expected_receipt(msg: m.Message) -> tuple[str, str] | None:
+    """The ``(kind, code)`` of the receipt a request must get when the session keeps a log, or None for a
+    message that is not a receipted request.
+
+    Receipted: ``ExecuteRequest`` (``cell``, or ``silent`` when silent: its code), ``CompleteRequest``
+    (``complete``), ``InspectRequest`` (``inspect``), ``IsCompleteRequest`` (``is_complete``) with the code
+    sent, ``CommOpen``/``CommMsg``/``CommClose`` (``comm``: ``comm_input_text`` of what was sent) and an
+    upload, once, at its ``UploadStart`` (``upload``: the ``%cc_upload`` cell's code). Not receipted:
+    ``HistoryRequest`` and ``CommInfoRequest`` (they read state and run no user code), ``UploadChunk`` and
+    ``UploadEnd`` (parts of the upload), and every message that is not a request. Every receipted request gets
+    its receipt whatever its outcome (an error, an interrupt, a refused upload).
+    """
+    if isinstance(msg, m.ExecuteRequest):
+        return ("silent" if msg.silent else "cell"), msg.code
+    if isinstance(msg, m.CompleteRequest):
+        return "complete", msg.code
+    if isinstance(msg, m.InspectRequest):
+        return "inspect", msg.code
+    if isinstance(msg, m.IsCompleteRequest):
+        return "is_complete", msg.code
+    if isinstance(msg, m.CommOpen):
+        return "comm", comm_input_text("comm_open", msg.comm_id, msg.data, msg.target_name)
+    if isinstance(msg, m.CommMsg):
+        return "comm", comm_input_text("comm_msg", msg.comm_id, msg.data)
+    if isinstance(msg, m.CommClose):
+        return "comm", comm_input_text("comm_close", msg.comm_id, msg.data)
+    if isinstance(msg, m.UploadStart):
+        return "upload", msg.code
+    return None
+
+
 @dataclass(frozen=True)
 class AppendedEntry:
     """An entry the writer checked and appended: its index in the log, its hash and its parsed body."""
@@ -329,8 +365,14 @@ class LogWriter:
         self._count = 1
         return self._last
 
-    def append(self, receipt: bytes) -> AppendedEntry:
+    def append(
+        self, receipt: bytes, *, admit: Callable[[ReceiptEntry | ClosingEntry], None] | None = None
+    ) -> AppendedEntry:
         """Check one signed entry from the enclave (``AuditReceipt.receipt``) and append it.
+
+        ``admit``, if given, is called with the verified entry before anything is written; whatever it raises
+        propagates, nothing is written and the writer stays failed (the log ends before this entry). The kernel
+        uses it to refuse a closing entry that would terminate a log with a receipt missing.
 
         Raises:
             LogVerificationError: the receipt fails a check (``entry.signature``, ``entry.session_id``,
@@ -359,6 +401,12 @@ class LogWriter:
         if isinstance(entry, OpeningEntry):  # unreachable: check_signed_entry reports it as entry.type
             raise LogVerificationError("an opening entry can only be the first", check="entry.type",
                                        index=self._count)
+        if admit is not None:
+            try:
+                admit(entry)
+            except BaseException as exc:
+                self._failed = exc
+                raise
         self._write(encode_record(receipt))
         appended = AppendedEntry(index=self._count, hash=checked.hash, entry=entry)
         self._last = checked.hash

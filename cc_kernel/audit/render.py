@@ -112,8 +112,13 @@ def report_lines(report: LogReport, *, source: str = "log") -> list[str]:
     n = len(report.entries)
     lines: list[str] = []
     if report.status == "valid":
-        lines.append(f"{source}: VALID — {n} entries, closed cleanly; every signature, link and sequence number "
-                     "verifies")
+        reason = report.closing.reason if report.closing is not None else ""
+        if reason in ("shutdown", "restart"):
+            lines.append(f"{source}: VALID — {n} entries, closed cleanly ({reason}); every signature, link and "
+                         "sequence number verifies")
+        else:  # e.g. the kernel stopped the session because a receipt was missing or did not match
+            lines.append(f"{source}: VALID — {n} entries; every signature, link and sequence number verifies; "
+                         f"the session was closed for this reason: {reason}")
     elif report.status == "unterminated":
         lines.append(f"{source}: UNTERMINATED — the {n} entries present verify, but the closing entry is missing "
                      "(the session crashed or the file was cut short; not altered)")

@@ -247,13 +247,12 @@ class ConfidentialKernel(Kernel):
             )
             collateral = await asyncio.to_thread(self._load_collateral) if self.collateral_dir else None
             self._link = EnclaveLink(spec, policy=policy, simulation_anchors=sim, on_output=self._forward_output,
-                                     on_closed=self._enclave_closed, on_receipt=self._on_receipt,
-                                     collateral=collateral)
+                                     on_closed=self._enclave_closed, collateral=collateral)
             attested = await self._link.start(timeout=self.attest_timeout)
             if self.audit:
                 await self._open_audit_log(attested.peer, policy)
-            else:
-                await self._link.send(m.AuditOff())
+            else:  # the enclave runs no request before it knows: this session keeps no log
+                await self._link.audit_off()
         except BaseException as exc:
             self._failure = exc
             self._set_badge(state="refused", failures=_failure_lines(exc), detail=_fix_hint(exc, self.mode))
@@ -272,7 +271,8 @@ class ConfidentialKernel(Kernel):
 
     async def _open_audit_log(self, peer: Any, policy: Policy) -> None:
         """Create this session's log (opening entry: evidence, policy, result) and tell the enclave to chain
-        its receipts to it. Fails closed: without a log, when one is asked for, no code runs."""
+        its receipts to it. Fails closed: without a log, when one is asked for, no code runs. From then on the
+        link requires one matching receipt per receipted request and stops the session otherwise."""
         from cc_kernel.audit.receipts import LogWriter, make_opening
 
         directory = Path(self.audit_dir).expanduser() if self.audit_dir else default_audit_dir()
@@ -284,17 +284,11 @@ class ConfidentialKernel(Kernel):
             versions={"cc_kernel": __version__, "python": LANGUAGE_INFO["version"]},  # type: ignore[dict-item]
             settings={"redact_code": self.redact_code},
         )
-        opening_hash = self._audit.open(opening)
+        self._audit.open(opening)
         assert self._link is not None
-        await self._link.send(m.AuditStart(opening_hash=opening_hash, redact_code=self.redact_code))
+        await self._link.start_audit(self._audit, redact_code=self.redact_code)
         self._badge_state.audit_log = str(self._audit_file.path)
         self.log.info("audit log: %s", self._audit_file.path)
-
-    def _on_receipt(self, msg: m.AuditReceipt) -> None:
-        """Check and append one enclave-signed receipt (raises on a bad one: the link then stops)."""
-        if self._audit is None:
-            raise AuditError("the enclave sent an audit receipt but this session keeps no log")
-        self._audit.append(msg.receipt)  # the file itself is closed (last fsync) by _stop_enclave
 
     # -- badge ---------------------------------------------------------------------------------------------------
 
@@ -360,7 +354,12 @@ class ConfidentialKernel(Kernel):
             self._session.send(self.iopub_socket, msg_type, content, parent, ident=self._topic(msg_type))
 
     def _enclave_closed(self, reason: str) -> None:
-        if self._result is not None or self._failure is None:
+        stop_reason = self._link.stop_reason if self._link is not None else None
+        if stop_reason is not None:  # the kernel stopped the session: a receipt check failed
+            self._set_badge(state="stopped", failures=[f"audit: {stop_reason}"], detail=(
+                "The kernel stopped this session because its audit check failed: no further code is sent to "
+                "this enclave. Restart the kernel for a fresh, re-attested enclave and a new log."))
+        elif self._result is not None or self._failure is None:
             self._set_badge(state="stopped", detail=f"{reason}. Restart the kernel for a fresh, re-attested enclave.")
 
     # -- execute -------------------------------------------------------------------------------------------------
@@ -421,6 +420,12 @@ class ConfidentialKernel(Kernel):
                 assert isinstance(item, m.ExecuteReply)
                 return _reply_content(item)
         except EnclaveError as exc:
+            if link.stop_reason is not None:
+                return self._error_reply("AuditError", str(exc), [
+                    "SESSION STOPPED — the audit check failed; no further code is sent to this enclave.",
+                    f"What was wrong: {link.stop_reason}",
+                    "Restart the kernel for a fresh, re-attested enclave and a new log.",
+                ], silent=silent)
             return self._error_reply("EnclaveError", str(exc), [
                 f"The enclave stopped while running this cell: {exc}",
                 "Restart the kernel to get a fresh, re-attested enclave.",
@@ -522,7 +527,17 @@ class ConfidentialKernel(Kernel):
                                               execution_count=self.execution_count, cell_id=cell_id))
                 self._progress(progress_id, name, 0, size, first=True, silent=silent)
                 last = time.monotonic()
-                while chunk := await asyncio.to_thread(fh.read, UPLOAD_CHUNK):
+                # A read error still ends the upload (every UploadStart gets its UploadEnd): the enclave refuses
+                # it as incomplete, and that refusal is receipted like any other outcome.
+                read_error: OSError | None = None
+                while True:
+                    try:
+                        chunk = await asyncio.to_thread(fh.read, UPLOAD_CHUNK)
+                    except OSError as exc:
+                        read_error = exc
+                        break
+                    if not chunk:
+                        break
                     digest.update(chunk)
                     await link.send(m.UploadChunk(req_id=req_id, data=chunk))
                     sent += len(chunk)
@@ -536,6 +551,10 @@ class ConfidentialKernel(Kernel):
             return self._error_reply("EnclaveError", str(exc), [f"%cc_upload failed: {exc}"], silent=silent)
         finally:
             link.finish_request(req_id)
+        if read_error is not None:
+            return self._error_reply("OSError", str(read_error),
+                                     [f"%cc_upload: reading {path} failed after {sent} bytes: {read_error}"],
+                                     silent=silent)
         if isinstance(reply, BaseException) or not isinstance(reply, m.UploadReply):
             return self._error_reply("EnclaveError", str(reply), [f"%cc_upload failed: {reply}"], silent=silent)
         if reply.status != "ok":
