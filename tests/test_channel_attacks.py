@@ -539,9 +539,8 @@ def test_one_flipped_byte_after_attestation_fails_closed(
 ) -> None:
     """One byte of one TLS record flipped while a cell and its output are in flight: the channel breaks,
     the kernel never gets a garbled message, a tampered request never runs."""
-    marker = tmp_path / "cell-ran"
     code = (  # output in 20 flushed bursts of about 11 KB: several messages before and after the damage
-        f"import sys\nopen({str(marker)!r}, 'w').close()\n"
+        "import sys\nopen('cell-ran', 'w').close()\n"  # in the cells' working directory
         "for i in range(20000):\n    print(f'line {i:05d}')\n    if i % 1000 == 999: sys.stdout.flush()\n"
     )
 
@@ -572,6 +571,8 @@ def test_one_flipped_byte_after_attestation_fails_closed(
         text, error, replied, flipped = asyncio.run(main(enclave))
         assert enclave.wait(10) == 0
         log = enclave.log()
+        assert enclave.workdir is not None
+        marker = enclave.workdir / "cell-ran"
     assert flipped is not None and flipped[0] == direction
     assert not replied
     assert EXPECTED_LINES.startswith(text)  # genuine output only, cut at a message boundary

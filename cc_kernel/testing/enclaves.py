@@ -165,6 +165,8 @@ class EnclaveProcess:
     process: subprocess.Popen[bytes]
     sock: socket.socket
     log_path: Path
+    #: The working directory of its cells (the one directory besides their private HOME they may write).
+    workdir: Path | None = None
 
     def log(self) -> str:
         """Everything the enclave wrote to its stdout/stderr so far."""
@@ -224,18 +226,21 @@ def start_enclave(
     for fault in faults:
         argv += ["--fault", fault]
     argv += list(extra_args)
+    data_dir.mkdir(parents=True, exist_ok=True)
     if log_path is None:
-        data_dir.mkdir(parents=True, exist_ok=True)
         log_path = _fresh_path(data_dir, "enclave", ".log")
+    # the cells' working directory, as a notebook's: writable by them, outside the data dir and the checkout
+    workdir = log_path.with_suffix(".cwd")
+    workdir.mkdir(exist_ok=True)
     with log_path.open("wb") as log_file:
         try:
             process = subprocess.Popen(
                 argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, env=enclave_env(data_dir), start_new_session=True,
+                stderr=subprocess.STDOUT, env=enclave_env(data_dir), start_new_session=True, cwd=workdir,
             )
         finally:
             theirs.close()
-    return EnclaveProcess(process=process, sock=ours, log_path=log_path)
+    return EnclaveProcess(process=process, sock=ours, log_path=log_path, workdir=workdir)
 
 
 def _fresh_path(directory: Path, stem: str, suffix: str) -> Path:
