@@ -75,8 +75,6 @@ class Executed:
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("teaching")
     shutil.copytree(REPO / "notebooks", root / "notebooks")
-    (root / "scripts").mkdir()
-    shutil.copy2(REPO / "scripts" / "make_synthetic_records.py", root / "scripts")
     return root
 
 
@@ -231,7 +229,7 @@ def test_03_each_fault_is_refused_with_its_check_by_the_verifier_and_by_the_kern
 
 
 def _load_generator(workdir: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_synthetic_records", workdir / "scripts" /
+    spec = importlib.util.spec_from_file_location("make_synthetic_records", workdir / "notebooks" /
                                                   "make_synthetic_records.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -9,7 +9,7 @@ Writes, into --out (created if needed):
   patients.npy   a numpy structured array (no pickled objects: loads with allow_pickle=False)
   patients.csv   the same records as CSV, for looking at with a text editor
 
-Usage: python scripts/make_synthetic_records.py [--out DIR] [--patients N] [--seed S]
+Usage: python notebooks/make_synthetic_records.py [--out DIR] [--patients N] [--seed S]
 """
 
 from __future__ import annotations
