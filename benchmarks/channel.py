@@ -388,7 +388,7 @@ def frame_sink(mode: str, total: int) -> None:
         loop = asyncio.get_running_loop()
         identity = make_tls_identity(new_tls_key(), now=datetime.now(UTC))
         if mode == "channel":
-            channel = await accept_server(conn_sock, identity, _ready_pair()[1])
+            channel = await accept_server(conn_sock, identity, _ready_pair()[1], clients=None)
             received, c0 = 0, time.process_time()
             while received < total:
                 msg = await channel.receive()

@@ -54,6 +54,7 @@ from cc_kernel.attestation.policy import Policy, load_policy, render_policy
 from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.channel.client import connect_attested
 from cc_kernel.channel.transport import FramedChannel, accept_server, open_client, parse_address
+from cc_kernel.clientkey import client_key_dir, load_or_create_client_identity
 from cc_kernel.crypto.keys import make_tls_identity, new_tls_key
 from cc_kernel.crypto.x509load import load_amd_certificate
 from cc_kernel.errors import CCKernelError, EnclaveError, PolicyViolation, VerificationError
@@ -1127,7 +1128,8 @@ class _ReplayServer:
     async def _serve(self, conn: socket.socket) -> None:
         channel: FramedChannel | None = None
         try:
-            channel = await accept_server(conn, self._identity, Connection(Role.ENCLAVE))
+            # an impostor accepts anyone: it wants the victim's attempt, not to check who makes it
+            channel = await accept_server(conn, self._identity, Connection(Role.ENCLAVE), clients=None)
             hello = await channel.receive()
             if not isinstance(hello, Hello):
                 return
@@ -1227,6 +1229,11 @@ class TeachingLab:
         self.authority = load_or_create_authority(self.sim_dir)
         #: The simulation trust anchors (ARK and ASK certificates) the lab verifies against.
         self.anchors: TrustAnchors = load_simulation_anchors(self.sim_dir)
+        #: The lab's client key (in its data directory, so the lab's kernels present it too), and the
+        #: authorised-clients file of the lab's enclave servers, which lists it.
+        self.client_identity = load_or_create_client_identity(client_key_dir(self.data_dir), comment="teaching lab")
+        self.authorized_clients = self.root / "authorized_clients"
+        self.authorized_clients.write_text(f"# the teaching lab's client key\n{self.client_identity.line}\n")
         self._res.loop = _LoopThread()
         self._measurement: bytes | None = None
         self._policy_count = 0
@@ -1304,7 +1311,7 @@ class TeachingLab:
             return self._start_replayer(timeout)
         package_root = self._modified_package() if fault == "modified-code" else None
         argv = [sys.executable, "-c", _SERVE_SNIPPET, "--listen", "127.0.0.1:0", "--sim-dir", str(self.sim_dir),
-                "--log-level", "INFO"]
+                "--log-level", "INFO", "--authorized-clients", str(self.authorized_clients)]
         if fault in ENCLAVE_FAULTS:
             argv += ["--fault", fault]
         env = self._child_env()
@@ -1406,7 +1413,7 @@ class TeachingLab:
         async def attempt() -> AttestOutcome:
             attested = await connect_attested(
                 parse_address(address), policy=policy, anchors=hardware_anchors(), simulation_anchors=self.anchors,
-                timeout=timeout,
+                timeout=timeout, client_identity=self.client_identity,
             )
             await attested.channel.aclose()
             return AttestOutcome(address, label, result=attested.peer.result, timings_ms=dict(attested.timings_ms))
@@ -1426,7 +1433,8 @@ class TeachingLab:
         nonce, session_id = os.urandom(NONCE_SIZE), os.urandom(SESSION_ID_SIZE)
 
         async def exchange() -> EvidenceExchange:
-            channel = await open_client(parse_address(address), Connection(Role.KERNEL), timeout=timeout)
+            channel = await open_client(parse_address(address), Connection(Role.KERNEL), timeout=timeout,
+                                        client_identity=self.client_identity)
             try:
                 await channel.send(Hello(role="kernel", versions=[PROTOCOL_VERSION],
                                          software=f"cc-kernel {__version__} (teaching)"))

@@ -19,8 +19,10 @@ ALLOWED: dict[str, set[str]] = {
     "channel": {"errors", "protocol", "crypto", "attestation", "audit", "channel"},
     "measure": {"attestation"},
     "simstore": {"errors", "crypto", "attestation"},
+    "clientkey": {"errors", "crypto", "channel", "simstore"},
     "enclave": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "enclave", "simstore", "measure"},
-    "kernel": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "kernel", "simstore", "measure"},
+    "kernel": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "kernel", "simstore", "measure",
+               "clientkey"},
 }
 # Third-party modules that the pure core must never import, and that the enclave must never import.
 IO_MODULES = {"socket", "ssl", "asyncio", "subprocess", "selectors", "threading", "zmq", "jupyter_client",

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cc_kernel.channel.accept import PRE_ATTESTATION_TIMEOUT
+from cc_kernel.channel.clients import AuthorizedClients
 from cc_kernel.enclave.evidence import FAULTS, EvidenceSource, SimulatedSource, detect_hardware_source
 from cc_kernel.enclave.providers import PROVIDER_ENV, PROVIDER_NAMES
 from cc_kernel.enclave.worker import Session
@@ -51,6 +53,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
     p.add_argument("--fault", action="append", default=[], choices=FAULTS,
                    help="teaching fault for the simulated TEE (repeatable)")
+    # --- client keys and the pre-attestation deadline (channel.clients, channel.accept) ---
+    p.add_argument("--authorized-clients", type=Path, default=None, metavar="FILE",
+                   help="serve only clients presenting a key listed in FILE (read once, at start)")
+    p.add_argument("--unsafe-serve-any-client", action="store_true",
+                   help="with --control-fd or --listen and no --authorized-clients: serve any client")
+    p.add_argument("--pre-attestation-timeout", type=float, default=PRE_ATTESTATION_TIMEOUT, metavar="SECONDS",
+                   help="seconds a client has for the TLS handshake, Hello and its attestation request")
+    # --- end of the client-key options ---
     p.add_argument("--no-capture-fds", action="store_true", help="do not capture OS fds 1/2 (debugging)")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
@@ -95,7 +105,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.evidence_provider is not None and args.platform != "hardware":
         print("python -m cc_kernel.enclave: --evidence-provider needs --platform hardware", file=sys.stderr)
         return 2
+    # --- client keys: read before any connection exists; a bad file stops the process (exit 2) ---
+    clients = None
+    if args.fd is not None and (args.authorized_clients is not None or args.unsafe_serve_any_client):
+        print("python -m cc_kernel.enclave: --fd serves the kernel's own socket; client keys do not apply",
+              file=sys.stderr)
+        return 2
+    if args.fd is None and args.authorized_clients is None and not args.unsafe_serve_any_client:
+        print("python -m cc_kernel.enclave: --control-fd and --listen need --authorized-clients FILE (or "
+              "--unsafe-serve-any-client)", file=sys.stderr)
+        return 2
+    if args.authorized_clients is not None:
+        try:
+            clients = AuthorizedClients.load(args.authorized_clients)
+        except CCKernelError as exc:
+            print(f"python -m cc_kernel.enclave: {exc}", file=sys.stderr)
+            return 2
+        if not len(clients):
+            print(f"python -m cc_kernel.enclave: {args.authorized_clients} lists no client key", file=sys.stderr)
+            return 2
+    # --- end of the client-key set-up ---
     _setup_logging(args.log_level)
+    if args.unsafe_serve_any_client:
+        log.warning("UNSAFE: serving any client (--unsafe-serve-any-client): no client key is checked")
     # Import the shell (and IPython) only now: the hardening below applies before user code exists.
     from cc_kernel.enclave.shell import EnclaveShell, harden_process
 
@@ -124,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return EnclaveShell(_Sink(emit), input_fn, capture_fds=capture)
 
     try:
-        session = Session(source=source, shell_factory=shell_factory)
+        session = Session(source=source, shell_factory=shell_factory, clients=clients,
+                          pre_attestation_timeout=args.pre_attestation_timeout)
         if args.fd is not None:
             sock = socket.socket(fileno=args.fd)
             return session.run(sock)

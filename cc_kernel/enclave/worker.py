@@ -28,18 +28,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cc_kernel import __version__
 from cc_kernel.attestation.binding import expected_report_data
 from cc_kernel.attestation.envelope import encode_envelope
 from cc_kernel.audit.format import STATUSES, OutputDigester, UploadInfo
 from cc_kernel.audit.receipts import ReceiptSigner, comm_input_text
+from cc_kernel.channel.accept import PRE_ATTESTATION_TIMEOUT, accept_session
+from cc_kernel.channel.clients import AuthorizedClients
 from cc_kernel.channel.ratls import STARTUP_NONCE, STARTUP_SESSION_ID
-from cc_kernel.channel.transport import FramedChannel, accept_server
+from cc_kernel.channel.transport import FramedChannel
 from cc_kernel.crypto.keys import AuditKey, TlsIdentity, make_tls_identity, new_tls_key, spki_der_of_key
 from cc_kernel.enclave.evidence import EvidenceSource
 from cc_kernel.errors import CCKernelError, ChannelError, ProtocolError
 from cc_kernel.protocol import messages as m
-from cc_kernel.protocol.connection import OUTPUT_MESSAGES, Connection, Role
+from cc_kernel.protocol.connection import OUTPUT_MESSAGES
 from cc_kernel.protocol.flow import output_cost
 from cc_kernel.protocol.framing import DEFAULT_MAX_FRAME_SIZE
 
@@ -47,9 +48,6 @@ log = logging.getLogger("cc_kernel.enclave")
 
 #: Unacknowledged output bytes the enclave may have in flight before a printing cell blocks.
 OUTPUT_WINDOW = 8 * 1024 * 1024
-#: Seconds a client has, after the TLS handshake, to send Hello and its AttestRequest (the kernel gives up
-#: after 15 s by default); then the session ends, so silent clients cannot hold enclave processes.
-ATTEST_TIMEOUT = 30.0
 #: Largest upload accepted into the enclave (held in memory: nothing is written to disk).
 MAX_UPLOAD = 4 * 1024 * 1024 * 1024
 UPLOAD_FORMATS = ("bytes", "text", "npy")
@@ -84,7 +82,13 @@ class Session:
         shell_factory: Callable[[Any, Callable[[str, bool], str]], Any],
         tls_key: Any = None,
         audit_key: AuditKey | None = None,
+        clients: AuthorizedClients | None = None,
+        pre_attestation_timeout: float = PRE_ATTESTATION_TIMEOUT,
     ) -> None:
+        # client keys (None: any client, local mode or the unsafe option) and the pre-attestation deadline
+        self._clients = clients
+        self._pre_attestation_timeout = pre_attestation_timeout
+        self.client_key_sha256: bytes | None = None
         self._sock: socket.socket | None = None
         self._source = source
         self._audit_key = audit_key or AuditKey()
@@ -404,22 +408,15 @@ class Session:
     async def _io(self) -> None:
         assert self._sock is not None
         try:
-            channel = await accept_server(self._sock, self._identity, Connection(Role.ENCLAVE))
-            self._channel = channel
-            try:  # a client that goes silent before its challenge must not hold this process forever
-                async with asyncio.timeout(ATTEST_TIMEOUT):
-                    hello = await channel.receive()
-                    if not isinstance(hello, m.Hello):
-                        raise ProtocolError(f"expected Hello, got {type(hello).__name__}")
-                    version = m.negotiate([m.PROTOCOL_VERSION], hello.versions)
-                    await channel.send(
-                        m.Hello(role="enclave", versions=[version], software=f"cc-kernel {__version__}")
-                    )
-                    challenge = await channel.receive()
-            except TimeoutError:
-                raise TimeoutError(f"no attestation challenge within {ATTEST_TIMEOUT} s") from None
-            if not isinstance(challenge, m.AttestRequest):
-                raise ProtocolError(f"expected AttestRequest, got {type(challenge).__name__}")
+            # --- client keys and pre-attestation bounds (channel.accept): handshake, Hello, AttestRequest ---
+            pending = await accept_session(
+                self._sock, self._identity, clients=self._clients, timeout=self._pre_attestation_timeout)
+            channel = self._channel = pending.channel
+            challenge = pending.request
+            self.client_key_sha256 = pending.client_key_sha256
+            log.info("client key %s", pending.client_key_sha256.hex() if pending.client_key_sha256
+                     else "none (local mode, or a server that serves any client)")
+            # --- end of the client-key hook ---
             env = self._source.collect(
                 expected_report_data(
                     tls_spki=self._spki, audit_pub=self._audit_key.public_bytes, nonce=challenge.nonce,
