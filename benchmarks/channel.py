@@ -254,7 +254,8 @@ class Target:
             found = await asyncio.to_thread(before) if before else None
             try:
                 attested = await connect_attested(
-                    self.sup.address, policy=self.policy, anchors=hardware_anchors(), simulation_anchors=self.sim
+                    self.sup.address, policy=self.policy, anchors=hardware_anchors(), simulation_anchors=self.sim,
+                    client_identity=self.sup.client_identity,  # the data directory's key, which it authorised
                 )
             except PolicyViolation as exc:
                 if exc.check != "policy.measurement" or attempt == 2:

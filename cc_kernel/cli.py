@@ -316,6 +316,7 @@ def _enclave(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     sup = Supervisor(address, sim_dir=args.sim_dir, faults=args.fault,
                      max_sessions=args.max_sessions, extra_args=extra, authorized_clients=clients_file,
+                     unsafe_serve_any_client=clients_file is None,
                      pre_attestation_timeout=args.pre_attestation_timeout, log_level=args.log_level.upper())
     bound = sup.bind()
     print(f"cc-kernel enclave serving on {bound} — {mode}", flush=True)

@@ -9,7 +9,8 @@ function the kernel itself calls; relays forward and record the real bytes; kern
 driven with jupyter_client. Everything a ``TeachingLab`` creates (a private simulated authority, Jupyter
 directories, processes, sockets) lives under one temporary directory and is gone after ``close()``. Child
 processes never inherit the caller's stdout/stderr (a notebook kernel captures them): their output is piped
-into the lab's logs.
+into the lab's logs. The lab's enclave servers authorise only the lab's own client key (in its private data
+directory), which its kernels and ``attest`` present, as a real deployment would.
 
 Typical use in a notebook::
 
@@ -711,21 +712,26 @@ class CellRun:
 
     @property
     def badge(self) -> Mapping[str, Any] | None:
-        """The attestation badge's machine-readable state (Confidential Python kernels), or None."""
+        """The attestation badge's machine-readable state (Confidential Python kernels), or None: its latest
+        version in this cell (it is shown once, "pending" if attestation was still running, then updated in
+        place)."""
+        latest: Mapping[str, Any] | None = None
         for out in self.outputs:
             data = out.get("content", {}).get("data", {})
             for mime, value in data.items():
                 if mime.startswith("application/vnd.cc-kernel.attestation") and isinstance(value, Mapping):
-                    return value
-        return None
+                    latest = value
+        return latest
 
     @property
     def badge_text(self) -> str:
+        """The text of the badge's latest version in this cell ("" without a badge)."""
+        latest = ""
         for out in self.outputs:
             data = out.get("content", {}).get("data", {})
             if any(m.startswith("application/vnd.cc-kernel.attestation") for m in data):
-                return str(data.get("text/plain", ""))
-        return ""
+                latest = str(data.get("text/plain", ""))
+        return latest
 
     @property
     def text(self) -> str:

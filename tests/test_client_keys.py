@@ -361,3 +361,19 @@ def test_the_enclave_accepts_large_frames_only_once_ready() -> None:
         allow_stdin=False, execution_count=1, cell_id=None, kind="cell"))
     enclave.receive_data(big)
     assert isinstance(enclave.next_event(), m.ExecuteRequest)
+
+
+def test_a_supervisor_serves_nobody_unless_told_whom() -> None:
+    """The enclave processes get the authorised-clients file, or the unsafe option only when asked for."""
+    from cc_kernel.channel.transport import parse_address
+    from cc_kernel.enclave.server import Supervisor
+
+    address = parse_address("127.0.0.1:0")
+    with pytest.raises(ValueError, match="a Supervisor needs authorized_clients, or unsafe_serve_any_client=True"):
+        Supervisor(address).worker_argv(5)
+    listed = Supervisor(address, authorized_clients=Path("/etc/cc-kernel/authorized_clients")).worker_argv(5)
+    assert listed[listed.index("--authorized-clients") + 1] == "/etc/cc-kernel/authorized_clients"
+    assert "--unsafe-serve-any-client" not in listed
+    anyone = Supervisor(address, unsafe_serve_any_client=True, pre_attestation_timeout=2.5).worker_argv(5)
+    assert "--unsafe-serve-any-client" in anyone and "--authorized-clients" not in anyone
+    assert anyone[anyone.index("--pre-attestation-timeout") + 1] == "2.5"

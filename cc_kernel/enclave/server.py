@@ -48,9 +48,10 @@ class Supervisor:
     faults: Sequence[str] = ()
     max_sessions: int = 8
     extra_args: Sequence[str] = ()
-    #: The authorised-clients file every enclave process reads at start; None serves any client (the caller
-    #: must have been told so explicitly: ``--unsafe-serve-any-client``).
+    #: The authorised-clients file every enclave process reads at start. Without one, ``unsafe_serve_any_client``
+    #: must be set (``--unsafe-serve-any-client``): nothing serves anyone by default.
     authorized_clients: Path | None = None
+    unsafe_serve_any_client: bool = False
     pre_attestation_timeout: float = PRE_ATTESTATION_TIMEOUT
     #: Log level of the enclave processes (they log to the supervisor's stderr).
     log_level: str = "WARNING"
@@ -59,6 +60,11 @@ class Supervisor:
     _listener: socket.socket | None = None
 
     def worker_argv(self, control_fd: int) -> list[str]:
+        """The command line of a spare enclave process.
+
+        Raises:
+            ValueError: neither ``authorized_clients`` nor ``unsafe_serve_any_client`` is set.
+        """
         argv = [sys.executable, "-m", "cc_kernel.enclave", "--control-fd", str(control_fd)]
         if self.sim_dir is not None:
             argv += ["--sim-dir", str(self.sim_dir)]
@@ -66,8 +72,10 @@ class Supervisor:
             argv += ["--fault", fault]
         if self.authorized_clients is not None:
             argv += ["--authorized-clients", str(self.authorized_clients)]
-        else:
+        elif self.unsafe_serve_any_client:
             argv += ["--unsafe-serve-any-client"]
+        else:
+            raise ValueError("a Supervisor needs authorized_clients, or unsafe_serve_any_client=True")
         argv += ["--pre-attestation-timeout", str(self.pre_attestation_timeout), "--log-level", self.log_level]
         return argv + list(self.extra_args)
 
