@@ -367,11 +367,16 @@ def _authorized_clients_file(args: argparse.Namespace) -> Path | None:
 
 def _client_key(args: argparse.Namespace) -> int:
     from cc_kernel.clientkey import client_key_dir, load_or_create_client_identity
+    from cc_kernel.crypto.clientcert import client_certificate_info
 
     identity = load_or_create_client_identity(comment=args.comment)
     print(identity.line)
     print(f"cc-kernel: the line above authorises this client key (in {client_key_dir()}) on an enclave server: "
           "its owner adds it to the server's authorised-clients file", file=sys.stderr)
+    expires = client_certificate_info(identity.tls.cert_der).not_after
+    if expires <= datetime.now(UTC):
+        _err(f"warning: this client key's certificate expired on {expires:%Y-%m-%d}; servers refuse it. Move "
+             f"{client_key_dir()} away and run this command again for a new key (and a new line)")
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,8 @@ from cc_kernel.audit.format import OpeningEntry
 from cc_kernel.audit.verify import read_log_unverified
 from cc_kernel.channel.client import AttestedChannel, connect_attested
 from cc_kernel.channel.clients import parse_authorized_clients
-from cc_kernel.clientkey import client_key_dir, load_or_create_client_identity
+from cc_kernel.clientkey import CERT_FILE, KEY_FILE, client_key_dir, load_or_create_client_identity
+from cc_kernel.crypto.clientcert import CLIENT_CERT_LIFETIME, make_client_identity, new_client_key
 from cc_kernel.errors import EnclaveError, ServerBusy
 from cc_kernel.kernel.link import EnclaveLink, LaunchSpec
 from cc_kernel.protocol import messages as m
@@ -354,3 +356,28 @@ def test_a_remote_kernel_session_log_records_its_client_key(jupyter_env: Jupyter
         assert isinstance(opening, OpeningEntry) and opening.client_key_recorded
         fingerprints.append(opening.client_key_sha256)
     assert fingerprints == [identity.spki_sha256, None]
+
+
+def test_an_expired_authorised_key_is_refused(cc_data_dir: Path, sim_policy_path: Path, tmp_path: Path) -> None:
+    """Listed, but expired: OpenSSL refuses it at the handshake (the listing does not make it valid)."""
+    old = tmp_path / "old-user"
+    directory = client_key_dir(old)
+    directory.mkdir(parents=True, mode=0o700)
+    then = datetime.now(UTC) - CLIENT_CERT_LIFETIME - timedelta(days=1)
+    expired = make_client_identity(new_client_key(), now=then, name="old@machine")
+    (directory / KEY_FILE).write_bytes(expired.key_pem)
+    (directory / CERT_FILE).write_bytes(expired.cert_pem)
+    line = load_or_create_client_identity(directory).line
+    listed = tmp_path / "authorized_clients"
+    listed.write_text(line + "\n")
+    with start_supervisor(cc_data_dir, clients=listed, extra_args=["--log-level", "INFO"]) as sup:
+        proc = cc_kernel(old, "attest", str(sup.address), "--policy", str(sim_policy_path))
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == ("cc-kernel: the enclave server did not accept this client key; ask its owner to "
+                               f"add:\n{line}\n")
+        wait_until(lambda: "certificate has expired" in sup.log(), timeout=30, what="the refusal in the log")
+    shown = cc_kernel(old, "client-key")
+    assert shown.returncode == 0 and shown.stdout == line + "\n"
+    assert "cc-kernel: warning: this client key's certificate expired on " in shown.stderr
+    assert "run this command again for a new key" in shown.stderr
+    assert "expired" not in cc_kernel(cc_data_dir, "client-key").stderr
