@@ -254,7 +254,8 @@ class Target:
             found = await asyncio.to_thread(before) if before else None
             try:
                 attested = await connect_attested(
-                    self.sup.address, policy=self.policy, anchors=hardware_anchors(), simulation_anchors=self.sim
+                    self.sup.address, policy=self.policy, anchors=hardware_anchors(), simulation_anchors=self.sim,
+                    client_identity=self.sup.client_identity,  # the data directory's key, which it authorised
                 )
             except PolicyViolation as exc:
                 if exc.check != "policy.measurement" or attempt == 2:
@@ -388,7 +389,7 @@ def frame_sink(mode: str, total: int) -> None:
         loop = asyncio.get_running_loop()
         identity = make_tls_identity(new_tls_key(), now=datetime.now(UTC))
         if mode == "channel":
-            channel = await accept_server(conn_sock, identity, _ready_pair()[1])
+            channel = await accept_server(conn_sock, identity, _ready_pair()[1], clients=None)
             received, c0 = 0, time.process_time()
             while received < total:
                 msg = await channel.receive()

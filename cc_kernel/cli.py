@@ -1,4 +1,4 @@
-"""The ``cc-kernel`` command: measure, policy, enclave serve, attest, install, audit, evidence verify.
+"""The ``cc-kernel`` command: measure, policy, enclave serve, attest, client-key, install, audit, evidence verify.
 
 Exit codes: 0 success / verified, 1 verification failed (reasons printed), 2 usage, input or connection error;
 141 when stdout is closed early (``cc-kernel measure --json | head -c 10``), silently, as for SIGPIPE.
@@ -72,8 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
     serve.add_argument("--fault", action="append", default=[],
                        help="teaching fault for the simulated TEE (debug, old-tcb, swapped-key, replay)")
-    serve.add_argument("--max-sessions", type=int, default=8)
+    serve.add_argument("--max-sessions", type=int, default=8,
+                       help="sessions served at once; a client beyond them is told the server is busy")
+    serve.add_argument("--authorized-clients", type=Path, default=None, metavar="FILE",
+                       help="the client keys this server accepts, one 'cc-kernel-client ...' line each (printed by "
+                            "`cc-kernel client-key` on the client); default /etc/cc-kernel/authorized_clients if "
+                            "it exists")
+    serve.add_argument("--unsafe-serve-any-client", action="store_true",
+                       help="UNSAFE: serve anyone who can reach the address, without client keys")
+    serve.add_argument("--pre-attestation-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="seconds a client has for the TLS handshake, Hello and its attestation request "
+                            "(default 10)")
     serve.add_argument("--log-level", default="INFO")
+
+    ck = sub.add_parser("client-key", help="print this user's client key line for an enclave server's "
+                                           "authorised-clients file (the key is created on first use)")
+    ck.add_argument("--comment", default=None,
+                    help="name for a new key (default user@host); an existing key keeps its name")
 
     att = sub.add_parser("attest", help="connect to an enclave, verify its attestation, print the claims")
     att.add_argument("address",
@@ -87,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "root_crl.der, tcb_signing_chain.pem), fetched on this side; signature-checked")
     att.add_argument("--json", action="store_true", help="print the verified claims as JSON")
     att.add_argument("--timeout", type=float, default=15.0)
+    att.add_argument("--no-client-key", action="store_true",
+                     help="present no client key (by default this user's, created on first use)")
 
     inst = sub.add_parser("install", help="install the two kernelspecs (Confidential Python and its SIMULATION twin)")
     where = inst.add_mutually_exclusive_group()
@@ -177,6 +194,8 @@ def _main(argv: list[str] | None) -> int:
             return _enclave(args)
         if args.command == "attest":
             return _attest(args)
+        if args.command == "client-key":
+            return _client_key(args)
         if args.command == "install":
             return _install(args)
         if args.command == "audit":
@@ -290,16 +309,74 @@ def _enclave(args: argparse.Namespace) -> int:
         if args.evidence_provider is not None:
             extra += ["--evidence-provider", args.evidence_provider]
         mode = f"TEE hardware, evidence from {source.name}"
-    sup = Supervisor(parse_address(args.listen), sim_dir=args.sim_dir, faults=args.fault,
-                     max_sessions=args.max_sessions, extra_args=extra)
+    address = parse_address(args.listen)  # a bad address is reported before anything else is checked
+    clients_file = _authorized_clients_file(args)
+    if args.max_sessions < 1 or not args.pre_attestation_timeout > 0:
+        _err("--max-sessions must be at least 1 and --pre-attestation-timeout positive")
+        return EXIT_USAGE
+    sup = Supervisor(address, sim_dir=args.sim_dir, faults=args.fault,
+                     max_sessions=args.max_sessions, extra_args=extra, authorized_clients=clients_file,
+                     unsafe_serve_any_client=clients_file is None,
+                     pre_attestation_timeout=args.pre_attestation_timeout, log_level=args.log_level.upper())
     bound = sup.bind()
     print(f"cc-kernel enclave serving on {bound} — {mode}", flush=True)
+    if clients_file is None:
+        print("UNSAFE: serving ANY client (--unsafe-serve-any-client): no client key is checked", flush=True)
+        logging.getLogger("cc_kernel.enclave").warning(
+            "UNSAFE: --unsafe-serve-any-client: anyone who can reach %s gets a session; no client key is checked",
+            bound)
+    else:
+        print(f"clients: the keys authorised in {clients_file}", flush=True)
 
     def stop(signum: int, frame: object) -> None:
         raise SystemExit(EXIT_OK)  # unwinds serve_forever, which stops every enclave process it started
 
     signal.signal(signal.SIGTERM, stop)  # `kill`, systemd, docker stop: stop like Ctrl-C, not abruptly
     sup.serve_forever()
+    return EXIT_OK
+
+
+def _authorized_clients_file(args: argparse.Namespace) -> Path | None:
+    """The authorised-clients file ``enclave serve`` uses, checked now (each enclave process reads it again
+    when it starts); None with ``--unsafe-serve-any-client``.
+
+    Raises:
+        ConfigError: no usable file and no unsafe option (the server must not start: exit 2); the message says
+            how to authorise a client.
+    """
+    from cc_kernel.channel.clients import CLIENT_KEY_COMMAND, DEFAULT_AUTHORIZED_CLIENTS, AuthorizedClients
+    from cc_kernel.errors import ConfigError
+
+    if args.unsafe_serve_any_client:
+        if args.authorized_clients is not None:
+            raise ConfigError("--authorized-clients and --unsafe-serve-any-client contradict each other; choose one")
+        return None
+    path: Path | None = args.authorized_clients
+    if path is None and DEFAULT_AUTHORIZED_CLIENTS.exists():
+        path = DEFAULT_AUTHORIZED_CLIENTS
+    fix = (f"on each client machine run `{CLIENT_KEY_COMMAND}` and add the line it prints to the file (or, to "
+           "serve anyone who can reach this server, pass --unsafe-serve-any-client)")
+    if path is None:
+        raise ConfigError(f"refusing to start: no authorised client keys (no --authorized-clients FILE, and "
+                          f"{DEFAULT_AUTHORIZED_CLIENTS} does not exist). To authorise a client, {fix}")
+    clients = AuthorizedClients.load(path)  # ConfigError (unreadable, malformed line N): exit 2
+    if not len(clients):
+        raise ConfigError(f"refusing to start: {path} lists no client key. To authorise a client, {fix}")
+    return path
+
+
+def _client_key(args: argparse.Namespace) -> int:
+    from cc_kernel.clientkey import client_key_dir, load_or_create_client_identity
+    from cc_kernel.crypto.clientcert import client_certificate_info
+
+    identity = load_or_create_client_identity(comment=args.comment)
+    print(identity.line)
+    print(f"cc-kernel: the line above authorises this client key (in {client_key_dir()}) on an enclave server: "
+          "its owner adds it to the server's authorised-clients file", file=sys.stderr)
+    expires = client_certificate_info(identity.tls.cert_der).not_after
+    if expires <= datetime.now(UTC):
+        _err(f"warning: this client key's certificate expired on {expires:%Y-%m-%d}; servers refuse it. Move "
+             f"{client_key_dir()} away and run this command again for a new key (and a new line)")
     return EXIT_OK
 
 
@@ -322,10 +399,16 @@ def _attest(args: argparse.Namespace) -> int:
         if collateral is None:
             return EXIT_USAGE
 
+    client_identity = None
+    if not args.no_client_key:
+        from cc_kernel.clientkey import load_or_create_client_identity
+
+        client_identity = load_or_create_client_identity()
+
     async def run() -> Any:
         attested = await connect_attested(
             address, policy=policy, anchors=hardware_anchors(), simulation_anchors=sim, collateral=collateral,
-            timeout=args.timeout,
+            timeout=args.timeout, client_identity=client_identity,
         )
         await attested.channel.aclose()
         return attested

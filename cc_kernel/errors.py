@@ -48,6 +48,26 @@ class ConnectError(ChannelError):
     """The channel could not be established (nothing listening, TLS handshake refused, ...)."""
 
 
+class ServerBusy(ConnectError):  # noqa: N818 - names the server's state, as the other findings do
+    """The enclave server answered that it runs as many sessions as it may (``--max-sessions``).
+
+    ``active`` and ``maximum`` are what the server said (unauthenticated text: a hint, never trusted)."""
+
+    def __init__(self, message: str, *, active: int | None = None, maximum: int | None = None) -> None:
+        super().__init__(message)
+        self.active = active
+        self.maximum = maximum
+
+
+class ClientNotAuthorized(ConnectError):  # noqa: N818
+    """The enclave server refused this client's key at the TLS handshake (it is not in its authorised
+    clients). ``line`` is what the server's owner must add to authorise it (empty if no key was presented)."""
+
+    def __init__(self, message: str, *, line: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+
+
 # --- attestation ---------------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,8 @@ function the kernel itself calls; relays forward and record the real bytes; kern
 driven with jupyter_client. Everything a ``TeachingLab`` creates (a private simulated authority, Jupyter
 directories, processes, sockets) lives under one temporary directory and is gone after ``close()``. Child
 processes never inherit the caller's stdout/stderr (a notebook kernel captures them): their output is piped
-into the lab's logs.
+into the lab's logs. The lab's enclave servers authorise only the lab's own client key (in its private data
+directory), which its kernels and ``attest`` present, as a real deployment would.
 
 Typical use in a notebook::
 
@@ -54,6 +55,7 @@ from cc_kernel.attestation.policy import Policy, load_policy, render_policy
 from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.channel.client import connect_attested
 from cc_kernel.channel.transport import FramedChannel, accept_server, open_client, parse_address
+from cc_kernel.clientkey import client_key_dir, load_or_create_client_identity
 from cc_kernel.crypto.keys import make_tls_identity, new_tls_key
 from cc_kernel.crypto.x509load import load_amd_certificate
 from cc_kernel.errors import CCKernelError, EnclaveError, PolicyViolation, VerificationError
@@ -711,7 +713,8 @@ class CellRun:
     @property
     def badge(self) -> Mapping[str, Any] | None:
         """The attestation badge's machine-readable state (Confidential Python kernels), or None: its latest
-        version (it is shown once, then updated in place as the attestation completes)."""
+        version in this cell (it is shown once, "pending" if attestation was still running, then updated in
+        place)."""
         latest: Mapping[str, Any] | None = None
         for out in self.outputs:
             data = out.get("content", {}).get("data", {})
@@ -722,12 +725,13 @@ class CellRun:
 
     @property
     def badge_text(self) -> str:
-        text = ""  # the latest version, as for ``badge``
+        """The text of the badge's latest version in this cell ("" without a badge)."""
+        latest = ""
         for out in self.outputs:
             data = out.get("content", {}).get("data", {})
             if any(m.startswith("application/vnd.cc-kernel.attestation") for m in data):
-                text = str(data.get("text/plain", ""))
-        return text
+                latest = str(data.get("text/plain", ""))
+        return latest
 
     @property
     def text(self) -> str:
@@ -1130,7 +1134,8 @@ class _ReplayServer:
     async def _serve(self, conn: socket.socket) -> None:
         channel: FramedChannel | None = None
         try:
-            channel = await accept_server(conn, self._identity, Connection(Role.ENCLAVE))
+            # an impostor accepts anyone: it wants the victim's attempt, not to check who makes it
+            channel = await accept_server(conn, self._identity, Connection(Role.ENCLAVE), clients=None)
             hello = await channel.receive()
             if not isinstance(hello, Hello):
                 return
@@ -1230,6 +1235,11 @@ class TeachingLab:
         self.authority = load_or_create_authority(self.sim_dir)
         #: The simulation trust anchors (ARK and ASK certificates) the lab verifies against.
         self.anchors: TrustAnchors = load_simulation_anchors(self.sim_dir)
+        #: The lab's client key (in its data directory, so the lab's kernels present it too), and the
+        #: authorised-clients file of the lab's enclave servers, which lists it.
+        self.client_identity = load_or_create_client_identity(client_key_dir(self.data_dir), comment="teaching lab")
+        self.authorized_clients = self.root / "authorized_clients"
+        self.authorized_clients.write_text(f"# the teaching lab's client key\n{self.client_identity.line}\n")
         self._res.loop = _LoopThread()
         self._measurement: bytes | None = None
         self._policy_count = 0
@@ -1307,7 +1317,7 @@ class TeachingLab:
             return self._start_replayer(timeout)
         package_root = self._modified_package() if fault == "modified-code" else None
         argv = [sys.executable, "-c", _SERVE_SNIPPET, "--listen", "127.0.0.1:0", "--sim-dir", str(self.sim_dir),
-                "--log-level", "INFO"]
+                "--log-level", "INFO", "--authorized-clients", str(self.authorized_clients)]
         if fault in ENCLAVE_FAULTS:
             argv += ["--fault", fault]
         env = self._child_env()
@@ -1409,7 +1419,7 @@ class TeachingLab:
         async def attempt() -> AttestOutcome:
             attested = await connect_attested(
                 parse_address(address), policy=policy, anchors=hardware_anchors(), simulation_anchors=self.anchors,
-                timeout=timeout,
+                timeout=timeout, client_identity=self.client_identity,
             )
             await attested.channel.aclose()
             return AttestOutcome(address, label, result=attested.peer.result, timings_ms=dict(attested.timings_ms))
@@ -1429,7 +1439,8 @@ class TeachingLab:
         nonce, session_id = os.urandom(NONCE_SIZE), os.urandom(SESSION_ID_SIZE)
 
         async def exchange() -> EvidenceExchange:
-            channel = await open_client(parse_address(address), Connection(Role.KERNEL), timeout=timeout)
+            channel = await open_client(parse_address(address), Connection(Role.KERNEL), timeout=timeout,
+                                        client_identity=self.client_identity)
             try:
                 await channel.send(Hello(role="kernel", versions=[PROTOCOL_VERSION],
                                          software=f"cc-kernel {__version__} (teaching)"))

@@ -22,8 +22,10 @@ ALLOWED: dict[str, set[str]] = {
     "simstore": {"errors", "crypto", "attestation"},
     # the trust boundary: the worker runs the cells and imports nothing that holds or makes keys or evidence
     "worker": {"errors", "protocol", "worker"},
+    "clientkey": {"errors", "crypto", "channel", "simstore"},
     "enclave": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "enclave", "simstore", "measure"},
-    "kernel": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "kernel", "simstore", "measure"},
+    "kernel": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "kernel", "simstore", "measure",
+               "clientkey"},
 }
 # Third-party modules that the pure core must never import, and that the enclave must never import.
 IO_MODULES = {"socket", "ssl", "asyncio", "subprocess", "selectors", "threading", "zmq", "jupyter_client",

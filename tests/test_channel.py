@@ -23,6 +23,7 @@ from cc_kernel.channel import client as client_mod
 from cc_kernel.channel.client import AttestedChannel, connect_attested
 from cc_kernel.channel.ratls import verify_peer
 from cc_kernel.channel.transport import Address, FramedChannel, open_client
+from cc_kernel.clientkey import load_or_create_client_identity
 from cc_kernel.enclave.evidence import SimulatedSource
 from cc_kernel.errors import ClosedChannelError, LocalProtocolError, PolicyViolation
 from cc_kernel.measure import enclave_measurement
@@ -61,9 +62,10 @@ def supervisor(cc_data_dir: Path) -> Iterator[SupervisorProcess]:
 
 
 async def _attest(target: Address | Any, policy: Policy, sim_anchors: TrustAnchors) -> AttestedChannel:
-    """Attest, then say the session keeps no log (the enclave runs nothing before AuditStart or AuditOff)."""
+    """Attest (with the data directory's client key: the supervisors here authorise it; a local enclave requests
+    none), then say the session keeps no log (the enclave runs nothing before AuditStart or AuditOff)."""
     attested = await connect_attested(target, policy=policy, anchors=hardware_anchors(),
-                                      simulation_anchors=sim_anchors)
+                                      simulation_anchors=sim_anchors, client_identity=load_or_create_client_identity())
     await attested.channel.send(m.AuditOff())
     return attested
 

@@ -222,6 +222,7 @@ def test_serve_stops_every_enclave_it_started_on_sigterm(cc_data_dir: Path, sim_
             attested = await connect_attested(
                 sup.address, policy=policy, anchors=hardware_anchors(),
                 simulation_anchors=load_simulation_anchors(simulation_dir(cc_data_dir)),
+                client_identity=sup.client_identity,
             )
             try:
                 wait_until(lambda: len(sup.enclave_pids()) == 2, timeout=30, what="a session and a new spare")

@@ -233,6 +233,8 @@ def test_every_enclave_server_in_a_platform_guide_is_a_hardware_one() -> None:
         args = _parse_cli(argv)
         assert args.platform == "hardware", f"{where}: a deployment guide starts hardware enclaves"
         assert not args.fault and args.sim_dir is None, where
+        assert args.authorized_clients is not None and not args.unsafe_serve_any_client, (
+            f"{where}: a deployment guide's server accepts only authorised client keys")
 
 
 def test_environment_settings_in_the_guides_are_valid() -> None:
@@ -290,6 +292,7 @@ TEMPLATE_VALUES = {
     "arch_libdir": "/lib/x86_64-linux-gnu",
     "cc_site": "/opt/cc-kernel/site",
     "listen": "tcp://0.0.0.0:7800",
+    "authorized_clients": "/opt/cc-kernel/authorized_clients",
 }
 
 #: Keys Gramine's manifest schema accepts in the tables the template uses (gramine python/graminelibos/
@@ -384,4 +387,7 @@ def test_the_manifest_runs_the_hardware_enclave_module(manifest: dict[str, Any])
     parse_address(args[args.index("--listen") + 1])
     parsed = _parse(args)
     assert parsed.platform == "hardware" and parsed.listen == args[args.index("--listen") + 1]
+    assert str(parsed.authorized_clients) == "/etc/cc-kernel/authorized_clients" and not parsed.unsafe_serve_any_client
+    mounts = {m["path"]: m.get("uri") for m in manifest["fs"]["mounts"]}
+    assert mounts["/etc/cc-kernel/authorized_clients"] in manifest["sgx"]["trusted_files"]
     assert parsed.fault == [] and parsed.sim_dir is None

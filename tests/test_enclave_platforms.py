@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cc_kernel import cli
+from cc_kernel.clientkey import client_key_dir, load_or_create_client_identity
 from cc_kernel.enclave.providers import PROVIDER_NAMES
 from cc_kernel.testing.enclaves import enclave_env, wait_until
 
@@ -122,7 +123,7 @@ def test_serve_hardware_starts_hardware_enclave_processes(
     seen: list[list[str]] = []
     monkeypatch.setattr(evidence, "detect_hardware_source", detect)
     monkeypatch.setattr(server.Supervisor, "serve_forever", _record_argv(seen))
-    args = ["enclave", "serve", "--platform", "hardware", "--listen", "127.0.0.1:0"]
+    args = ["enclave", "serve", "--platform", "hardware", "--listen", "127.0.0.1:0", "--unsafe-serve-any-client"]
     if provider is not None:
         args += ["--evidence-provider", provider]
     assert cli.main(args) == 0
@@ -142,7 +143,7 @@ def test_serve_simulation_says_so_and_starts_simulated_enclaves(
 
     seen: list[list[str]] = []
     monkeypatch.setattr(server.Supervisor, "serve_forever", _record_argv(seen))
-    assert cli.main(["enclave", "serve", "--listen", "127.0.0.1:0"]) == 0
+    assert cli.main(["enclave", "serve", "--listen", "127.0.0.1:0", "--unsafe-serve-any-client"]) == 0
     assert "--platform" not in seen[0]  # the enclave's default is the simulation
     assert "SIMULATED TEE (not hardware-protected)" in capsys.readouterr().out
 
@@ -153,7 +154,8 @@ def test_serve_simulation_says_so_and_starts_simulated_enclaves(
 @no_tee_here
 def test_a_hardware_enclave_process_without_a_tee_exits_3_before_listening(cc_data_dir: Path, tmp_path: Path) -> None:
     sock = tmp_path / "enclave.sock"
-    proc = run(["-m", "cc_kernel.enclave", "--platform", "hardware", "--listen", f"unix:{sock}"], cc_data_dir)
+    proc = run(["-m", "cc_kernel.enclave", "--platform", "hardware", "--listen", f"unix:{sock}",
+                "--unsafe-serve-any-client"], cc_data_dir)
     assert proc.returncode == 3
     assert "cannot produce evidence: no TEE evidence provider works" in proc.stderr
     assert not sock.exists()
@@ -169,7 +171,8 @@ def test_a_hardware_enclave_process_without_a_tee_exits_3_before_listening(cc_da
     ids=["fault-with-hardware", "provider-without-hardware", "two-modes"],
 )
 def test_enclave_process_usage_errors(extra: list[str], message: str, cc_data_dir: Path, tmp_path: Path) -> None:
-    proc = run(["-m", "cc_kernel.enclave", "--listen", f"unix:{tmp_path / 's'}", *extra], cc_data_dir)
+    proc = run(["-m", "cc_kernel.enclave", "--listen", f"unix:{tmp_path / 's'}", "--unsafe-serve-any-client", *extra],
+               cc_data_dir)
     assert proc.returncode == 2
     assert message in proc.stderr
 
@@ -179,8 +182,11 @@ def test_listen_mode_serves_exactly_one_attested_session(
     cc_data_dir: Path, sim_policy_path: Path, tmp_path: Path
 ) -> None:
     sock = tmp_path / "enclave.sock"
+    listed = tmp_path / "authorized_clients"  # the key `cc-kernel attest` presents with this data directory
+    listed.write_text(load_or_create_client_identity(client_key_dir(cc_data_dir)).line + "\n")
     enclave = subprocess.Popen(
-        [sys.executable, "-m", "cc_kernel.enclave", "--listen", f"unix:{sock}", "--log-level", "INFO"],
+        [sys.executable, "-m", "cc_kernel.enclave", "--listen", f"unix:{sock}", "--log-level", "INFO",
+         "--authorized-clients", str(listed)],
         env=enclave_env(cc_data_dir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )

@@ -18,10 +18,12 @@ from cc_kernel.attestation.result import REPIN_HINT, appraise
 from cc_kernel.errors import (
     BindingMismatch,
     CertificateExpired,
+    ClientNotAuthorized,
     ConfigError,
     EnclaveError,
     PolicyError,
     PolicyViolation,
+    ServerBusy,
     SignatureInvalid,
     StaleEvidence,
     UntrustedRoot,
@@ -154,3 +156,17 @@ def test_a_measurement_refusal_says_re_pin_once_in_the_kernel(jupyter_env: Jupyt
         banner = k.request("kernel_info")["content"]["banner"]
         assert "ATTESTATION REFUSED" in banner and "[policy.measurement]" in banner
         assert banner.count(REPIN) == 1, banner
+
+
+def test_refused_client_keys_and_busy_servers_get_their_own_hints() -> None:
+    """What the notebook shows after the link's EnclaveError (whose cause is the channel's error)."""
+    for mode in ("simulation", "hardware"):
+        try:
+            raise EnclaveError("refused") from ClientNotAuthorized("refused", line="cc-kernel-client AAAA me")
+        except EnclaveError as exc:
+            assert _fix_hint(exc, mode).startswith("The enclave server accepts only client keys its owner authorised")
+            assert "`cc-kernel client-key`" in _fix_hint(exc, mode)
+        try:
+            raise EnclaveError("busy") from ServerBusy("busy", active=1, maximum=1)
+        except EnclaveError as exc:
+            assert _fix_hint(exc, mode).startswith("The enclave server already runs as many sessions as it may")

@@ -36,7 +36,7 @@ async def _ready_pair() -> tuple[FramedChannel, FramedChannel]:
     without checking anything)."""
     kernel_sock, enclave_sock = socket.socketpair()
     identity = make_tls_identity(new_tls_key(), now=datetime.now(UTC))
-    server = asyncio.ensure_future(accept_server(enclave_sock, identity, Connection(Role.ENCLAVE)))
+    server = asyncio.ensure_future(accept_server(enclave_sock, identity, Connection(Role.ENCLAVE), clients=None))
     kernel = await open_client(kernel_sock, Connection(Role.KERNEL))
     enclave = await server
     await kernel.send(m.Hello(role="kernel", versions=[m.PROTOCOL_VERSION], software="test"))

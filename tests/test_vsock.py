@@ -247,7 +247,8 @@ def test_attest_and_run_a_cell_over_vsock_loopback(
 
     async def main() -> None:
         attested = await connect_attested(
-            target, policy=policy, anchors=hardware_anchors(), simulation_anchors=sim_anchors
+            target, policy=policy, anchors=hardware_anchors(), simulation_anchors=sim_anchors,
+            client_identity=vsock_supervisor.client_identity,
         )
         try:
             assert attested.peer.result.status == "simulation"

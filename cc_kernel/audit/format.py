@@ -304,6 +304,11 @@ class OpeningEntry:
     opened_ms: int
     versions: Mapping[str, str] = field(default_factory=dict)
     settings: Mapping[str, str | int | bool] = field(default_factory=dict)
+    #: SPKI SHA-256 of the client key the kernel presented to a remote enclave server; None in local mode.
+    client_key_sha256: bytes | None = None
+    #: False only for an opening entry decoded from a log written before the field existed (it is then absent
+    #: from the body, and encoding such an entry leaves it out again).
+    client_key_recorded: bool = True
     seq: int = 0
     prev: bytes = GENESIS
     type: Literal["opening"] = "opening"
@@ -388,6 +393,8 @@ def encode_body(entry: Body) -> bytes:
             "versions": dict(entry.versions),
             "settings": dict(entry.settings),
         }
+        if entry.client_key_recorded:
+            fields_["client_key_sha256"] = entry.client_key_sha256
     elif isinstance(entry, ReceiptEntry):
         fields_ = {
             "kind": entry.kind,
@@ -557,6 +564,8 @@ _KEYS: Final[Mapping[str, frozenset[str]]] = {
     },
     "closing": _COMMON_KEYS | {"count", "last", "ended_ms", "reason"},
 }
+#: Keys an entry may also have: the opening's ``client_key_sha256`` is absent from logs written before it existed.
+_OPTIONAL_KEYS: Final[Mapping[str, frozenset[str]]] = {"opening": frozenset({"client_key_sha256"})}
 
 
 def decode_body_unverified(body: bytes) -> Body:
@@ -577,7 +586,7 @@ def decode_body_unverified(body: bytes) -> Body:
     kind = raw.get("type")
     if not isinstance(kind, str) or kind not in _KEYS:
         raise _bad("entry.type", "unknown entry type", got=kind, expected=list(ENTRY_TYPES))
-    keys = set(raw)
+    keys = set(raw) - (set(raw) & _OPTIONAL_KEYS.get(kind, frozenset()))
     if keys != _KEYS[kind]:
         extra, missing = sorted(keys - _KEYS[kind]), sorted(_KEYS[kind] - keys)
         raise _bad(
@@ -612,6 +621,10 @@ def _decode_opening(f: _Fields, session_id: bytes, seq: int, prev: bytes) -> Ope
         isinstance(v, str | bool) or (isinstance(v, int) and -(2**63) <= v <= _U63) for v in settings.values()
     ):
         raise f.fail("settings", "a map of strings, integers and booleans", settings)
+    recorded = "client_key_sha256" in f.raw
+    client_key = f.raw.get("client_key_sha256")
+    if client_key is not None:
+        client_key = f.bin("client_key_sha256", HASH_SIZE)
     return OpeningEntry(
         session_id=session_id,
         seq=seq,
@@ -628,6 +641,8 @@ def _decode_opening(f: _Fields, session_id: bytes, seq: int, prev: bytes) -> Ope
         opened_ms=f.uint("opened_ms"),
         versions=dict(versions),
         settings=dict(settings),
+        client_key_sha256=client_key,
+        client_key_recorded=recorded,
     )
 
 

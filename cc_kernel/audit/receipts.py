@@ -71,15 +71,20 @@ def make_opening(
     opened_ms: int,
     versions: Mapping[str, str],
     settings: Mapping[str, str | int | bool] | None = None,
+    client_key_sha256: bytes | None = None,
 ) -> OpeningEntry:
     """The opening entry for a session the kernel has just verified (``channel.ratls.verify_peer``'s
     ``AttestedPeer``: ``result``, ``envelope_bytes``, ``tls_spki``) under ``policy``.
 
     Session id, nonce and audit key come from ``result`` (they are the ones ``check_binding`` bound).
+    ``client_key_sha256``: the SPKI SHA-256 of the client key the kernel presented (remote mode), else None.
 
     Raises:
-        ValueError: ``tls_spki`` or ``policy`` are not the ones ``result`` was computed for.
+        ValueError: ``tls_spki`` or ``policy`` are not the ones ``result`` was computed for, or
+            ``client_key_sha256`` is not 32 bytes.
     """
+    if client_key_sha256 is not None and len(client_key_sha256) != 32:
+        raise ValueError("client_key_sha256 must be a 32-byte SHA-256 digest")
     if not constant_time_equal(hashlib.sha256(tls_spki).digest(), result.tls_spki_sha256):
         raise ValueError("tls_spki is not the key the attestation result was bound to")
     if not constant_time_equal(policy.sha256, result.policy_sha256):
@@ -99,6 +104,7 @@ def make_opening(
         opened_ms=opened_ms,
         versions=dict(versions),
         settings=dict(settings or {}),
+        client_key_sha256=client_key_sha256,
     )
 
 

@@ -43,6 +43,14 @@ def _result(opening: OpeningEntry) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+def _client_key(opening: OpeningEntry) -> str:
+    if not opening.client_key_recorded:
+        return "client key not recorded (older log)"
+    if opening.client_key_sha256 is None:
+        return "no client key (local mode)"
+    return f"client key sha256 {opening.client_key_sha256.hex()}"
+
+
 def entry_json(logged: LoggedEntry) -> dict[str, Any]:
     """One entry as JSON (code included when the receipt carries it)."""
     out: dict[str, Any] = {"index": logged.index, "offset": logged.offset, "size": logged.size,
@@ -59,6 +67,8 @@ def entry_json(logged: LoggedEntry) -> dict[str, Any]:
             "policy_sha256": e.policy_sha256.hex(), "audit_pub": e.audit_pub.hex(), "nonce": e.nonce.hex(),
             "tls_spki": e.tls_spki.hex(), "evidence_size": len(e.evidence), "versions": dict(e.versions),
             "settings": dict(e.settings), "attestation": result,
+            "client_key_sha256": e.client_key_sha256.hex() if e.client_key_sha256 else None,
+            "client_key_recorded": e.client_key_recorded,
         })
     elif isinstance(e, ReceiptEntry):
         out.update({
@@ -86,7 +96,7 @@ def _line(index: int, e: Body | None) -> str:
         extra = f"; unsafe: {', '.join(map(str, flags))}" if flags else ""
         return (f"#{index:<4} {_when(e.opened_ms):24} opening   session {e.session_id.hex()} — {label}; "
                 f"measurement {str(r.get('measurement', ''))[:16]}…; policy {e.policy_source} "
-                f"(sha256 {e.policy_sha256.hex()[:12]}…){extra}")
+                f"(sha256 {e.policy_sha256.hex()[:12]}…){extra}; {_client_key(e)}")
     if isinstance(e, ClosingEntry):
         return f"#{index:<4} {_when(e.ended_ms):24} closing   {e.count} entries before it; reason {e.reason}"
     secs = (e.ended_ms - e.started_ms) / 1000
@@ -134,6 +144,7 @@ def report_lines(report: LogReport, *, source: str = "log") -> list[str]:
     if report.opening is not None:
         lines.append(f"session {report.opening.session_id.hex()}; policy used: {report.policy_used}"
                      + (f" (sha256 {report.policy_sha256.hex()[:16]}…)" if report.policy_sha256 else ""))
+        lines.append(f"{_client_key(report.opening)} (recorded by the kernel)")
     if report.result is not None:
         lines.extend(f"  {line}" for line in report.result.summary_lines())
     lines.extend(f"note: {note}" for note in report.notes)
@@ -165,6 +176,8 @@ def report_json(report: LogReport, *, cells: Sequence[CellFinding] | None = None
         "policy_used": report.policy_used,
         "policy_sha256": report.policy_sha256.hex() if report.policy_sha256 else None,
         "attestation": report.result.to_json_dict() if report.result is not None else None,
+        "client_key_sha256": report.opening.client_key_sha256.hex()
+        if report.opening is not None and report.opening.client_key_sha256 else None,
         "verified_prefix": report.verified_prefix,
         "notes": list(report.notes),
         "timeline": [entry_json(e) for e in report.entries],

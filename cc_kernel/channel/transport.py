@@ -6,12 +6,25 @@ application byte is sent, and ``protocol.Connection`` refuses to encode applicat
 server's private key is loaded from memory (a memfd), never written to disk; socket and TLS failures surface
 as BrokenChannelError / ConnectError, never as raw OSError/ssl.SSLError.
 
+Client keys (mutual TLS): a server given ``AuthorizedClients`` requires a client certificate whose chain ends
+at one of the listed self-signed certificates (they are its only trust anchors; OpenSSL checks the signature,
+validity and clientAuth usage at the handshake), then checks again that the certificate's SPKI SHA-256 is
+listed (``FramedChannel.client_key_sha256``). A refused handshake's alert reaches the client (asyncio alone
+would drop it) and the connection is closed gracefully, so the client can say why. A server given no
+``AuthorizedClients`` requests no client certificate (local mode, or an explicitly unsafe server).
+
+Busy servers: ``cc-kernel enclave serve`` answers a client it cannot serve with one plaintext line
+(``busy_line``) instead of a TLS handshake; ``open_client`` recognises it and raises ``ServerBusy``. The line is
+unauthenticated: it is shown as a hint, never trusted.
+
 Receiving: asyncio's TLS transport decrypts into one reusable buffer of ``_ChannelProtocol`` (an
 ``asyncio.BufferedProtocol``), whose bytes go straight into ``Connection.receive_data``; ``FramedChannel.receive``
 takes messages from the Connection and waits on a future when it needs more. Memory stays bounded: once the
 bytes fed to the Connection and not yet returned as messages exceed ``RECEIVE_HIGH_WATER`` (not counting an
 unfinished frame, itself at most ``max_frame_size``), reading pauses until the consumer brings them down to
-``RECEIVE_LOW_WATER``. Sending: writes wait for the transport's buffer to drain below its low-water mark.
+``RECEIVE_LOW_WATER`` — before the Connection is READY, already above twice its (pre-READY) frame limit, so a
+client that was not attested yet cannot make the server hold more than a few frames. Sending: writes wait for
+the transport's buffer to drain below its low-water mark.
 """
 
 from __future__ import annotations
@@ -20,24 +33,30 @@ import asyncio
 import collections
 import contextlib
 import os
+import re
 import socket
 import ssl
 import tempfile
+from asyncio import sslproto
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
+from cc_kernel.channel.clients import AuthorizedClients, ClientIdentity, refusal_message
+from cc_kernel.crypto.clientcert import certificate_spki_sha256
 from cc_kernel.crypto.keys import TlsIdentity
 from cc_kernel.errors import (
     BrokenChannelError,
+    ClientNotAuthorized,
     ClosedChannelError,
     ConfigError,
     ConnectError,
     RemoteProtocolError,
+    ServerBusy,
 )
 from cc_kernel.protocol.connection import Connection, ConnectionClosed
 from cc_kernel.protocol.framing import NEED_DATA
-from cc_kernel.protocol.messages import Message
+from cc_kernel.protocol.messages import Fatal, Message
 
 #: Size of the buffer the TLS transport decrypts into: at most this many bytes are handed to the Connection per
 #: callback. Larger than the 256 KiB asyncio reads from the socket at a time, so one read is one callback.
@@ -172,18 +191,41 @@ def _tls13_context(purpose: ssl.Purpose) -> ssl.SSLContext:
     return ctx
 
 
-def client_context() -> ssl.SSLContext:
-    """TLS 1.3 client context. Certificate checking is done by the attested peer check, not by a CA."""
+def client_context(client_identity: ClientIdentity | None = None) -> ssl.SSLContext:
+    """TLS 1.3 client context. Certificate checking is done by the attested peer check, not by a CA.
+
+    With ``client_identity`` the client presents that key and certificate when the server asks for one."""
     ctx = _tls13_context(ssl.Purpose.SERVER_AUTH)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if client_identity is not None:
+        _load_identity(ctx, client_identity.tls)
     return ctx
 
 
-def server_context(identity: TlsIdentity) -> ssl.SSLContext:
-    """TLS 1.3 server context presenting ``identity``; its key is loaded from memory, never from disk."""
+def server_context(identity: TlsIdentity, clients: AuthorizedClients | None = None) -> ssl.SSLContext:
+    """TLS 1.3 server context presenting ``identity``; its key is loaded from memory, never from disk.
+
+    With ``clients`` a client certificate is required and must chain to one of the authorised, self-signed
+    certificates, which are the context's only trust anchors (no system store is loaded). Without, no client
+    certificate is requested.
+
+    Raises:
+        ConfigError: ``clients`` lists no certificate (such a server could serve nobody).
+    """
     ctx = _tls13_context(ssl.Purpose.CLIENT_AUTH)
     ctx.num_tickets = 0  # no session resumption: every connection is attested afresh
+    _load_identity(ctx, identity)
+    if clients is not None:
+        if not len(clients):
+            raise ConfigError(f"{clients.source} lists no authorised client key")
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=clients.anchors_der())
+    return ctx
+
+
+def _load_identity(ctx: ssl.SSLContext, identity: TlsIdentity) -> None:
+    """Load a key and certificate into ``ctx`` from memory (a memfd), never from a file on disk."""
     pem = identity.key_pem + identity.cert_pem
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("cc-kernel-tls", os.MFD_CLOEXEC)
@@ -198,7 +240,106 @@ def server_context(identity: TlsIdentity) -> ssl.SSLContext:
             path.touch(mode=0o600)
             path.write_bytes(pem)
             ctx.load_cert_chain(str(path))
-    return ctx
+
+
+# --- busy servers --------------------------------------------------------------------------------------------
+
+#: The start of the plaintext line a full enclave server sends instead of a TLS handshake.
+BUSY_PREFIX = b"CC-KERNEL-BUSY"
+_BUSY_RE = re.compile(rb"CC-KERNEL-BUSY active=(\d{1,6}) max=(\d{1,6})\n")
+#: Bytes of the server's first answer a client keeps, to recognise a busy line.
+_SNIFF_SIZE = 64
+
+
+def busy_line(active: int, maximum: int) -> bytes:
+    """The line a full server sends before closing: ``CC-KERNEL-BUSY active=N max=M\\n`` (ASCII)."""
+    return b"CC-KERNEL-BUSY active=%d max=%d\n" % (active, maximum)
+
+
+def parse_busy_line(data: bytes) -> tuple[int, int] | None:
+    """(active, maximum) if ``data`` starts with a busy line, else None (unauthenticated: a hint only)."""
+    match = _BUSY_RE.match(data)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def _server_busy(data: bytes, address: object) -> ServerBusy | None:
+    if not data.startswith(BUSY_PREFIX):
+        return None
+    parsed = parse_busy_line(data)
+    if parsed is None:
+        return ServerBusy(f"the enclave server at {address} is busy (it runs as many sessions as it may); "
+                          "try again later")
+    active, maximum = parsed
+    return ServerBusy(
+        f"the enclave server at {address} is busy: {active} of {maximum} sessions are active; try again later",
+        active=active, maximum=maximum,
+    )
+
+
+# --- TLS handshakes ------------------------------------------------------------------------------------------
+# asyncio's own TLS protocol (``asyncio.sslproto.SSLProtocol``, Python >= 3.11) does the handshakes, with two
+# additions that the public API does not offer: the client keeps the first bytes it received (a busy server
+# answers with a plaintext line, which OpenSSL would only report as a record error), and the server sends the
+# alert of a refused handshake (asyncio closes without writing it, so a refused client would see a bare reset).
+
+
+class _ClientTLS(sslproto.SSLProtocol):
+    """The client's TLS protocol; ``first_bytes`` holds the start of what the server sent."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.first_bytes = bytearray()
+        self._view: memoryview | None = None
+
+    def get_buffer(self, n: int) -> memoryview:
+        view = super().get_buffer(n)
+        self._view = view
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if len(self.first_bytes) < _SNIFF_SIZE and self._view is not None:
+            self.first_bytes += self._view[: min(nbytes, _SNIFF_SIZE - len(self.first_bytes))]
+        super().buffer_updated(nbytes)
+
+
+class _ServerTLS(sslproto.SSLProtocol):
+    """The server's TLS protocol: a failed handshake's alert (e.g. an unknown client certificate) is written
+    to the socket before asyncio closes it."""
+
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        if handshake_exc is not None:
+            with contextlib.suppress(Exception):
+                self._process_outgoing()  # type: ignore[attr-defined]  # the alert OpenSSL queued
+        super()._on_handshake_complete(handshake_exc)
+
+
+#: TLS alerts (OpenSSL reason names) with which a server refuses a client certificate.
+_CLIENT_REFUSED_ALERTS = (
+    "CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_EXPIRED", "CERTIFICATE_UNKNOWN",
+    "UNSUPPORTED_CERTIFICATE", "CERTIFICATE_REVOKED",
+)
+#: ``Fatal.reason`` of a server whose post-handshake key check refused the client (it starts with this).
+CLIENT_REFUSED_REASON = "client key not authorised"
+
+
+def client_refusal(exc: BaseException | None, client_identity: ClientIdentity | None) -> ClientNotAuthorized | None:
+    """A ClientNotAuthorized if ``exc`` (what ended a fresh connection) is a server refusing our client key:
+    a TLS alert about our certificate, or the server's Fatal saying so. None otherwise."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        reason = getattr(exc, "reason", None)
+        if isinstance(exc, ssl.SSLError) and isinstance(reason, str) and any(
+            reason.endswith(alert) for alert in _CLIENT_REFUSED_ALERTS
+        ) and "ALERT" in reason:
+            break
+        if CLIENT_REFUSED_REASON in str(exc):
+            break
+        exc = exc.__cause__ or exc.__context__
+    else:
+        return None
+    line = client_identity.line if client_identity is not None else ""
+    return ClientNotAuthorized(refusal_message(client_identity), line=line)
 
 
 class _ChannelProtocol(asyncio.BufferedProtocol):
@@ -246,7 +387,7 @@ class _ChannelProtocol(asyncio.BufferedProtocol):
                 self.pause_reading()
             else:
                 self.backlog += nbytes
-                if self.backlog - self.unfinished > RECEIVE_HIGH_WATER:
+                if self.backlog - self.unfinished > min(RECEIVE_HIGH_WATER, 2 * self.conn.receive_frame_limit):
                     self.pause_reading()
         self.wake()
 
@@ -361,6 +502,9 @@ class FramedChannel:
             raise ConnectError(f"channel is not TLS 1.3 (negotiated {ssl_obj and ssl_obj.version()})")
         cert = ssl_obj.getpeercert(binary_form=True)
         self.peer_cert_der: bytes | None = cert
+        #: Server side: the SPKI SHA-256 of the client's authorised key (set by ``accept_server`` after its
+        #: check); None when the server serves any client, and always on the client side.
+        self.client_key_sha256: bytes | None = None
 
     @property
     def bytes_received(self) -> int:
@@ -443,40 +587,65 @@ class FramedChannel:
 
 
 async def open_client(
-    address: Address | socket.socket, conn: Connection, *, timeout: float = 10.0
+    address: Address | socket.socket, conn: Connection, *, timeout: float = 10.0,
+    client_identity: ClientIdentity | None = None,
 ) -> FramedChannel:
-    """Connect (TCP, Unix socket, vsock, or an already connected socket) and complete the TLS 1.3 handshake.
+    """Connect (TCP, Unix socket, vsock, or an already connected socket) and complete the TLS 1.3 handshake,
+    presenting ``client_identity`` if the server asks for a client certificate.
+
+    In TLS 1.3 the server judges the client certificate after the client's side of the handshake is done: a
+    refusal surfaces on the first receive (see ``client_refusal``), not here.
 
     Raises:
+        ServerBusy: the server answered that it runs as many sessions as it may (its plaintext busy line).
         ConnectError: nothing listens there, the handshake failed or timed out.
     """
-    ctx = client_context()
+    ctx = client_context(client_identity)
     loop = asyncio.get_running_loop()
     protocol = _ChannelProtocol(conn)
+    handshake: asyncio.Future[None] = loop.create_future()
+    tls = _ClientTLS(loop, protocol, ctx, handshake, server_side=False, server_hostname=None,
+                     ssl_handshake_timeout=timeout)
+    raw: asyncio.BaseTransport | None = None
     try:
         async with asyncio.timeout(timeout):
             if isinstance(address, socket.socket):
-                transport, _ = await loop.create_connection(
-                    lambda: protocol, sock=address, ssl=ctx, server_hostname=""
-                )
+                raw, _ = await loop.create_connection(lambda: tls, sock=address)
             elif address.kind == "vsock":
-                transport = await _open_vsock(address, protocol, ctx)
+                raw = await _open_vsock(address, tls)
             elif address.kind == "unix":
-                transport, _ = await loop.create_unix_connection(
-                    lambda: protocol, address.path, ssl=ctx, server_hostname=""
-                )
+                raw, _ = await loop.create_unix_connection(lambda: tls, address.path)
             else:
-                transport, _ = await loop.create_connection(
-                    lambda: protocol, address.host, address.port, ssl=ctx, server_hostname=""
-                )
+                raw, _ = await loop.create_connection(lambda: tls, address.host, address.port)
+            await handshake
     except TimeoutError as exc:
+        _close_quietly(raw, tls)
         raise ConnectError(f"connecting to {address} timed out after {timeout} s") from exc
     except (OSError, ssl.SSLError) as exc:
+        _close_quietly(raw, tls)
+        busy = _server_busy(bytes(tls.first_bytes), address)
+        if busy is not None:
+            raise busy from exc
         raise ConnectError(f"cannot connect to {address}: {exc}") from exc
-    return FramedChannel(transport, protocol)
+    except BaseException:
+        _close_quietly(raw, tls)
+        raise
+    assert protocol.transport is not None  # connection_made ran before the handshake future was resolved
+    return FramedChannel(protocol.transport, protocol)
 
 
-async def _open_vsock(address: Address, protocol: _ChannelProtocol, ctx: ssl.SSLContext) -> asyncio.Transport:
+def _close_quietly(transport: asyncio.BaseTransport | None, tls: sslproto.SSLProtocol | None = None) -> None:
+    """Close the raw transport and the TLS protocol's application transport (which asyncio creates with the
+    protocol, and warns about if it is never closed) after a failed connection."""
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.close()
+    if tls is not None:
+        with contextlib.suppress(Exception):
+            tls._get_app_transport().close()  # type: ignore[attr-defined]
+
+
+async def _open_vsock(address: Address, tls: asyncio.BaseProtocol) -> asyncio.BaseTransport:
     """Connect an AF_VSOCK stream socket to ``address`` and run the TLS client handshake over it, exactly as
     over TCP. The socket is closed if anything fails or the caller is cancelled (by us while connecting, by
     asyncio's transport once the handshake has started).
@@ -498,30 +667,112 @@ async def _open_vsock(address: Address, protocol: _ChannelProtocol, ctx: ssl.SSL
     except BaseException:
         sock.close()
         raise
-    transport, _ = await loop.create_connection(lambda: protocol, sock=sock, ssl=ctx, server_hostname="")
+    transport, _ = await loop.create_connection(lambda: tls, sock=sock)
     return transport
 
 
+#: Bytes and seconds a server reads (and discards) from a refused client before closing, so that the close
+#: is a FIN after the alert rather than a reset that could overtake it.
+_REFUSED_DRAIN_BYTES = 64 * 1024
+_REFUSED_DRAIN_SECONDS = 1.0
+
+
 async def accept_server(
-    sock: socket.socket, identity: TlsIdentity, conn: Connection, *, timeout: float = 10.0
+    sock: socket.socket, identity: TlsIdentity, conn: Connection, *, clients: AuthorizedClients | None,
+    timeout: float = 10.0,
 ) -> FramedChannel:
     """Run the server side of the TLS 1.3 handshake on an accepted (or socketpair) socket.
 
+    ``clients``: the authorised client keys; the client must present one (checked by OpenSSL against them as
+    trust anchors, then its SPKI SHA-256 against the list, constant time), which the channel's
+    ``client_key_sha256`` then names. None serves any client and requests no certificate: only for the
+    kernel's own socketpair (local mode) or a server started with the explicit unsafe option.
+
+    ``sock`` is closed by this function on failure (gracefully: a refused client receives the TLS alert) and
+    belongs to the channel on success.
+
     Raises:
-        ConnectError: the client did not complete a TLS 1.3 handshake in time.
+        ClientNotAuthorized: the client presented no certificate, an unknown or expired one (at the handshake),
+            or one whose key is not listed (after it).
+        ConnectError: the client did not complete a TLS 1.3 handshake in time, or it failed otherwise.
     """
+    ctx = server_context(identity, clients)
     loop = asyncio.get_running_loop()
     protocol = _ChannelProtocol(conn)
+    handshake: asyncio.Future[None] = loop.create_future()
+    tls = _ServerTLS(loop, protocol, ctx, handshake, server_side=True,
+                     ssl_handshake_timeout=timeout)  # type: ignore[arg-type]  # typeshed says int; a float works
+    # asyncio gets a duplicate: when it closes after a refused handshake, this descriptor keeps the connection
+    # open until the alert is followed by an orderly FIN (see _close_gracefully)
+    ours = sock
+    try:
+        theirs = ours.dup()
+    except OSError as exc:
+        ours.close()
+        raise ConnectError(f"cannot accept the connection: {exc}") from exc
+    raw: asyncio.BaseTransport | None = None
     try:
         async with asyncio.timeout(timeout):
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=server_context(identity), ssl_handshake_timeout=timeout
-            )
+            raw, _ = await loop.connect_accepted_socket(lambda: tls, theirs)
+            await handshake
     except TimeoutError as exc:
+        _close_quietly(raw, tls)
+        theirs.close()
+        ours.close()
         raise ConnectError(f"TLS handshake did not complete within {timeout} s") from exc
     except (OSError, ssl.SSLError) as exc:
+        _close_quietly(raw, tls)
+        theirs.close()
+        await _close_gracefully(ours)
+        reason = getattr(exc, "reason", None) or ""
+        if clients is not None and reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_VERIFY_FAILED"):
+            raise ClientNotAuthorized(f"client refused at the TLS handshake: {exc}") from exc
         raise ConnectError(f"TLS handshake failed: {exc}") from exc
-    return FramedChannel(transport, protocol)
+    except BaseException:
+        _close_quietly(raw, tls)
+        theirs.close()
+        ours.close()
+        raise
+    ours.close()  # the duplicate asyncio holds carries the connection from here
+    assert protocol.transport is not None
+    channel = FramedChannel(protocol.transport, protocol)
+    if clients is not None:
+        # the handshake checked the chain to a listed certificate; check that the key itself is listed
+        der = channel.peer_cert_der
+        try:
+            digest = certificate_spki_sha256(der) if der else b""
+        except ValueError:
+            digest = b""
+        if not digest or not clients.is_authorized(digest):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.send(Fatal(reason=CLIENT_REFUSED_REASON)), 1.0)
+            await channel.aclose()
+            raise ClientNotAuthorized(
+                f"client refused after the TLS handshake: its key (SPKI SHA-256 {digest.hex() or 'none'}) is not "
+                f"in {clients.source}"
+            )
+        channel.client_key_sha256 = digest
+    return channel
+
+
+async def _close_gracefully(sock: socket.socket) -> None:
+    """Close a refused connection after what was sent: FIN, read (and drop) what the peer still sends for a
+    bounded time and size, then close, so no reset overtakes the TLS alert."""
+    loop = asyncio.get_running_loop()
+    try:
+        sock.setblocking(False)
+        sock.shutdown(socket.SHUT_WR)
+        received = 0
+        async with asyncio.timeout(_REFUSED_DRAIN_SECONDS):
+            while received < _REFUSED_DRAIN_BYTES:
+                data = await loop.sock_recv(sock, 16384)
+                if not data:
+                    break
+                received += len(data)
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        sock.close()
 
 
 def listen(address: Address, *, backlog: int = 16) -> socket.socket:

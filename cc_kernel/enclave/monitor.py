@@ -43,25 +43,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cc_kernel import __version__
 from cc_kernel.attestation.binding import expected_report_data
 from cc_kernel.attestation.envelope import encode_envelope
 from cc_kernel.audit.format import STATUSES, OutputDigester, UploadInfo
 from cc_kernel.audit.receipts import ReceiptSigner, comm_input_text
+from cc_kernel.channel.accept import PRE_ATTESTATION_TIMEOUT, accept_session
+from cc_kernel.channel.clients import AuthorizedClients
 from cc_kernel.channel.ratls import STARTUP_NONCE, STARTUP_SESSION_ID
-from cc_kernel.channel.transport import FramedChannel, accept_server
+from cc_kernel.channel.transport import FramedChannel
 from cc_kernel.crypto.keys import AuditKey, TlsIdentity, make_tls_identity, new_tls_key, spki_der_of_key
 from cc_kernel.enclave.evidence import EvidenceSource
 from cc_kernel.errors import CCKernelError, ChannelError, ProtocolError, RemoteProtocolError
 from cc_kernel.protocol import messages as m
-from cc_kernel.protocol.connection import DEFAULT_OUTPUT_WINDOW, OUTPUT_MESSAGES, Connection, OutputWindow, Role
+from cc_kernel.protocol.connection import DEFAULT_OUTPUT_WINDOW, OUTPUT_MESSAGES, OutputWindow
 from cc_kernel.protocol.flow import output_cost
 from cc_kernel.protocol.privsep import REPLY_FOR, WORKER_TO_MONITOR, LinkDecoder, encode
 
 log = logging.getLogger("cc_kernel.enclave")
 
-#: Seconds a client has, after the TLS handshake, to send Hello and its AttestRequest.
-ATTEST_TIMEOUT = 30.0
 #: Seconds the worker has to import IPython, apply its sandbox and say WorkerReady.
 WORKER_START_TIMEOUT = 120.0
 #: Seconds a worker has to answer Shutdown before it is killed.
@@ -127,9 +126,17 @@ class Monitor:
         source: EvidenceSource,
         worker: WorkerSpec,
         monitor_protections: dict[str, dict[str, Any]] | None = None,
+        clients: AuthorizedClients | None = None,
+        pre_attestation_timeout: float = PRE_ATTESTATION_TIMEOUT,
         tls_key: Any = None,
         audit_key: AuditKey | None = None,
     ) -> None:
+        # client keys (None: the kernel's own socketpair, or a server told to serve anyone) and the deadline
+        # for a client's handshake, Hello and attestation request
+        self._clients = clients
+        self._pre_attestation_timeout = pre_attestation_timeout
+        #: SPKI SHA-256 of the client's authorised key, once accepted (None without client keys).
+        self.client_key_sha256: bytes | None = None
         self._source = source
         self._worker_spec = worker
         self._monitor_protections = dict(monitor_protections or {})
@@ -246,30 +253,45 @@ class Monitor:
 
     def run(self, sock: socket.socket | None = None, *,
             sock_provider: Callable[[], socket.socket] | None = None) -> int:
-        """Serve the session; returns a process exit status. ``sock``: connected (local mode, the worker
-        starts at once); ``sock_provider``: wait for the connection first (a spare of a server)."""
+        """Serve the session; returns a process exit status. ``sock``: connected (local mode: the worker starts
+        at once, overlapping the kernel's attestation); ``sock_provider``: wait for the connection (a spare of a
+        server): the worker starts only once the client completed its handshake with an authorised key and
+        asked for evidence, so a refused client never causes a worker to exist."""
         try:
+            worker_first = sock is not None
             if sock is None:
                 if sock_provider is None:
                     raise TypeError("run() needs sock or sock_provider")
                 sock = sock_provider()
-            self.start_worker()
-            return asyncio.run(self._serve(sock))
+            else:
+                self.start_worker()
+            return asyncio.run(self._serve(sock, worker_started=worker_first))
         finally:
             self.cleanup()
             log.info("session ended: %s", self.stop_reason or "shutdown")
 
-    async def _serve(self, sock: socket.socket) -> int:
+    async def _worker_link(self) -> asyncio.Task[None]:
+        """Start the worker if it is not running yet; connect its socketpair to this loop; read it."""
+        self.start_worker()
+        assert self._wsock is not None
+        self._wreader, self._wwriter = await asyncio.open_unix_connection(sock=self._wsock)
+        return asyncio.create_task(self._worker_loop())
+
+    async def _serve(self, sock: socket.socket, *, worker_started: bool) -> int:
         self._ready = asyncio.get_running_loop().create_future()
         self._shutdown_due = asyncio.Event()
         self._worker_done = asyncio.Event()
-        assert self._wsock is not None
-        self._wreader, self._wwriter = await asyncio.open_unix_connection(sock=self._wsock)
-        worker_task = asyncio.create_task(self._worker_loop())
+        worker_task = await self._worker_link() if worker_started else None
         try:
-            channel = await accept_server(sock, self._identity, Connection(Role.ENCLAVE))
-            self._channel = channel
-            await self._attest(channel)
+            pending = await accept_session(sock, self._identity, clients=self._clients,
+                                           timeout=self._pre_attestation_timeout)
+            channel = self._channel = pending.channel
+            self.client_key_sha256 = pending.client_key_sha256
+            if self._clients is not None:
+                log.info("client key %s", (pending.client_key_sha256 or b"").hex())
+            if worker_task is None:
+                worker_task = await self._worker_link()
+            await self._attest(channel, pending.request)
             await self._announce(channel)
             await self._kernel_loop(channel, worker_task)
         except WorkerGone as gone:
@@ -279,9 +301,10 @@ class Monitor:
             self.stop_reason = self.stop_reason or await self._why_closed(exc)
             log.info("session over: %s", self.stop_reason)
         finally:
-            worker_task.cancel()
-            with contextlib.suppress(BaseException):
-                await worker_task
+            if worker_task is not None:
+                worker_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await worker_task
             if self._channel is not None:
                 await self._channel.aclose()
         return 0
@@ -299,19 +322,8 @@ class Monitor:
                             return f"the kernel closed the session: {msg.reason}"
         return f"{type(exc).__name__}: {exc}"
 
-    async def _attest(self, channel: FramedChannel) -> None:
-        try:
-            async with asyncio.timeout(ATTEST_TIMEOUT):
-                hello = await channel.receive()
-                if not isinstance(hello, m.Hello):
-                    raise RemoteProtocolError(f"expected Hello, got {type(hello).__name__}")
-                version = m.negotiate([m.PROTOCOL_VERSION], hello.versions)
-                await channel.send(m.Hello(role="enclave", versions=[version], software=f"cc-kernel {__version__}"))
-                challenge = await channel.receive()
-        except TimeoutError:
-            raise TimeoutError(f"no attestation challenge within {ATTEST_TIMEOUT} s") from None
-        if not isinstance(challenge, m.AttestRequest):
-            raise RemoteProtocolError(f"expected AttestRequest, got {type(challenge).__name__}")
+    async def _attest(self, channel: FramedChannel, challenge: m.AttestRequest) -> None:
+        """Evidence for this monitor's own keys, answering the client's challenge (nonce and session id)."""
         env = self._source.collect(
             expected_report_data(
                 tls_spki=self._spki, audit_pub=self._audit_key.public_bytes, nonce=challenge.nonce,
@@ -704,4 +716,4 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-__all__ = ["ATTEST_TIMEOUT", "Monitor", "WorkerSpec"]
+__all__ = ["Monitor", "WorkerSpec"]

@@ -30,6 +30,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from cc_kernel.channel.accept import PRE_ATTESTATION_TIMEOUT
+from cc_kernel.channel.clients import AuthorizedClients
 from cc_kernel.enclave.evidence import FAULTS, EvidenceSource, SimulatedSource, detect_hardware_source
 from cc_kernel.enclave.hardening import harden_process
 from cc_kernel.enclave.monitor import Monitor, WorkerSpec
@@ -54,8 +56,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sim-dir", type=Path, default=None, help="simulated TEE authority directory")
     p.add_argument("--fault", action="append", default=[], choices=FAULTS,
                    help="teaching fault for the simulated TEE (repeatable)")
-    p.add_argument("--worker-uid", type=int, default=None,
-                   help="run the worker as this uid (root only; default in server modes: a uid of its own)")
+    # --- client keys and the pre-attestation deadline (channel.clients, channel.accept) ---
+    p.add_argument("--authorized-clients", type=Path, default=None, metavar="FILE",
+                   help="serve only clients presenting a key listed in FILE (read once, at start)")
+    p.add_argument("--unsafe-serve-any-client", action="store_true",
+                   help="with --control-fd or --listen and no --authorized-clients: serve any client")
+    p.add_argument("--pre-attestation-timeout", type=float, default=PRE_ATTESTATION_TIMEOUT, metavar="SECONDS",
+                   help="seconds a client has for the TLS handshake, Hello and its attestation request")
+    # --- end of the client-key options ---
     p.add_argument("--no-capture-fds", action="store_true", help="do not capture OS fds 1/2 (debugging)")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
@@ -78,6 +86,10 @@ def _receive_fd(control: socket.socket) -> socket.socket:
         raise CCKernelError("the supervisor closed the control socket without passing a connection")
     return socket.socket(fileno=fds[0])
 
+
+#: Seconds the kernel's own enclave (``--fd``, local mode) waits for the kernel's attestation request: it may
+#: be started before ipykernel is imported (``kernel/early.py``), so a loaded machine must not end it.
+LOCAL_START_TIMEOUT = 120.0
 
 #: Server modes running as root give each session's worker its own uid: this base plus the monitor's pid
 #: (unique among live sessions; a session's files are removed when it ends, so a reused uid inherits nothing).
@@ -128,7 +140,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.evidence_provider is not None and args.platform != "hardware":
         print("python -m cc_kernel.enclave: --evidence-provider needs --platform hardware", file=sys.stderr)
         return 2
+    # --- client keys: read before any connection exists; a bad file stops the process (exit 2) ---
+    clients = None
+    if args.fd is not None and (args.authorized_clients is not None or args.unsafe_serve_any_client):
+        print("python -m cc_kernel.enclave: --fd serves the kernel's own socket; client keys do not apply",
+              file=sys.stderr)
+        return 2
+    if args.fd is None and args.authorized_clients is None and not args.unsafe_serve_any_client:
+        print("python -m cc_kernel.enclave: --control-fd and --listen need --authorized-clients FILE (or "
+              "--unsafe-serve-any-client)", file=sys.stderr)
+        return 2
+    if args.authorized_clients is not None:
+        try:
+            clients = AuthorizedClients.load(args.authorized_clients)
+        except CCKernelError as exc:
+            print(f"python -m cc_kernel.enclave: {exc}", file=sys.stderr)
+            return 2
+        if not len(clients):
+            print(f"python -m cc_kernel.enclave: {args.authorized_clients} lists no client key", file=sys.stderr)
+            return 2
+    # --- end of the client-key set-up ---
     _setup_logging(args.log_level)
+    if args.unsafe_serve_any_client:
+        log.warning("UNSAFE: serving any client (--unsafe-serve-any-client): no client key is checked")
     report = harden_process()
     log.info("hardening: %s", report)
     try:
@@ -142,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         if report.not_dumpable else "prctl(PR_SET_DUMPABLE) failed",
     }}
     worker = _worker_spec(args, protections)
-    monitor = Monitor(source=source, worker=worker, monitor_protections=protections)
+    # The kernel's own socketpair (--fd) is not a stranger: it gets the start-up deadline the kernel itself has.
+    timeout = LOCAL_START_TIMEOUT if args.fd is not None else args.pre_attestation_timeout
+    monitor = Monitor(source=source, worker=worker, monitor_protections=protections, clients=clients,
+                      pre_attestation_timeout=timeout)
 
     def _terminate(signum: int, _frame: object) -> None:  # SIGTERM from the kernel or supervisor
         monitor.cleanup()

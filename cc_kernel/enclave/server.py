@@ -4,6 +4,14 @@ A warm spare process (interpreter built, keys generated, start-up evidence in it
 control socket; each accepted connection is passed to it with SCM_RIGHTS and a new spare is started. Every
 session thus gets a fresh interpreter, fresh TLS and audit keys, and fresh evidence, and connect + attest
 costs a TLS handshake and one signature, not an interpreter start.
+
+Client keys: every enclave process reads the authorised-clients file itself at start (``--authorized-clients``),
+before any connection, so a session is always checked against the list as it was when its process started;
+the supervisor never looks at what a client sends. Without a file it passes ``--unsafe-serve-any-client``,
+which the command line allows only when asked for by name.
+
+A full server (``max_sessions`` sessions alive) answers a new client with one plaintext line,
+``CC-KERNEL-BUSY active=N max=M``, then closes; clients show it as a hint (``ServerBusy``).
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cc_kernel.channel.transport import Address, listen
+from cc_kernel.channel.accept import PRE_ATTESTATION_TIMEOUT
+from cc_kernel.channel.transport import Address, busy_line, listen
 
 log = logging.getLogger("cc_kernel.enclave")
 
@@ -39,16 +48,35 @@ class Supervisor:
     faults: Sequence[str] = ()
     max_sessions: int = 8
     extra_args: Sequence[str] = ()
+    #: The authorised-clients file every enclave process reads at start. Without one, ``unsafe_serve_any_client``
+    #: must be set (``--unsafe-serve-any-client``): nothing serves anyone by default.
+    authorized_clients: Path | None = None
+    unsafe_serve_any_client: bool = False
+    pre_attestation_timeout: float = PRE_ATTESTATION_TIMEOUT
+    #: Log level of the enclave processes (they log to the supervisor's stderr).
+    log_level: str = "WARNING"
     _active: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _spare: _Spare | None = None
     _listener: socket.socket | None = None
 
     def worker_argv(self, control_fd: int) -> list[str]:
+        """The command line of a spare enclave process.
+
+        Raises:
+            ValueError: neither ``authorized_clients`` nor ``unsafe_serve_any_client`` is set.
+        """
         argv = [sys.executable, "-m", "cc_kernel.enclave", "--control-fd", str(control_fd)]
         if self.sim_dir is not None:
             argv += ["--sim-dir", str(self.sim_dir)]
         for fault in self.faults:
             argv += ["--fault", fault]
+        if self.authorized_clients is not None:
+            argv += ["--authorized-clients", str(self.authorized_clients)]
+        elif self.unsafe_serve_any_client:
+            argv += ["--unsafe-serve-any-client"]
+        else:
+            raise ValueError("a Supervisor needs authorized_clients, or unsafe_serve_any_client=True")
+        argv += ["--pre-attestation-timeout", str(self.pre_attestation_timeout), "--log-level", self.log_level]
         return argv + list(self.extra_args)
 
     def _spawn_spare(self) -> _Spare:
@@ -81,7 +109,7 @@ class Supervisor:
                 self._reap()
                 if len(self._active) >= self.max_sessions:
                     log.warning("refusing %s: %d sessions active (--max-sessions)", peer, len(self._active))
-                    conn.close()
+                    _say_busy(conn, len(self._active), self.max_sessions)
                     continue
                 spare = self._spare
                 if spare.process.poll() is not None:  # the spare died: start another and use it
@@ -100,6 +128,7 @@ class Supervisor:
             self.close()
 
     def _reap(self) -> None:
+        """Forget enclave processes that have exited."""
         self._active = [p for p in self._active if p.poll() is None]
 
     def close(self) -> None:
@@ -123,3 +152,20 @@ class Supervisor:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self._active.clear()
+
+
+def _say_busy(conn: socket.socket, active: int, maximum: int) -> None:
+    """Send the busy line, end our side (FIN after the line), drop what already arrived, close. Never blocks:
+    the line fits any socket buffer, and a client that reads nothing cannot hold the accept loop."""
+    try:
+        conn.setblocking(False)
+        conn.send(busy_line(active, maximum))
+        conn.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            for _ in range(4):  # the ClientHello, if here: unread bytes would make close() a reset
+                if not conn.recv(65536):
+                    break
+    except OSError as exc:
+        log.info("could not tell a client the server is busy: %s", exc)
+    finally:
+        conn.close()

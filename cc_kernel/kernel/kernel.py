@@ -37,10 +37,12 @@ from cc_kernel.errors import (
     BindingMismatch,
     CCKernelError,
     CertificateExpired,
+    ClientNotAuthorized,
     ConfigError,
     EnclaveError,
     PolicyError,
     PolicyViolation,
+    ServerBusy,
     StaleEvidence,
     VerificationError,
 )
@@ -250,7 +252,7 @@ class ConfidentialKernel(Kernel):
                                      on_closed=self._enclave_closed, collateral=collateral)
             attested = await self._link.start(timeout=self.attest_timeout)
             if self.audit:
-                await self._open_audit_log(attested.peer, policy)
+                await self._open_audit_log(attested.peer, policy, client_key_sha256=attested.client_key_sha256)
             else:  # the enclave runs no request before it knows: this session keeps no log
                 await self._link.audit_off()
         except BaseException as exc:
@@ -269,7 +271,7 @@ class ConfidentialKernel(Kernel):
 
     # -- audit log ------------------------------------------------------------------------------------------------
 
-    async def _open_audit_log(self, peer: Any, policy: Policy) -> None:
+    async def _open_audit_log(self, peer: Any, policy: Policy, *, client_key_sha256: bytes | None = None) -> None:
         """Create this session's log (opening entry: evidence, policy, result) and tell the enclave to chain
         its receipts to it. Fails closed: without a log, when one is asked for, no code runs. From then on the
         link requires one matching receipt per receipted request and stops the session otherwise."""
@@ -282,7 +284,7 @@ class ConfidentialKernel(Kernel):
             result=peer.result, envelope_bytes=peer.envelope_bytes, tls_spki=peer.tls_spki, policy=policy,
             opened_ms=int(time.time() * 1000),
             versions={"cc_kernel": __version__, "python": LANGUAGE_INFO["version"]},  # type: ignore[dict-item]
-            settings={"redact_code": self.redact_code},
+            settings={"redact_code": self.redact_code}, client_key_sha256=client_key_sha256,
         )
         self._audit.open(opening)
         assert self._link is not None
@@ -793,6 +795,13 @@ _POLICY_HINTS: tuple[tuple[str, str], ...] = (
 
 def _fix_hint(exc: BaseException, mode: str) -> str:
     """One actionable sentence for a refusal: what it means and what to do (never just "restart")."""
+    cause = exc.__cause__ if isinstance(exc, EnclaveError) else exc
+    if isinstance(cause, ClientNotAuthorized):
+        return ("The enclave server accepts only client keys its owner authorised: send the owner the line above "
+                "(`cc-kernel client-key` prints it again), then restart the kernel.")
+    if isinstance(cause, ServerBusy):
+        return ("The enclave server already runs as many sessions as it may: restart the kernel later, or ask its "
+                "owner for more sessions (--max-sessions).")
     if isinstance(exc, PolicyViolation):
         checks = [f.check for f in exc.failures]
         if any(check.startswith(_MEASUREMENT_CHECKS) for check in checks):

@@ -50,8 +50,18 @@ from cc_kernel.attestation.policy import Policy
 from cc_kernel.audit.format import ClosingEntry, ReceiptEntry, code_hash
 from cc_kernel.audit.receipts import LogWriter, expected_receipt
 from cc_kernel.channel.client import AttestedChannel, connect_attested
+from cc_kernel.channel.clients import ClientIdentity
 from cc_kernel.channel.transport import Address
-from cc_kernel.errors import AuditError, CCKernelError, ChannelError, ConnectError, EnclaveError, ProtocolError
+from cc_kernel.errors import (
+    AuditError,
+    CCKernelError,
+    ChannelError,
+    ClientNotAuthorized,
+    ConnectError,
+    EnclaveError,
+    ProtocolError,
+    ServerBusy,
+)
 from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import OUTPUT_MESSAGES
 from cc_kernel.protocol.flow import output_cost
@@ -63,6 +73,10 @@ log = logging.getLogger("cc_kernel.kernel")
 
 #: Return credit to the enclave once this many output bytes were handed to Jupyter.
 CREDIT_BATCH = 256 * 1024
+#: Waits between attempts while a remote enclave server says it is busy: doubling from the first to the last,
+#: within the start timeout.
+BUSY_RETRY_FIRST = 0.5
+BUSY_RETRY_MAX = 8.0
 REPLY_TYPES = (
     m.ExecuteReply, m.CompleteReply, m.InspectReply, m.IsCompleteReply, m.HistoryReply, m.CommInfoReply,
     m.UploadReply, m.InputRequest,
@@ -108,6 +122,9 @@ class LaunchSpec:
     extra_env: dict[str, str] = field(default_factory=dict)
     #: The session id the evidence must bind (the one the badge and kernel_info show); random if None.
     session_id: bytes | None = None
+    #: Remote mode: where the user's client key lives (default ``clientkey.client_key_dir()``); created on
+    #: first use and presented to the enclave server. Local mode presents none (the socketpair is private).
+    client_key_dir: Path | None = None
 
 
 class EnclaveLink:
@@ -166,13 +183,14 @@ class EnclaveLink:
             VerificationError (subclasses): its attestation was refused.
         """
         self._loop = asyncio.get_running_loop()
+        client_identity = None
+        if self.spec.address is not None:
+            from cc_kernel.clientkey import load_or_create_client_identity
+
+            client_identity = await asyncio.to_thread(load_or_create_client_identity, self.spec.client_key_dir)
         target: Address | socket.socket = self._launch() if self.spec.address is None else self.spec.address
         try:
-            self.attested = await connect_attested(
-                target, policy=self.policy, anchors=hardware_anchors(),
-                simulation_anchors=self.simulation_anchors, collateral=self.collateral,
-                session_id=self.spec.session_id, timeout=timeout,
-            )
+            self.attested = await self._connect(target, timeout, client_identity)
         except (ChannelError, ProtocolError) as exc:
             raise EnclaveError(self._explain_start_failure(exc)) from exc
         except BaseException:
@@ -181,6 +199,29 @@ class EnclaveLink:
         self.session_info = self.attested.session_info
         self._reader = asyncio.ensure_future(self._read_loop())
         return self.attested
+
+    async def _connect(
+        self, target: Address | socket.socket, timeout: float, client_identity: ClientIdentity | None
+    ) -> AttestedChannel:
+        """``connect_attested``; while a remote server says it is busy, try again with exponential backoff until
+        ``timeout`` seconds have passed since the first attempt (then its ServerBusy is raised)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = BUSY_RETRY_FIRST
+        while True:
+            try:
+                return await connect_attested(
+                    target, policy=self.policy, anchors=hardware_anchors(),
+                    simulation_anchors=self.simulation_anchors, collateral=self.collateral,
+                    session_id=self.spec.session_id, timeout=max(deadline - loop.time(), 0.001),
+                    client_identity=client_identity,
+                )
+            except ServerBusy as exc:
+                if isinstance(target, socket.socket) or loop.time() + delay >= deadline:
+                    raise
+                log.warning("%s; trying again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)  # backoff, not synchronisation: the server is full
+                delay = min(2 * delay, BUSY_RETRY_MAX)
 
     def _launch(self) -> socket.socket:
         from cc_kernel.kernel import early
@@ -215,6 +256,10 @@ class EnclaveLink:
             if proc.returncode is not None:
                 tail = "\n".join(self._log_lines[-5:]) or "(no output)"
                 return f"the enclave process exited with status {proc.returncode} before attestation:\n{tail}"
+        if isinstance(exc, ServerBusy):
+            return f"{exc} (still busy after retrying for the kernel's start timeout)"
+        if isinstance(exc, ClientNotAuthorized):
+            return str(exc)
         if isinstance(exc, ConnectError):
             return f"cannot reach the enclave: {exc}"
         return (f"the connection to the enclave failed during attestation: {exc}. Traffic altered on its way (by "

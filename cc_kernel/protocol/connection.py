@@ -163,6 +163,12 @@ OUTPUT_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
     {Stream, DisplayData, UpdateDisplayData, ExecuteResult, Error, ClearOutput, CommOpen, CommMsg, CommClose}
 )
 
+#: Largest frame the enclave accepts before READY. Everything a client may send before then (Hello,
+#: AttestRequest, Ping, Fatal) is a few hundred bytes, so a client that has not even been attested cannot make
+#: the enclave buffer a large frame; the full ``max_frame_size`` applies from READY on (once the frames that
+#: arrived before it were taken). The kernel keeps its full limit: the enclave's evidence can be large.
+PRE_READY_MAX_FRAME_SIZE: Final = 64 * 1024
+
 #: The output window, in ``output_cost`` units (``protocol/flow.py``): output the worker may have sent that the
 #: kernel has not credited yet. The worker waits on it; the monitor enforces it; the kernel credits against it.
 DEFAULT_OUTPUT_WINDOW: Final = 8 * 1024 * 1024
@@ -262,7 +268,10 @@ class Connection:
         self._table = TRANSITIONS[role]
         self._peer_role = Role.ENCLAVE if role is Role.KERNEL else Role.KERNEL
         self._state = State.HELLO
-        self._decoder = FrameDecoder(max_frame_size)
+        # the enclave starts with the pre-READY limit and raises it once READY and nothing older is buffered
+        limit = min(PRE_READY_MAX_FRAME_SIZE, max_frame_size) if role is Role.ENCLAVE else max_frame_size
+        self._decoder = FrameDecoder(limit)
+        self._raise_limit_when_idle = False
         self._offered: tuple[int, ...] = ()
         self._their_version: int | None = None
         self._shutdown_restart: bool | None = None
@@ -287,6 +296,18 @@ class Connection:
     def closed_reason(self) -> str | None:
         """Why the connection closed (None unless it did). For a peer's Fatal: the peer's text."""
         return self._closed.reason if self._closed else None
+
+    @property
+    def receive_frame_limit(self) -> int:
+        """The largest frame body accepted from the peer now: ``PRE_READY_MAX_FRAME_SIZE`` on the enclave side
+        until READY (and until the frames that arrived before READY were taken), else ``max_frame_size``."""
+        return self._decoder.max_frame_size
+
+    def _maybe_raise_limit(self) -> None:
+        """From READY on, once no byte received before it is buffered, accept frames up to ``max_frame_size``."""
+        if self._raise_limit_when_idle and self._decoder.buffered == 0 and not self._decoder.at_eof:
+            self._decoder = FrameDecoder(self.max_frame_size)
+            self._raise_limit_when_idle = False
 
     @property
     def last_frame_size(self) -> int:
@@ -370,6 +391,9 @@ class Connection:
         elif isinstance(msg, Shutdown):
             self._shutdown_restart = msg.restart
         self._state = new_state
+        if new_state is State.READY and self._decoder.max_frame_size < self.max_frame_size:
+            self._raise_limit_when_idle = True
+            self._maybe_raise_limit()
         if new_state is State.CLOSED:
             if isinstance(msg, Fatal):
                 self._close(msg.reason, clean=False)
@@ -419,6 +443,7 @@ class Connection:
                 raise ValueError("receive_data() after EOF")
             return
         if data:
+            self._maybe_raise_limit()
             self._decoder.feed(data)
             return
         self._eof = True
@@ -459,6 +484,7 @@ class Connection:
             raise self._fail(exc) from None
         self._last_frame_size = HEADER_SIZE + len(frame)
         self._state = new_state
+        self._maybe_raise_limit()
         if new_state is State.CLOSED:
             if isinstance(msg, Fatal):
                 self._close(msg.reason, clean=False)

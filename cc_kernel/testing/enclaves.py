@@ -32,6 +32,7 @@ from cc_kernel.attestation.envelope import encode_envelope
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority, authority_to_pem
 from cc_kernel.attestation.policy import Policy, load_policy, render_policy
 from cc_kernel.channel.client import AttestedChannel, connect_attested
+from cc_kernel.channel.clients import AuthorizedClients, ClientIdentity
 from cc_kernel.channel.ratls import STARTUP_NONCE, STARTUP_SESSION_ID
 from cc_kernel.channel.transport import (
     STREAM_LIMIT,
@@ -42,6 +43,7 @@ from cc_kernel.channel.transport import (
     parse_address,
     server_context,
 )
+from cc_kernel.clientkey import client_key_dir, load_or_create_client_identity
 from cc_kernel.crypto.keys import AuditKey, TlsIdentity, make_tls_identity, new_tls_key, spki_der_of_key
 from cc_kernel.enclave.evidence import EvidenceSource
 from cc_kernel.errors import RemoteProtocolError
@@ -262,6 +264,9 @@ class SupervisorProcess:
     address: Address
     log_path: Path
     stdout_path: Path
+    #: The client key it authorised (the data directory's, which its kernels and ``cc-kernel attest`` present);
+    #: None when it serves any client or was given another file.
+    client_identity: ClientIdentity | None = None
 
     def log(self) -> str:
         """The supervisor's stderr (and its enclaves' logs) so far."""
@@ -308,8 +313,13 @@ def start_supervisor(
     faults: Iterable[str] = (),
     extra_args: Sequence[str] = (),
     timeout: float = 30.0,
+    clients: Path | Literal["data-dir", "any"] = "data-dir",
 ) -> SupervisorProcess:
     """Run ``python -m cc_kernel enclave serve --listen LISTEN`` and return once it printed its address.
+
+    ``clients``: ``"data-dir"`` authorises the client key of ``data_dir`` (created on first use; what kernels
+    and ``cc-kernel attest`` run with that data directory present, see ``client_identity``), a path is passed
+    as ``--authorized-clients``, ``"any"`` passes ``--unsafe-serve-any-client``.
 
     Raises:
         TimeoutError: it printed no address within ``timeout`` seconds (it is stopped first).
@@ -320,6 +330,16 @@ def start_supervisor(
             "--sim-dir", str(simulation_dir(data_dir)), "--log-level", "WARNING"]
     for fault in faults:
         argv += ["--fault", fault]
+    identity = None
+    if clients == "any":
+        argv += ["--unsafe-serve-any-client"]
+    elif clients == "data-dir":
+        identity = load_or_create_client_identity(client_key_dir(data_dir))
+        listed = _fresh_path(data_dir, "authorized_clients", "")
+        listed.write_text(f"# the test data directory's client key\n{identity.line}\n")
+        argv += ["--authorized-clients", str(listed)]
+    else:
+        argv += ["--authorized-clients", str(clients)]
     argv += list(extra_args)
     stdout_path = _fresh_path(data_dir, "supervisor", ".out")
     log_path = stdout_path.with_suffix(".log")
@@ -348,7 +368,8 @@ def start_supervisor(
         _stop_process(process, sig=signal.SIGTERM, timeout=5.0)
         raise
     return SupervisorProcess(
-        process=process, address=parse_address(found[0].decode()), log_path=log_path, stdout_path=stdout_path
+        process=process, address=parse_address(found[0].decode()), log_path=log_path, stdout_path=stdout_path,
+        client_identity=identity,
     )
 
 
@@ -364,6 +385,8 @@ class InProcessEnclave:
 
     source: EvidenceSource
     audit_key: AuditKey = field(default_factory=AuditKey)
+    #: The authorised client keys (None: any client, as over the kernel's own socketpair).
+    clients: AuthorizedClients | None = None
     identity: TlsIdentity = field(init=False)
     _spki: bytes = field(init=False, repr=False)
 
@@ -385,7 +408,8 @@ class InProcessEnclave:
         Raises:
             ConnectError / BrokenChannelError / RemoteProtocolError: as the worker would see them.
         """
-        channel = await accept_server(sock, self.identity, Connection(Role.ENCLAVE), timeout=timeout)
+        channel = await accept_server(
+            sock, self.identity, Connection(Role.ENCLAVE), clients=self.clients, timeout=timeout)
         try:
             hello = await channel.receive()
             if not isinstance(hello, m.Hello):
@@ -649,8 +673,11 @@ class Relay:
 # --- raw TLS clients (no protocol library between the test and the enclave) ----------------------------------
 
 
-def raw_tls_client(target: Address | str | socket.socket, *, timeout: float = 10.0) -> ssl.SSLSocket:
-    """A blocking TLS 1.3 client connection (certificate not checked: the caller does no attestation).
+def raw_tls_client(
+    target: Address | str | socket.socket, *, timeout: float = 10.0, client_identity: ClientIdentity | None = None
+) -> ssl.SSLSocket:
+    """A blocking TLS 1.3 client connection (certificate not checked: the caller does no attestation),
+    presenting ``client_identity`` if given.
 
     Raises:
         ConfigError: ``target`` is text that is not an address.
@@ -669,7 +696,7 @@ def raw_tls_client(target: Address | str | socket.socket, *, timeout: float = 10
     else:  # pragma: no cover - refused by _dialable
         raise AssertionError(f"unreachable: raw_tls_client target kind {target.kind!r}")
     sock.settimeout(timeout)
-    return client_context().wrap_socket(sock, server_hostname=None)
+    return client_context(client_identity).wrap_socket(sock, server_hostname=None)
 
 
 async def raw_tls_server(
