@@ -313,6 +313,7 @@ def test_a_session_after_attesting_accepts_large_frames(
     async def main() -> str:
         attested = await _attest(serve, policy, sim_anchors)
         try:
+            await attested.channel.send(m.AuditOff())  # the enclave runs nothing before AuditStart or AuditOff
             code = "x = '" + "a" * (1024 * 1024) + "'\nprint(len(x))"
             await attested.channel.send(m.ExecuteRequest(
                 req_id=1, code=code, silent=False, store_history=True, user_expressions={}, allow_stdin=False,

@@ -287,8 +287,8 @@ class Monitor:
                                            timeout=self._pre_attestation_timeout)
             channel = self._channel = pending.channel
             self.client_key_sha256 = pending.client_key_sha256
-            if self._clients is not None:
-                log.info("client key %s", (pending.client_key_sha256 or b"").hex())
+            log.info("client key %s", pending.client_key_sha256.hex() if pending.client_key_sha256
+                     else "none (local mode, or a server that serves any client)")
             if worker_task is None:
                 worker_task = await self._worker_link()
             await self._attest(channel, pending.request)

@@ -41,6 +41,10 @@ from cc_kernel.errors import CCKernelError
 log = logging.getLogger("cc_kernel.enclave")
 
 
+#: Seconds the kernel's own enclave (``--fd``, local mode) waits for the kernel's attestation request: it may
+#: be started before ipykernel is imported (``kernel/early.py``), so a loaded machine must not end it.
+LOCAL_START_TIMEOUT = 120.0
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m cc_kernel.enclave", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
@@ -61,9 +65,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="serve only clients presenting a key listed in FILE (read once, at start)")
     p.add_argument("--unsafe-serve-any-client", action="store_true",
                    help="with --control-fd or --listen and no --authorized-clients: serve any client")
-    p.add_argument("--pre-attestation-timeout", type=float, default=PRE_ATTESTATION_TIMEOUT, metavar="SECONDS",
-                   help="seconds a client has for the TLS handshake, Hello and its attestation request")
+    p.add_argument("--pre-attestation-timeout", type=float, default=None, metavar="SECONDS",
+                   help="seconds a client has for the TLS handshake, Hello and its attestation request (default "
+                        f"{PRE_ATTESTATION_TIMEOUT:g}; {LOCAL_START_TIMEOUT:g} for the kernel's own socket, --fd)")
     # --- end of the client-key options ---
+    p.add_argument("--worker-uid", type=int, default=None,
+                   help="run the worker as this uid (root only; default in server modes: a uid of its own)")
     p.add_argument("--no-capture-fds", action="store_true", help="do not capture OS fds 1/2 (debugging)")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
@@ -86,10 +93,6 @@ def _receive_fd(control: socket.socket) -> socket.socket:
         raise CCKernelError("the supervisor closed the control socket without passing a connection")
     return socket.socket(fileno=fds[0])
 
-
-#: Seconds the kernel's own enclave (``--fd``, local mode) waits for the kernel's attestation request: it may
-#: be started before ipykernel is imported (``kernel/early.py``), so a loaded machine must not end it.
-LOCAL_START_TIMEOUT = 120.0
 
 #: Server modes running as root give each session's worker its own uid: this base plus the monitor's pid
 #: (unique among live sessions; a session's files are removed when it ends, so a reused uid inherits nothing).
@@ -177,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     }}
     worker = _worker_spec(args, protections)
     # The kernel's own socketpair (--fd) is not a stranger: it gets the start-up deadline the kernel itself has.
-    timeout = LOCAL_START_TIMEOUT if args.fd is not None else args.pre_attestation_timeout
+    timeout = args.pre_attestation_timeout
+    if timeout is None:
+        timeout = LOCAL_START_TIMEOUT if args.fd is not None else PRE_ATTESTATION_TIMEOUT
     monitor = Monitor(source=source, worker=worker, monitor_protections=protections, clients=clients,
                       pre_attestation_timeout=timeout)
 

@@ -12,6 +12,7 @@ The monitor passes the environment: nothing of the host's configuration reaches 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     _no_core_files()
     sock = socket.socket(fileno=args.fd)
     from cc_kernel.worker.sandbox import SandboxSpec, apply_sandbox, default_read_only, exposed
-    from cc_kernel.worker.serve import MonitorLink, WorkerServer
+    from cc_kernel.worker.serve import LinkClosed, MonitorLink, WorkerServer
 
     link = MonitorLink(sock)
     workdir = Path.cwd()
@@ -87,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         protections = dict(apply_sandbox(spec))
     except CCKernelError as exc:  # required and not applicable: say which part, then end
-        link.send(m.WorkerReady(pid=os.getpid(), protections={"sandbox": {"in_force": False, "detail": str(exc)}}))
+        with contextlib.suppress(LinkClosed):
+            link.send(m.WorkerReady(pid=os.getpid(), protections={"sandbox": {"in_force": False,
+                                                                              "detail": str(exc)}}))
         return 3
     leaks = [f"{secret} lies under {grant}, which cells may read"
              for secret, grant in exposed(spec, args.forbid).items()]
@@ -117,5 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         link.send(m.WorkerReady(pid=os.getpid(), protections=protections))
         return server.serve()
+    except LinkClosed:  # the monitor ended the session while this worker was starting: nothing to report
+        log.info("the monitor closed the link")
+        return 0
     finally:
         server.shell.close()

@@ -39,7 +39,7 @@ MAX_OUTPUT_COST = DEFAULT_MAX_FRAME_SIZE - 1024 * 1024
 _STOP = object()
 
 
-class _Stop(Exception):  # noqa: N818 - internal control flow
+class LinkClosed(Exception):  # noqa: N818 - control flow, not an error of the user
     """The link to the monitor is gone, or the monitor asked to shut down."""
 
 
@@ -64,12 +64,12 @@ class MonitorLink:
         data = encode(msg)
         with self._send_lock:
             if self.closed.is_set():
-                raise _Stop
+                raise LinkClosed
             try:
                 self._sock.sendall(data)
             except OSError as exc:
                 self.closed.set()
-                raise _Stop from exc
+                raise LinkClosed from exc
 
     def receive(self) -> m.Message | None:
         """The next message, or None once the monitor closed the link. Raises RemoteProtocolError."""
@@ -108,7 +108,7 @@ class WorkerServer:
         with self._window_cond:
             while not self._window.charge(cost):
                 if self._link.closed.is_set():
-                    raise _Stop
+                    raise LinkClosed
                 self._window_cond.wait(0.5)
         self._link.send(msg)
 
@@ -160,7 +160,7 @@ class WorkerServer:
                     self._link.send(m.ShutdownReply(restart=item.restart))
                     return 0
                 self._handle(item)
-            except _Stop:
+            except LinkClosed:
                 return 0
             except KeyboardInterrupt:  # an interrupt that arrived between requests
                 continue
