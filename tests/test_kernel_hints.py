@@ -30,7 +30,7 @@ from cc_kernel.errors import (
     VerificationError,
 )
 from cc_kernel.kernel import badge
-from cc_kernel.kernel.kernel import _failure_lines, _fix_hint
+from cc_kernel.kernel.advice import advice_for, failure_lines
 
 
 def violation(*checks: str) -> PolicyViolation:
@@ -58,21 +58,21 @@ def violation(*checks: str) -> PolicyViolation:
     ids=lambda v: v if isinstance(v, str) else type(v).__name__,
 )
 def test_each_refusal_gets_its_own_advice(exc: BaseException, must_say: str) -> None:
-    hint = _fix_hint(exc, "simulation")
+    hint = advice_for(exc, "simulation")
     assert must_say in hint
     if isinstance(exc, VerificationError):
         assert "Restart" not in hint  # a restart gets the same refusal again
 
 
 def test_the_measurement_hint_wins_over_others_in_the_same_refusal() -> None:
-    assert "re-pin" in _fix_hint(violation("policy.vmpl", "policy.measurement"), "simulation")
+    assert "re-pin" in advice_for(violation("policy.vmpl", "policy.measurement"), "simulation")
 
 
 @pytest.mark.parametrize("exc", [EnclaveError("no TEE"), ConfigError("no TEE")], ids=["enclave", "config"])
 def test_no_hardware_points_to_the_simulation_kernel_or_a_remote_enclave(exc: BaseException) -> None:
-    hint = _fix_hint(exc, "hardware")
+    hint = advice_for(exc, "hardware")
     assert "SIMULATION" in hint and "CC_KERNEL_ENCLAVE" in hint
-    assert _fix_hint(exc, "simulation").startswith("Restart the kernel")
+    assert advice_for(exc, "simulation").startswith("Restart the kernel")
 
 
 # --- the re-pin advice appears exactly once in every output that shows a measurement refusal ------------------
@@ -109,8 +109,8 @@ def measurement_violation() -> PolicyViolation:
 @pytest.mark.parametrize("mode", ["simulation", "hardware"])
 def test_the_badge_of_a_measurement_refusal_says_re_pin_once(mode: str) -> None:
     exc = measurement_violation()
-    state = badge.BadgeState(state="refused", session_id="00" * 16, mode=mode, failures=_failure_lines(exc),
-                             detail=_fix_hint(exc, mode))
+    state = badge.BadgeState(state="refused", session_id="00" * 16, mode=mode, failures=failure_lines(exc),
+                             detail=advice_for(exc, mode))
     bundle = badge.render(state)
     assert bundle["text/plain"].count(REPIN) == 1, bundle["text/plain"]
     assert bundle["text/html"].count(REPIN) == 1
@@ -122,14 +122,14 @@ def test_the_badge_of_a_measurement_refusal_says_re_pin_once(mode: str) -> None:
 
 def test_the_re_pin_advice_fits_the_kernel_mode() -> None:
     exc = measurement_violation()
-    assert "policy init --simulation" in _fix_hint(exc, "simulation")
-    hardware = _fix_hint(exc, "hardware")
+    assert "policy init --simulation" in advice_for(exc, "simulation")
+    hardware = advice_for(exc, "hardware")
     assert "policy init --platform P --measurement HEX" in hardware and "--simulation" not in hardware
 
 
 @pytest.mark.parametrize("check", ["policy.mrsigner", "policy.pcr.0", "policy.rtmr.2", "policy.mr_config_id"])
 def test_other_pinned_code_identities_get_the_re_pin_advice(check: str) -> None:
-    assert REPIN in _fix_hint(violation(check), "hardware")
+    assert REPIN in advice_for(violation(check), "hardware")
 
 
 @pytest.mark.slow
@@ -164,9 +164,9 @@ def test_refused_client_keys_and_busy_servers_get_their_own_hints() -> None:
         try:
             raise EnclaveError("refused") from ClientNotAuthorized("refused", line="cc-kernel-client AAAA me")
         except EnclaveError as exc:
-            assert _fix_hint(exc, mode).startswith("The enclave server accepts only client keys its owner authorised")
-            assert "`cc-kernel client-key`" in _fix_hint(exc, mode)
+            assert advice_for(exc, mode).startswith("The enclave server accepts only client keys its owner authorised")
+            assert "`cc-kernel client-key`" in advice_for(exc, mode)
         try:
             raise EnclaveError("busy") from ServerBusy("busy", active=1, maximum=1)
         except EnclaveError as exc:
-            assert _fix_hint(exc, mode).startswith("The enclave server already runs as many sessions as it may")
+            assert advice_for(exc, mode).startswith("The enclave server already runs as many sessions as it may")

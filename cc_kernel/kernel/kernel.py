@@ -25,29 +25,21 @@ from typing import Any, Literal, cast
 import zmq
 from ipykernel.kernelbase import Kernel
 from IPython.core.error import StdinNotImplementedError
-from traitlets import Bool, Enum, Float, List, Unicode, default
 
 from cc_kernel import __version__
 from cc_kernel.attestation.platforms import HARDWARE_INTERFACES
 from cc_kernel.attestation.policy import Policy, load_policy
-from cc_kernel.attestation.result import REPIN_HINT, AttestationResult
+from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.channel.transport import parse_address
 from cc_kernel.errors import (
     AuditError,
-    BindingMismatch,
     CCKernelError,
-    CertificateExpired,
-    ClientNotAuthorized,
-    ConfigError,
     EnclaveError,
     PolicyError,
-    PolicyViolation,
-    ServerBusy,
-    StaleEvidence,
-    VerificationError,
 )
-from cc_kernel.kernel import badge
-from cc_kernel.kernel.auditlog import ENV_AUDIT_DIR, AuditFile, default_audit_dir
+from cc_kernel.kernel import advice, badge
+from cc_kernel.kernel.auditlog import AuditFile, default_audit_dir
+from cc_kernel.kernel.config import KernelSettings
 from cc_kernel.kernel.install import pin_simulation_policy, simulation_policy_path
 from cc_kernel.kernel.link import EnclaveLink, LaunchSpec
 from cc_kernel.protocol import messages as m
@@ -64,64 +56,13 @@ LANGUAGE_INFO: dict[str, object] = {
 }
 
 
-class ConfidentialKernel(Kernel):
-    """Runs every cell in an attested enclave. Configure with traitlets or CC_KERNEL_* environment variables."""
+class ConfidentialKernel(KernelSettings, Kernel):
+    """Runs every cell in an attested enclave. Configure with traitlets or CC_KERNEL_* environment variables
+    (``kernel/config.py``)."""
 
     implementation = "cc_kernel"
     implementation_version = __version__
     language_info = LANGUAGE_INFO
-
-    mode = Enum(["simulation", "hardware"], default_value="simulation", config=True,
-                help="simulation: the simulated TEE (no protection); hardware: verified TEE hardware only")
-    policy_file = Unicode("", config=True, help="verification policy (TOML). Env: CC_KERNEL_POLICY")
-    enclave = Unicode("", config=True,
-                      help="remote enclave address tcp://HOST:PORT or unix:PATH. Env: CC_KERNEL_ENCLAVE")
-    sim_dir = Unicode("", config=True, help="simulated TEE authority directory. Env: CC_KERNEL_SIM_DIR")
-    faults = List(Unicode(), config=True, help="teaching faults for the simulated enclave. Env: CC_KERNEL_FAULTS")
-    collateral_dir = Unicode("", config=True,
-                             help="Intel collateral for a TDX/SGX enclave, fetched on this side (tcb_info.json, "
-                             "qe_identity.json, pck_crl.der, root_crl.der, tcb_signing_chain.pem). "
-                             "Env: CC_KERNEL_DCAP_COLLATERAL")
-    attest_timeout = Float(60.0, config=True, help="seconds to wait for the enclave to start and attest")
-    show_badge = Bool(True, config=True, help="show the attestation badge as the first output of a session")
-    audit = Bool(True, config=True, help="keep an enclave-signed session log. Env: CC_KERNEL_AUDIT=0 disables")
-    audit_dir = Unicode("", config=True,
-                        help="directory of session logs (default <jupyter data dir>/cc_kernel/audit). "
-                        "Env: CC_KERNEL_AUDIT_DIR")
-    redact_code = Bool(False, config=True,
-                       help="receipts carry only the hash of each cell's code. Env: CC_KERNEL_AUDIT_REDACT=1")
-
-    @default("audit")
-    def _audit_default(self) -> bool:
-        return os.environ.get("CC_KERNEL_AUDIT", "1") not in ("0", "false", "no")
-
-    @default("audit_dir")
-    def _audit_dir_default(self) -> str:
-        return os.environ.get(ENV_AUDIT_DIR, "")
-
-    @default("redact_code")
-    def _redact_default(self) -> bool:
-        return os.environ.get("CC_KERNEL_AUDIT_REDACT", "0") in ("1", "true", "yes")
-
-    @default("policy_file")
-    def _policy_default(self) -> str:
-        return os.environ.get("CC_KERNEL_POLICY", "")
-
-    @default("enclave")
-    def _enclave_default(self) -> str:
-        return os.environ.get("CC_KERNEL_ENCLAVE", "")
-
-    @default("collateral_dir")
-    def _collateral_dir_default(self) -> str:
-        return os.environ.get("CC_KERNEL_DCAP_COLLATERAL", "")
-
-    @default("sim_dir")
-    def _sim_dir_default(self) -> str:
-        return os.environ.get("CC_KERNEL_SIM_DIR", "")
-
-    @default("faults")
-    def _faults_default(self) -> list[str]:
-        return [f for f in os.environ.get("CC_KERNEL_FAULTS", "").split(",") if f]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -159,8 +100,8 @@ class ConfidentialKernel(Kernel):
             lines = self._result.summary_lines()
             return head + "\n" + "\n".join(lines)
         if self._failure is not None:
-            refused = f"ATTESTATION REFUSED — no code will be sent: {_refusal_text(self._failure)}"
-            return "\n".join([head, refused, _fix_hint(self._failure, self.mode)])
+            refused = f"ATTESTATION REFUSED — no code will be sent: {advice.refusal_text(self._failure)}"
+            return "\n".join([head, refused, advice.advice_for(self._failure, self.mode)])
         return head + "\nAttestation in progress (run a cell to see the verdict)."
 
     @property
@@ -257,7 +198,8 @@ class ConfidentialKernel(Kernel):
                 await self._link.audit_off()
         except BaseException as exc:
             self._failure = exc
-            self._set_badge(state="refused", failures=_failure_lines(exc), detail=_fix_hint(exc, self.mode))
+            self._set_badge(state="refused", failures=advice.failure_lines(exc),
+                            detail=advice.advice_for(exc, self.mode))
             self.log.error("attestation failed: %s", exc)
             raise
         self._result = attested.peer.result
@@ -386,9 +328,9 @@ class ConfidentialKernel(Kernel):
             await self._wait_ready()
         except BaseException as exc:  # attestation refused or enclave unreachable: fail closed
             return self._error_reply(
-                "AttestationError", f"no code was sent: {_refusal_text(exc)}",
+                "AttestationError", f"no code was sent: {advice.refusal_text(exc)}",
                 ["ATTESTATION REFUSED — the cell was NOT run and no code was sent to the enclave.",
-                 *(_failure_lines(exc) or [str(exc)]), _fix_hint(exc, self.mode)], silent=silent,
+                 *(advice.failure_lines(exc) or [str(exc)]), advice.advice_for(exc, self.mode)], silent=silent,
             )
         stripped = code.lstrip()
         if stripped.startswith("%attestation"):
@@ -735,100 +677,6 @@ def _reply_content(msg: m.Message) -> dict[str, Any]:
     if isinstance(msg, m.CommInfoReply):
         return {"status": "ok", "comms": msg.comms}
     raise TypeError(type(msg).__name__)
-
-
-# A refusal is shown as: what failed (a summary, then one line per failed check) and, last and once, what to do
-# (``_fix_hint``). The appraisal's own re-pin advice (``REPIN_HINT``, in a PolicyViolation's message and in each
-# measurement failure) is left out of the first part, so that the advice appears exactly once.
-
-
-def _without_repin_hint(text: str) -> str:
-    for separator in (". ", "\n", " ", ""):
-        text = text.replace(separator + REPIN_HINT, "")
-    return text
-
-
-def _refusal_text(exc: BaseException) -> str:
-    """What was refused, without advice: ``str(exc)``, for a PolicyViolation without the appraisal's re-pin hint."""
-    if isinstance(exc, PolicyViolation):
-        return "\n".join([_without_repin_hint(exc.message), *(f"  - {line}" for line in _failure_lines(exc))])
-    return str(exc)
-
-
-def _failure_lines(exc: BaseException) -> list[str]:
-    if isinstance(exc, PolicyViolation):
-        return [_without_repin_hint(str(f)) for f in exc.failures]
-    if isinstance(exc, VerificationError | CCKernelError):
-        return [str(exc)]
-    return [f"{type(exc).__name__}: {exc}"]
-
-
-#: Policy checks whose failure means "this is not the enclave code you pinned" (those the appraisal attaches
-#: ``REPIN_HINT`` to); the advice depends on the kernel's mode.
-_MEASUREMENT_CHECKS = ("policy.measurement", "policy.mrsigner", "policy.mr_config_id", "policy.pcr.", "policy.rtmr.")
-_REPIN_HINTS = {
-    "simulation": "If you changed the enclave deliberately, re-pin its measurement with "
-    "`cc-kernel policy init --simulation --output FILE --force` (or delete "
-    "<jupyter data dir>/cc_kernel/policy-simulation.toml for the simulation kernel); otherwise do not "
-    "trust this enclave.",
-    "hardware": "If you changed the enclave deliberately, re-pin its measurement in the policy file "
-    "(CC_KERNEL_POLICY) with `cc-kernel policy init --platform P --measurement HEX --output FILE --force`; "
-    "otherwise do not trust this enclave.",
-}
-
-#: What to do about another refused policy check, by the check's name (the first matching prefix wins).
-_POLICY_HINTS: tuple[tuple[str, str], ...] = (
-    ("policy.debug", "The enclave runs in DEBUG mode: its host can read and change its memory, so nothing in it is "
-     "confidential. Start it without debug; a policy accepts debug only with `unsafe_allow_debug = true`, for "
-     "development."),
-    ("policy.min_tcb", "The platform's firmware/microcode (TCB) is older than the policy's minimum: it has known "
-     "vulnerabilities. The platform operator must update it; lower `min_tcb` only if you accept those risks."),
-    ("policy.tcb_status", "Intel's collateral rates this platform's TCB below what the policy accepts: the platform "
-     "operator must update it."),
-    ("policy.simulation", "This is the SIMULATED TEE, which protects nothing. Use the 'Confidential Python "
-     "(SIMULATION)' kernel for teaching, or connect to an enclave on real TEE hardware."),
-    ("policy.platform", "The enclave runs on a platform the policy does not list: add an [[accept]] entry for it "
-     "only if you trust that platform."),
-    ("policy.freshness", "The evidence is too old or from the future: check the clocks of both machines."),
-)
-
-
-def _fix_hint(exc: BaseException, mode: str) -> str:
-    """One actionable sentence for a refusal: what it means and what to do (never just "restart")."""
-    cause = exc.__cause__ if isinstance(exc, EnclaveError) else exc
-    if isinstance(cause, ClientNotAuthorized):
-        return ("The enclave server accepts only client keys its owner authorised: send the owner the line above "
-                "(`cc-kernel client-key` prints it again), then restart the kernel.")
-    if isinstance(cause, ServerBusy):
-        return ("The enclave server already runs as many sessions as it may: restart the kernel later, or ask its "
-                "owner for more sessions (--max-sessions).")
-    if isinstance(exc, PolicyViolation):
-        checks = [f.check for f in exc.failures]
-        if any(check.startswith(_MEASUREMENT_CHECKS) for check in checks):
-            return _REPIN_HINTS["simulation" if mode == "simulation" else "hardware"]
-        for prefix, hint in _POLICY_HINTS:
-            if any(check.startswith(prefix) for check in checks):
-                return hint
-        return ("The enclave is genuine but does not meet the pinned policy (each failed check is listed above). "
-                "Change the enclave, or the policy if you accept the difference.")
-    if isinstance(exc, BindingMismatch):
-        return ("The evidence does not vouch for the key of this connection: something between the kernel and the "
-                "enclave (the host or a proxy) presented its own certificate. Do not trust this connection.")
-    if isinstance(exc, StaleEvidence):
-        return ("The evidence does not answer this connection's fresh challenge: it was recorded earlier and "
-                "replayed. Do not trust the host that sent it.")
-    if isinstance(exc, CertificateExpired):
-        return "A certificate of the evidence is outside its validity period: check this machine's clock."
-    if isinstance(exc, VerificationError):
-        return ("The evidence is not signed by a pinned TEE vendor root, or was altered on the way: the machine "
-                "is not a genuine TEE, or the traffic was tampered with. Do not trust it.")
-    if isinstance(exc, EnclaveError | ConfigError) and mode == "hardware":
-        return ("No TEE hardware was found or reached. Use the 'Confidential Python (SIMULATION)' kernel for "
-                "teaching, or run `cc-kernel enclave serve` on a confidential VM and set "
-                "CC_KERNEL_ENCLAVE=tcp://HOST:PORT.")
-    if isinstance(exc, PolicyError):
-        return "Fix the policy file (the message names the key), then restart the kernel."
-    return "Restart the kernel to try again; the kernel log has details."
 
 
 def _identifier_for(path: Path) -> str:
