@@ -271,6 +271,7 @@ class Target:
         attested, pid = await self.attest(lambda: wait_spare_idle(self.sup))
         if pid is None:
             raise RuntimeError("the supervisor has no enclave process")
+        await attested.channel.send(m.AuditOff())  # the enclave runs nothing before AuditStart or AuditOff
         await asyncio.to_thread(wait_spare_idle, self.sup)  # the new spare must not compete for CPU
         return attested, int(pid)
 
