@@ -20,10 +20,12 @@ ALLOWED: dict[str, set[str]] = {
     "channel": {"errors", "protocol", "crypto", "attestation", "audit", "channel"},
     "measure": {"attestation"},
     "simstore": {"errors", "crypto", "attestation"},
+    "logsetup": set(),
     # the trust boundary: the worker runs the cells and imports nothing that holds or makes keys or evidence
-    "worker": {"errors", "protocol", "worker"},
+    "worker": {"errors", "protocol", "worker", "logsetup"},
     "clientkey": {"errors", "crypto", "channel", "simstore"},
-    "enclave": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "enclave", "simstore", "measure"},
+    "enclave": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "enclave", "simstore", "measure",
+                "logsetup"},
     "kernel": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "kernel", "simstore", "measure",
                "clientkey"},
 }

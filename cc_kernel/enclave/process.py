@@ -37,6 +37,7 @@ from cc_kernel.enclave.hardening import harden_process
 from cc_kernel.enclave.monitor import Monitor, WorkerSpec
 from cc_kernel.enclave.providers import PROVIDER_ENV, PROVIDER_NAMES
 from cc_kernel.errors import CCKernelError
+from cc_kernel.logsetup import log_to_saved_stderr
 
 log = logging.getLogger("cc_kernel.enclave")
 
@@ -74,17 +75,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-capture-fds", action="store_true", help="do not capture OS fds 1/2 (debugging)")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
-
-
-def _setup_logging(level: str) -> None:
-    # A private duplicate of the original stderr: fds 1/2 are captured into the notebook later.
-    log_stream = os.fdopen(os.dup(2), "w", buffering=1, closefd=True)
-    handler = logging.StreamHandler(log_stream)
-    handler.setFormatter(logging.Formatter("[cc-enclave %(process)d] %(levelname)s %(message)s"))
-    root = logging.getLogger("cc_kernel")
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 def _receive_fd(control: socket.socket) -> socket.socket:
@@ -163,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m cc_kernel.enclave: {args.authorized_clients} lists no client key", file=sys.stderr)
             return 2
     # --- end of the client-key set-up ---
-    _setup_logging(args.log_level)
+    log_to_saved_stderr("cc-enclave", args.log_level)
     if args.unsafe_serve_any_client:
         log.warning("UNSAFE: serving any client (--unsafe-serve-any-client): no client key is checked")
     report = harden_process()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cc_kernel.errors import CCKernelError
+from cc_kernel.logsetup import log_to_saved_stderr
 from cc_kernel.protocol import messages as m
 
 log = logging.getLogger("cc_kernel.worker")
@@ -45,16 +46,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _setup_logging(level: str) -> None:
-    log_stream = os.fdopen(os.dup(2), "w", buffering=1, closefd=True)
-    handler = logging.StreamHandler(log_stream)
-    handler.setFormatter(logging.Formatter("[cc-worker %(process)d] %(levelname)s %(message)s"))
-    root = logging.getLogger("cc_kernel")
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    root.propagate = False
-
-
 def _no_core_files() -> None:
     import resource
 
@@ -72,7 +63,7 @@ def _die_with_monitor(monitor_pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    _setup_logging(args.log_level)
+    log_to_saved_stderr("cc-worker", args.log_level)
     _no_core_files()
     sock = socket.socket(fileno=args.fd)
     from cc_kernel.worker.sandbox import SandboxSpec, apply_sandbox, default_read_only, exposed
