@@ -70,6 +70,10 @@ def test_a_cell_cannot_read_the_simulated_authority_keys(sim: LiveKernel, jupyte
     for name in keys:
         assert _outcome(sim, f"open({str(sim_dir / name)!r}, 'rb').read()").startswith("PermissionError")
     assert _outcome(sim, f"import os; os.listdir({str(sim_dir)!r})").startswith("PermissionError")
+    # nor anything else of this user's cc_kernel data: client keys, session logs, pinned policies
+    ours = jupyter_env.data_dir / "cc_kernel"
+    assert _outcome(sim, f"import os; os.listdir({str(ours)!r})").startswith("PermissionError")
+    assert _outcome(sim, f"open({str(ours / 'policy-simulation.toml')!r}).read()").startswith("PermissionError")
 
 
 def test_a_cell_cannot_mint_evidence(sim: LiveKernel, jupyter_env: JupyterEnv) -> None:

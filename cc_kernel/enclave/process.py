@@ -113,11 +113,13 @@ def _worker_spec(args: argparse.Namespace, protections: dict[str, dict[str, obje
         else:
             uid = WORKER_UID_BASE + os.getpid()
             protections["session_uid"] = {"in_force": True, "detail": f"the worker runs as uid {uid}, its own"}
-    forbid: tuple[Path, ...] = ()
-    if args.platform == "simulation":
-        from cc_kernel.simstore import simulation_dir
+    from cc_kernel.simstore import default_data_dir, simulation_dir
 
-        forbid = (args.sim_dir or simulation_dir(),)
+    # what cells must never read: this user's cc_kernel data (client keys, session logs, the default simulated
+    # authority) and the simulated authority this enclave signs with
+    forbid: tuple[Path, ...] = (default_data_dir() / "cc_kernel",)
+    if args.platform == "simulation":
+        forbid += (args.sim_dir or simulation_dir(),)
     return WorkerSpec(
         uid=uid, gid=uid, private_workdir=server_mode, forbid=forbid, required=args.platform == "hardware",
         capture_fds=not args.no_capture_fds, log_level=args.log_level,

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.forbid:
         protections["secrets_unreachable"] = {
             "in_force": not leaks,
-            "detail": "; ".join(leaks) if leaks else "the simulated authority's keys lie outside every granted path",
+            "detail": "; ".join(leaks) if leaks else (
+                "the simulated authority's keys, client keys and session logs lie outside every granted path"),
         }
     _die_with_monitor(args.monitor_pid)
     sys.path.insert(0, "")  # the working directory, as with the stock kernel: `import helper` works (after -P)
