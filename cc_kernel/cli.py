@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="accept the SIMULATED TEE (unsafe_allow_simulation: no hardware protection)")
     init.add_argument("--platform", default=None, choices=["sev-snp", "tdx", "sgx-dcap", "nitro"],
                       help="hardware platform to pin (with --measurement)")
-    init.add_argument("--measurement", action="append", default=[], help="hex measurement to pin (repeatable)")
+    init.add_argument("--measurement", action="append", default=[],
+                      help="hex measurement to pin (repeatable): SEV-SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE or "
+                           "Nitro PCR0")
+    init.add_argument("--rtmr", action="append", default=[], metavar="INDEX=HEX",
+                      help="tdx: an RTMR to pin (repeatable); a TDX policy pins RTMR1 and RTMR2 besides MRTD")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     pcheck = pol_sub.add_parser("check", help="validate a policy file and print its summary")
     pcheck.add_argument("file", type=Path)
@@ -231,9 +235,16 @@ def _policy(args: argparse.Namespace) -> int:
         if not args.measurement:
             _err("--platform needs --measurement HEX (the launch measurement of your hardware enclave)")
             return EXIT_USAGE
+        rtmr: dict[int, str] = {}
+        for item in args.rtmr:
+            index, sep, value = item.partition("=")
+            if not sep or not index.strip().isdigit():
+                _err(f"--rtmr {item!r}: write INDEX=HEX, e.g. --rtmr 1=<96 hex digits>")
+                return EXIT_USAGE
+            rtmr[int(index)] = value
         text = render_policy(
             args.platform, args.measurement, allow_simulation=args.simulation,
-            simulation_measurements=[enclave_measurement()] if args.simulation else (), note=note,
+            simulation_measurements=[enclave_measurement()] if args.simulation else (), note=note, rtmr=rtmr,
         )
     elif args.simulation:
         text = render_policy("simulation", [enclave_measurement()], note=note)

@@ -360,6 +360,33 @@ def test_hardware_kernel_fails_closed_without_tee(jupyter_env: JupyterEnv, tmp_p
     assert not marker.exists()
 
 
+def test_hardware_kernel_refuses_a_simulation_policy_before_contacting_any_enclave(
+    jupyter_env: JupyterEnv, tmp_path: Path
+) -> None:
+    import socket
+
+    from cc_kernel.attestation.policy import render_policy
+    from cc_kernel.measure import enclave_measurement
+
+    policy = tmp_path / "sim.toml"
+    policy.write_text(render_policy("simulation", [enclave_measurement()]))
+    marker = tmp_path / "marker"
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # where a simulated `enclave serve` would listen
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        env = jupyter_env.kernel_env(CC_KERNEL_POLICY=str(policy), CC_KERNEL_ENCLAVE=f"tcp://127.0.0.1:{port}")
+        with live_kernel(HW, env=env) as k:
+            cell = k.execute(f"open({str(marker)!r}, 'w').write('x')", timeout=60)
+            assert cell.status == "error", cell.summary()
+            tb = cell.traceback_text
+            assert "no code was sent" in tb
+            assert "sets unsafe_allow_simulation = true: this policy belongs to the SIMULATION kernel" in tb
+            assert str(policy) in tb
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # nobody ever connected: refused before anything started
+    assert not marker.exists()
+
+
 def test_restart_gives_a_fresh_enclave(jupyter_env: JupyterEnv) -> None:
     with live_kernel(SIM) as k:
         k.ok("secret = 'old session'", timeout=60)

@@ -191,9 +191,19 @@ class ConfidentialKernel(Kernel):
         if self.policy_file:
             path = Path(self.policy_file).expanduser()
             try:
-                return load_policy(path.read_bytes(), source=str(path))
+                policy = load_policy(path.read_bytes(), source=str(path))
             except OSError as exc:
                 raise PolicyError(f"cannot read the policy file {path}: {exc.strerror}") from exc
+            if self.mode == "hardware" and policy.unsafe_allow_simulation:
+                # Checked before any enclave is started or contacted: a simulated enclave must never run under
+                # the hardware kernel's name, whatever CC_KERNEL_ENCLAVE points at.
+                raise PolicyError(
+                    f"{path} sets unsafe_allow_simulation = true: this policy belongs to the SIMULATION kernel "
+                    "('Confidential Python (SIMULATION)'). The hardware kernel 'Confidential Python' refuses it; "
+                    "give it a policy pinning your hardware enclave (`cc-kernel policy init --platform P "
+                    "--measurement HEX --output FILE`), or pick the SIMULATION kernel"
+                )
+            return policy
         if self.mode == "hardware":
             needs = ("the hardware kernel needs a policy pinning your enclave's measurement: set CC_KERNEL_POLICY "
                      "(or ConfidentialKernel.policy_file) to a file made with `cc-kernel policy init --platform P "
