@@ -600,8 +600,9 @@ def _audit_verify(args: argparse.Namespace, data: bytes) -> int:
         except OSError as exc:
             _err(f"cannot read the notebook {args.notebook}: {exc.strerror or exc}")
             return EXIT_USAGE
-        except ValueError as exc:
-            _err(f"{args.notebook} is not a JSON notebook: {exc}")
+        except (ValueError, RecursionError) as exc:  # json nests recursively: hostile nesting is not a notebook
+            why = exc if isinstance(exc, ValueError) else "nested too deeply"
+            _err(f"{args.notebook} is not a JSON notebook: {why}")
             return EXIT_USAGE
     report = verify_log(data, policy=policy, anchors=hardware_anchors(),
                         simulation_anchors=_audit_sim_anchors(args.sim_dir), now=datetime.now(UTC))

@@ -290,7 +290,8 @@ def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
     ``source`` names the policy in error messages and results (usually the file path).
 
     Raises:
-        PolicyError: not UTF-8, not TOML, unsupported version, unknown key, wrong type or hex length,
+        PolicyError: not UTF-8, not TOML (or nested too deeply), unsupported version, unknown key, wrong type
+            or hex length,
             contradictory settings, a simulation entry without ``unsafe_allow_simulation = true``, or no
             ``[[accept]]`` entry at all.
         TypeError: ``text`` is neither str nor bytes.
@@ -310,6 +311,10 @@ def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
         raw = tomllib.loads(decoded)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{source}: the policy is not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise PolicyError(
+            f"{source}: the policy is not valid TOML for this schema: arrays or inline tables nested too deeply"
+        ) from None
     canonical = decoded.encode("utf-8")
     return _build_policy(raw, ctx, canonical)
 
@@ -726,7 +731,10 @@ def _type_name(value: object) -> str:
 
 
 def _describe(value: object) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = "<nested too deeply to show>"
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{_type_name(value)} {text}"

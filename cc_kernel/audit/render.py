@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cc_kernel.audit.format import Body, ClosingEntry, OpeningEntry, ReceiptEntry
-from cc_kernel.audit.verify import CellFinding, LoggedEntry, LogReport
+from cc_kernel.audit.verify import CellFinding, LoggedEntry, LogReport, recorded_result
 
 __all__ = ["cells_lines", "entry_json", "report_json", "report_lines", "timeline_lines"]
 
@@ -36,11 +36,7 @@ def _preview(code: str | None, redaction: str) -> str:
 
 
 def _result(opening: OpeningEntry) -> dict[str, Any]:
-    try:
-        doc = json.loads(opening.result)
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
+    return recorded_result(opening.result) or {}
 
 
 def entry_json(logged: LoggedEntry) -> dict[str, Any]:

@@ -53,9 +53,11 @@ from cc_kernel.errors import (
     PolicyViolation,
     VerificationError,
 )
+from cc_kernel.protocol.codec import nesting_depth
 
 __all__ = [
     "RESULT_FIELDS",
+    "RESULT_MAX_DEPTH",
     "TERMINATION_CHECKS",
     "CellFinding",
     "Finding",
@@ -64,12 +66,15 @@ __all__ = [
     "UnverifiedLog",
     "match_notebook",
     "read_log_unverified",
+    "recorded_result",
     "verify_log",
 ]
 
 Status = Literal["valid", "unterminated", "invalid"]
 #: Findings that mean "the log stops early" rather than "something in it was altered".
 TERMINATION_CHECKS: Final = frozenset({"log.unterminated", "record.truncated"})
+#: How deeply a recorded attestation result may nest (the real one nests 3 levels: claims of claims).
+RESULT_MAX_DEPTH: Final = 16
 #: The AttestationResult fields re-computed and compared with the recorded result (docs/audit-log.md).
 RESULT_FIELDS: Final = (
     "status",
@@ -419,6 +424,18 @@ def _check_opening_record(record: Record) -> tuple[LoggedEntry, OpeningEntry | N
     return logged, entry, findings
 
 
+def recorded_result(text: str) -> dict[str, Any] | None:
+    """The opening entry's ``result`` as a JSON object, or None if it is not one (or nests deeper than
+    ``RESULT_MAX_DEPTH`` levels, which no result does: hostile nesting never reaches a recursive encoder)."""
+    try:
+        loaded = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(loaded, dict) or nesting_depth(loaded, limit=RESULT_MAX_DEPTH) > RESULT_MAX_DEPTH:
+        return None
+    return loaded
+
+
 def _parse_time(text: object) -> datetime | None:
     if not isinstance(text, str):
         return None
@@ -461,13 +478,10 @@ def _verify_attestation(
                      f"not the recorded one (sha256 {op.policy_sha256.hex()[:16]}...)")
     # b. the recorded result and times
     recorded: dict[str, Any] | None = None
-    try:
-        loaded = json.loads(op.result)
-        recorded = loaded if isinstance(loaded, dict) else None
-    except ValueError:
-        recorded = None
+    recorded = recorded_result(op.result)
     if recorded is None:
-        bad("opening.result", "the recorded attestation result is not a JSON object")
+        bad("opening.result", "the recorded attestation result is not a JSON object (nested at most "
+            f"{RESULT_MAX_DEPTH} levels)")
     verified_at = _parse_time(op.verified_at)
     if verified_at is None:
         bad("opening.verified_at", "the recorded verification time is not an ISO 8601 time with a UTC offset",
