@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import hashlib
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -39,18 +37,19 @@ from cc_kernel.errors import (
     CertificateExpired,
     ConfigError,
     EnclaveError,
+    MessageTooLarge,
     PolicyError,
     PolicyViolation,
     StaleEvidence,
+    UploadError,
     VerificationError,
 )
-from cc_kernel.kernel import badge
+from cc_kernel.kernel import badge, upload
 from cc_kernel.kernel.auditlog import ENV_AUDIT_DIR, AuditFile, default_audit_dir
 from cc_kernel.kernel.install import pin_simulation_policy, simulation_policy_path
 from cc_kernel.kernel.link import EnclaveLink, LaunchSpec
 from cc_kernel.protocol import messages as m
 
-UPLOAD_CHUNK = 1024 * 1024
 LANGUAGE_INFO: dict[str, object] = {
     "name": "python",
     "version": f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}",
@@ -137,6 +136,7 @@ class ConfidentialKernel(Kernel):
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._audit: Any = None
         self._audit_file: AuditFile | None = None
+        self._upload_task: asyncio.Future[upload.UploadOutcome] | None = None  # a %cc_upload streaming now
         atexit.register(self._atexit)
 
     @property
@@ -426,6 +426,12 @@ class ConfidentialKernel(Kernel):
                     continue
                 assert isinstance(item, m.ExecuteReply)
                 return _reply_content(item)
+        except MessageTooLarge as exc:
+            return self._error_reply("MessageTooLarge", str(exc), [
+                f"This cell was NOT run: it is {exc.size} bytes once encoded, over the limit of {exc.limit} bytes "
+                "for one message to the enclave.",
+                "Nothing was sent; the session goes on. Move large data in with %cc_upload LOCAL_PATH [NAME].",
+            ], silent=silent)
         except EnclaveError as exc:
             return self._error_reply("EnclaveError", str(exc), [
                 f"The enclave stopped while running this cell: {exc}",
@@ -494,60 +500,48 @@ class ConfidentialKernel(Kernel):
         return self._ok()
 
     async def _upload_magic(self, line: str, silent: bool, *, code: str, cell_id: str | None) -> dict[str, Any]:
+        """``%cc_upload``: the file is read and streamed by ``kernel.upload``; an interrupt cancels the stream."""
         try:
-            args = shlex.split(line)[1:]
-        except ValueError as exc:
-            return self._error_reply("UsageError", str(exc), [f"%cc_upload: {exc}"], silent=silent)
-        if not 1 <= len(args) <= 2:
-            return self._error_reply("UsageError", "usage: %cc_upload LOCAL_PATH [NAME]",
-                                     ["usage: %cc_upload LOCAL_PATH [NAME]"], silent=silent)
-        path = Path(args[0]).expanduser()
-        name = args[1] if len(args) == 2 else _identifier_for(path)
-        try:
-            size = path.stat().st_size
-            fh = path.open("rb")
-        except OSError as exc:
-            return self._error_reply("FileNotFoundError", str(exc), [f"%cc_upload: cannot read {path}: {exc.strerror}"],
-                                     silent=silent)
-        fmt: Literal["bytes", "text", "npy"] = "bytes"
-        if path.suffix == ".npy":
-            fmt = "npy"
-        elif path.suffix in {".txt", ".csv", ".json", ".md", ".tsv"}:
-            fmt = "text"
+            request = upload.parse_upload_line(line)
+            file, size = await asyncio.to_thread(upload.open_regular_file, request.path)
+        except UploadError as exc:
+            return self._error_reply(exc.ename, str(exc), [f"%cc_upload: {exc}"], silent=silent)
         link = self._link
         assert link is not None
-        req_id, q = link.new_request()
-        progress_id = f"cc-upload-{req_id}-{os.urandom(4).hex()}"
-        digest = hashlib.sha256()
-        sent = 0
+        progress_id = f"cc-upload-{link.next_request_id}-{os.urandom(4).hex()}"
+        self._progress(progress_id, request.name, 0, size, first=True, silent=silent)
+        shown = [time.monotonic()]
+
+        def progress(sent: int) -> None:
+            if time.monotonic() - shown[0] > 0.1 or sent == size:
+                self._progress(progress_id, request.name, sent, size, silent=silent)
+                shown[0] = time.monotonic()
+
+        task = asyncio.ensure_future(upload.send_file(
+            link, file, size=size, request=request, code=code, execution_count=self.execution_count,
+            cell_id=cell_id, progress=progress))
+        self._upload_task = task
         try:
-            with fh:
-                await link.send(m.UploadStart(req_id=req_id, name=name, size=size, fmt=fmt, code=code,
-                                              execution_count=self.execution_count, cell_id=cell_id))
-                self._progress(progress_id, name, 0, size, first=True, silent=silent)
-                last = time.monotonic()
-                while chunk := await asyncio.to_thread(fh.read, UPLOAD_CHUNK):
-                    digest.update(chunk)
-                    await link.send(m.UploadChunk(req_id=req_id, data=chunk))
-                    sent += len(chunk)
-                    if time.monotonic() - last > 0.1:
-                        self._progress(progress_id, name, sent, size, silent=silent)
-                        last = time.monotonic()
-                await link.send(m.UploadEnd(req_id=req_id, sha256=digest.digest()))
-                self._progress(progress_id, name, sent, size, silent=silent)
-            reply = await q.get()
+            outcome = await task
+        except asyncio.CancelledError:
+            if not task.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise  # this request itself was cancelled, not just the upload
+            return self._error_reply("KeyboardInterrupt", "upload interrupted", [
+                f"%cc_upload interrupted: {request.name} was not bound in the enclave (nothing more is sent)"],
+                silent=silent)
+        except (UploadError, MessageTooLarge) as exc:
+            return self._error_reply("UploadError", str(exc), [f"%cc_upload: {exc}"], silent=silent)
         except EnclaveError as exc:
             return self._error_reply("EnclaveError", str(exc), [f"%cc_upload failed: {exc}"], silent=silent)
         finally:
-            link.finish_request(req_id)
-        if isinstance(reply, BaseException) or not isinstance(reply, m.UploadReply):
-            return self._error_reply("EnclaveError", str(reply), [f"%cc_upload failed: {reply}"], silent=silent)
+            self._upload_task = None
+        reply = outcome.reply
         if reply.status != "ok":
             return self._error_reply("UploadError", reply.message, [f"%cc_upload: {reply.message}"], silent=silent)
         if not silent:
             self.send_response(self.iopub_socket, "stream", {"name": "stdout", "text": (
-                f"uploaded {path.name} ({size} bytes, sha256 {digest.hexdigest()[:16]}…) into the enclave: "
-                f"{reply.message}\n")})
+                f"uploaded {request.path.name} ({outcome.sent} bytes, sha256 {outcome.sha256.hex()[:16]}…) into "
+                f"the enclave: {reply.message}\n")})
         return self._ok()
 
     def _progress(self, did: str, name: str, done: int, total: int, *, first: bool = False, silent: bool) -> None:
@@ -574,7 +568,7 @@ class ConfidentialKernel(Kernel):
         try:
             await link.send(msg_factory(req_id))
             item = await q.get()
-        except EnclaveError:
+        except (EnclaveError, MessageTooLarge):
             return default
         finally:
             link.finish_request(req_id)
@@ -627,7 +621,7 @@ class ConfidentialKernel(Kernel):
         cls: type[m.Message] = {"comm_open": m.CommOpen, "comm_msg": m.CommMsg, "comm_close": m.CommClose}[kind]
         if kind == "comm_open":
             fields["target_name"] = content.get("target_name", "")
-        with contextlib.suppress(EnclaveError):
+        with contextlib.suppress(EnclaveError, MessageTooLarge):
             await link.send(cls(**fields))
         link.finish_request(req_id)
 
@@ -652,6 +646,9 @@ class ConfidentialKernel(Kernel):
         after requests the main loop sends meanwhile, so it carries the next request id as of now: the enclave
         interrupts only a request allocated before it."""
         self._stdin_cancel.set()
+        task, loop = self._upload_task, self._main_loop
+        if task is not None and loop is not None:
+            loop.call_soon_threadsafe(task.cancel)  # stop a %cc_upload mid-stream
         link = self._link
         if link is not None:
             link.send_soon(m.Interrupt(before=link.next_request_id))
@@ -806,7 +803,3 @@ def _fix_hint(exc: BaseException, mode: str) -> str:
         return "Fix the policy file (the message names the key), then restart the kernel."
     return "Restart the kernel to try again; the kernel log has details."
 
-
-def _identifier_for(path: Path) -> str:
-    stem = "".join(c if c.isalnum() or c == "_" else "_" for c in path.stem) or "data"
-    return stem if stem[0].isalpha() or stem[0] == "_" else f"_{stem}"

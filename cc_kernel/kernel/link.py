@@ -26,7 +26,14 @@ from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors
 from cc_kernel.attestation.policy import Policy
 from cc_kernel.channel.client import AttestedChannel, connect_attested
 from cc_kernel.channel.transport import Address
-from cc_kernel.errors import CCKernelError, ChannelError, ConnectError, EnclaveError, ProtocolError
+from cc_kernel.errors import (
+    CCKernelError,
+    ChannelError,
+    ConnectError,
+    EnclaveError,
+    MessageTooLarge,
+    ProtocolError,
+)
 from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import OUTPUT_MESSAGES
 from cc_kernel.protocol.flow import output_cost
@@ -172,7 +179,8 @@ class EnclaveLink:
         self._pending.pop(req_id, None)
 
     async def send(self, msg: m.Message) -> None:
-        """Send a message; a broken channel becomes EnclaveError (the reader reports why).
+        """Send a message; a broken channel becomes EnclaveError (the reader reports why). A message too large
+        for one frame raises MessageTooLarge: nothing was sent and the session goes on.
 
         Receipts read but not checked yet (normally none: see ``_flush_receipts``) are checked first, so a bad
         receipt stops the session before anything more is sent, whatever task sends."""
@@ -182,6 +190,8 @@ class EnclaveLink:
             raise EnclaveError(self.closed_reason or self._receipt_failure or "the enclave is not connected")
         try:
             await self.attested.channel.send(msg)
+        except MessageTooLarge:
+            raise  # nothing was sent and the connection is intact: only this request fails
         except CCKernelError as exc:
             raise EnclaveError(f"the enclave connection failed: {exc}") from exc
 

@@ -444,14 +444,16 @@ def _load(der: bytes) -> x509.Certificate:
 def _cbor_strict(data: bytes, what: str) -> object:
     """Decode one CBOR item that makes up all of ``data``, in preferred serialisation, with no surprises."""
     stream = io.BytesIO(data)
+    # Built outside the try: an API mismatch (an older cbor2 without these options) must be a loud TypeError,
+    # never a silent "not valid CBOR" for every certificate.
+    decoder = cbor2.CBORDecoder(
+        stream,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+        strict_hashable_types=True,
+        max_depth=_MAX_CBOR_DEPTH,
+    )
     try:
-        decoder = cbor2.CBORDecoder(
-            stream,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-            strict_hashable_types=True,
-            max_depth=_MAX_CBOR_DEPTH,
-        )
         value = decoder.decode()
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
         raise _malformed("ratls.cbor", f"{what} is not valid CBOR: {exc}", got=len(data)) from exc
