@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     aud = sub.add_parser("audit", help="attested session logs: verify offline, show")
     aud_sub = aud.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
     averify = aud_sub.add_parser(
-        "verify", help="re-verify a session log offline (exit 0 valid, 1 invalid or unterminated, 2 unreadable)")
+        "verify", help="re-verify a session log offline (exit 0 pass, 1 fail: invalid, unterminated, simulated, or a "
+                       "notebook that does not match; 2 unreadable)")
     averify.add_argument("log", type=Path, help="session log file")
     averify.add_argument("--policy", type=Path, default=None,
                          help="appraise under this policy (default: the policy recorded in the log)")
@@ -112,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     averify.add_argument("--sim-dir", type=Path, default=None,
                          help="simulated TEE authority whose anchors verify simulated evidence (default: this "
                               "user's; used only if the policy allows simulation)")
+    averify.add_argument("--allow-simulation", action="store_true",
+                         help="pass a log of a SIMULATED TEE session (it shows the log's integrity, never hardware "
+                              "protection); a --policy with unsafe_allow_simulation = true does the same")
+    averify.add_argument("--accept", action="append", default=[],
+                         choices=["notebook.edited", "notebook.unexecuted", "notebook.unaccounted"],
+                         help="with --notebook: pass despite cells EDITED after execution, cells NOT EXECUTED, or "
+                              "receipts no cell accounts for (repeatable)")
     averify.add_argument("--json", action="store_true", help="print the report as JSON")
     ashow = aud_sub.add_parser("show", help="print a session log's timeline (not verified)")
     ashow.add_argument("log", type=Path, help="session log file")
@@ -589,8 +597,8 @@ def _audit_sim_anchors(sim_dir: Path | None) -> Any:
 
 def _audit_verify(args: argparse.Namespace, data: bytes) -> int:
     from cc_kernel.attestation.anchors import hardware_anchors
-    from cc_kernel.audit.render import cells_lines, report_json, report_lines
-    from cc_kernel.audit.verify import match_notebook, verify_log
+    from cc_kernel.audit.render import cells_lines, report_json, report_lines, unaccounted_lines, verdict_lines
+    from cc_kernel.audit.verify import audit_verdict, match_notebook, unaccounted_receipts, verify_log
 
     policy = _load_policy_file(args.policy) if args.policy else None
     notebook = None
@@ -607,15 +615,25 @@ def _audit_verify(args: argparse.Namespace, data: bytes) -> int:
     report = verify_log(data, policy=policy, anchors=hardware_anchors(),
                         simulation_anchors=_audit_sim_anchors(args.sim_dir), now=datetime.now(UTC))
     cells = match_notebook(report, notebook) if notebook is not None else None
+    unaccounted = unaccounted_receipts(report, notebook) if notebook is not None else None
+    verdict = audit_verdict(
+        report, cells=cells, unaccounted=unaccounted or (), accept=args.accept,
+        allow_simulation=args.allow_simulation or (policy is not None and policy.unsafe_allow_simulation),
+    )
     if args.json:
-        print(json.dumps(report_json(report, cells=cells), indent=2, ensure_ascii=False))
+        doc = report_json(report, cells=cells, unaccounted=unaccounted, verdict=verdict)
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
         print("\n".join(report_lines(report, source=str(args.log))))
         if cells is not None:
             caveat = "" if report.status == "valid" else " (only against the entries that verify)"
             print(f"notebook {args.notebook}: {len(cells)} code cells{caveat}")
             print("\n".join(cells_lines(cells)))
-    return EXIT_OK if report.valid else EXIT_INVALID
+        if unaccounted:
+            print(f"receipts no cell of {args.notebook} accounts for ({len(unaccounted)}):")
+            print("\n".join(unaccounted_lines(unaccounted)))
+        print("\n".join(verdict_lines(verdict)))
+    return EXIT_OK if verdict.passed else EXIT_INVALID
 
 
 def _audit_show(args: argparse.Namespace, data: bytes) -> int:
