@@ -581,12 +581,20 @@ def _audit_sim_anchors(sim_dir: Path | None) -> Any:
     from cc_kernel.simstore import simulation_dir
 
     directory = sim_dir or simulation_dir()
+    names = ("ark-cert.pem", "ask-cert.pem")
+    missing = [name for name in names if not (directory / name).is_file()]
+    if missing == list(names) and sim_dir is None:
+        return None  # this machine has no simulated authority: simulated evidence then verifies against nothing
+    if missing:
+        what = " and ".join(missing)
+        raise ConfigError(
+            f"{'--sim-dir ' if sim_dir is not None else 'the simulated TEE authority in '}{directory}: {what} "
+            f"{'is' if len(missing) == 1 else 'are'} missing; a simulated TEE authority directory holds both "
+            "ark-cert.pem (the simulated ARK, the root) and ask-cert.pem (the ASK it signed): the simulation "
+            "anchors (docs/audit-log.md, 'Verifying simulated evidence')"
+        )
     try:
         ark, ask = (directory / "ark-cert.pem").read_bytes(), (directory / "ask-cert.pem").read_bytes()
-    except FileNotFoundError:
-        if sim_dir is not None:
-            raise ConfigError(f"no simulated TEE authority in {directory} (ark-cert.pem, ask-cert.pem)") from None
-        return None
     except OSError as exc:
         raise ConfigError(f"cannot read the simulated TEE anchors in {directory}: {exc.strerror}") from exc
     try:

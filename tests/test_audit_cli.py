@@ -158,7 +158,18 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     code, _, err = run(capsys, "audit", "verify", valid, *SIM, "--notebook", str(bad_nb))
     assert code == 2 and "not a Jupyter notebook" in err
     code, _, err = run(capsys, "audit", "verify", valid, "--sim-dir", str(tmp_path))
-    assert code == 2 and "no simulated TEE authority" in err
+    assert code == 2 and f"--sim-dir {tmp_path}: ark-cert.pem and ask-cert.pem are missing" in err
+
+
+@pytest.mark.parametrize("missing", ["ask-cert.pem", "ark-cert.pem"])
+def test_a_sim_dir_without_one_anchor_names_it(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                               missing: str) -> None:
+    for name in ("ark-cert.pem", "ask-cert.pem"):
+        if name != missing:
+            (tmp_path / name).write_bytes((AUTHORITY_DIR / name).read_bytes())
+    code, out, err = run(capsys, "audit", "verify", str(AUDIT_DIR / "valid.log"), "--sim-dir", str(tmp_path))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"cc-kernel: --sim-dir {tmp_path}: {missing} is missing; a simulated TEE authority")
     with pytest.raises(SystemExit) as info:
         main(["audit"])
     assert info.value.code == 2

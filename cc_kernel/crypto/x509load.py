@@ -14,8 +14,8 @@ Invariants:
 * AMD VCEK/VLEK certificates carry serial number 0, which makes ``cryptography`` emit a
   ``CryptographyDeprecationWarning`` when they are loaded and whenever ``serial_number`` is read. Only
   ``load_amd_certificate`` and ``certificate_serial`` suppress it, and only that one warning (matched by its
-  message): every other warning still surfaces. See ATTESTATION.md §3.11 for plan B if a future
-  ``cryptography`` refuses serial 0.
+  message): every other warning still surfaces. Should a future ``cryptography`` refuse serial 0, the plan is
+  to split TBS and signature with a small DER walk and verify with ``public_key().verify``.
 * the AMD extension values are decoded by a tiny strict DER reader (INTEGER, IA5String) for exactly those
   values; everything else in the certificate is parsed by ``cryptography``.
 """

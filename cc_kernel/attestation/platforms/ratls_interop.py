@@ -1,7 +1,7 @@
 """Pure attestation layer (CCC "Interoperable RA-TLS"): verify RA-TLS certificates made by Gramine, the Intel
 SGX SDK (2.22+) and rats-tls, whose evidence is an Intel DCAP quote bound to the certificate's key.
 
-Format (CCC-Attestation/interoperable-ra-tls ``docs/``; ATTESTATION.md §1f): a certificate extension with OID
+Format (CCC-Attestation/interoperable-ra-tls ``docs/``): a certificate extension with OID
 ``2.23.133.5.4.9`` (TCG DICE tagged evidence) whose value is the CBOR encoding of
 ``60000([bstr quote, bstr claims])``. ``claims`` is a CBOR map of text names to byte strings; ``"pubkey-hash"``
 (required) holds the CBOR ``hash-entry`` ``[hash-alg-id, hash]`` over the certificate's DER
