@@ -78,10 +78,12 @@ _DER_IA5STRING = 0x16
 
 
 #: What ``cryptography`` raises for certificate bytes it cannot represent, at load time or on first access to a
-#: lazily parsed field. Only ``ValueError`` is the documented one; the ``x509`` ones are plain ``Exception``s.
+#: lazily parsed field. Only ``ValueError`` is the documented one; the ``x509`` ones are plain ``Exception``s;
+#: ``KeyError`` is what ``cryptography`` 44 raises from ``Name.rfc4514_string()`` for an unknown string tag.
 _CRYPTOGRAPHY_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     TypeError,
+    KeyError,
     UnsupportedAlgorithm,
     x509.InvalidVersion,
     x509.DuplicateExtension,
