@@ -13,7 +13,8 @@ What it makes (see README.md here, and manifest.json for every expected outcome)
   (audit key from a fixed seed, TLS key, nonce, session id, times); the simulated report's ECDSA signature and
   the certificates are randomised, so the bytes differ from run to run but not the outcomes.
 * negative twins as files (dropped / duplicated / swapped entries, truncated, torn tail, spliced entries,
-  another audit key, entries after the closing entry, garbage, empty) and as single-byte flips of ``valid.log``
+  another audit key, entries after the closing entry, a corrupt header after it, a drop in a cut log, 100 000
+  nested arrays in an entry, garbage, empty) and as single-byte flips of ``valid.log``
   (offset + xor mask, one per field of an opening, a receipt and the closing entry), listed in manifest.json.
 * ``notebook.ipynb`` — a notebook to match against ``valid.log`` (matching, edited, unexecuted cells, and
   receipts no cell accounts for).
