@@ -524,7 +524,8 @@ class ConfidentialKernel(Kernel):
         try:
             outcome = await task
         except asyncio.CancelledError:
-            if not task.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            me = asyncio.current_task()
+            if not task.cancelled() or (me is not None and me.cancelling()):
                 raise  # this request itself was cancelled, not just the upload
             return self._error_reply("KeyboardInterrupt", "upload interrupted", [
                 f"%cc_upload interrupted: {request.name} was not bound in the enclave (nothing more is sent)"],
