@@ -52,7 +52,8 @@ def test_a_requirement_without_a_minimum_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "at_least"),
-    [("cbor2", "6.2"), ("ipython", "9.1"), ("matplotlib", "3.10.7"), ("pytest-timeout", "2.3.1")],
+    [("cbor2", "6.2"), ("ipython", "9.1"), ("ipykernel", "7.2"), ("jupyter-client", "8.9"), ("matplotlib", "3.10.7"),
+     ("pytest-timeout", "2.3.1")],
 )
 def test_raised_minimums_are_declared(name: str, at_least: str) -> None:
     pins = dict(line.split("==") for line in load_script().minimum_pins(ROOT / "pyproject.toml"))
