@@ -107,7 +107,8 @@ def _malformed(
 
 
 def _describe(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    # cryptography 44 raises ValueError where later releases raise UnsupportedAlgorithm: one message for both
+    return str(exc) if isinstance(exc, ValueError | UnsupportedAlgorithm) else f"{type(exc).__name__}: {exc}"
 
 
 def _read_lazy_fields(cert: x509.Certificate, what: str, *, index: int | None = None) -> None:
