@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="accept the SIMULATED TEE (unsafe_allow_simulation: no hardware protection)")
     init.add_argument("--platform", default=None, choices=["sev-snp", "tdx", "sgx-dcap", "nitro"],
                       help="hardware platform to pin (with --measurement)")
-    init.add_argument("--measurement", action="append", default=[], help="hex measurement to pin (repeatable)")
+    init.add_argument("--measurement", action="append", default=[],
+                      help="hex measurement to pin (repeatable): SEV-SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE or "
+                           "Nitro PCR0")
+    init.add_argument("--rtmr", action="append", default=[], metavar="INDEX=HEX",
+                      help="tdx: an RTMR to pin (repeatable); a TDX policy pins RTMR1 and RTMR2 besides MRTD")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     pcheck = pol_sub.add_parser("check", help="validate a policy file and print its summary")
     pcheck.add_argument("file", type=Path)
@@ -116,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     aud = sub.add_parser("audit", help="attested session logs: verify offline, show")
     aud_sub = aud.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
     averify = aud_sub.add_parser(
-        "verify", help="re-verify a session log offline (exit 0 valid, 1 invalid or unterminated, 2 unreadable)")
+        "verify", help="re-verify a session log offline (exit 0 pass, 1 fail: invalid, unterminated, simulated, or a "
+                       "notebook that does not match; 2 unreadable)")
     averify.add_argument("log", type=Path, help="session log file")
     averify.add_argument("--policy", type=Path, default=None,
                          help="appraise under this policy (default: the policy recorded in the log)")
@@ -125,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     averify.add_argument("--sim-dir", type=Path, default=None,
                          help="simulated TEE authority whose anchors verify simulated evidence (default: this "
                               "user's; used only if the policy allows simulation)")
+    averify.add_argument("--allow-simulation", action="store_true",
+                         help="pass a log of a SIMULATED TEE session (it shows the log's integrity, never hardware "
+                              "protection); a --policy with unsafe_allow_simulation = true does the same")
+    averify.add_argument("--accept", action="append", default=[],
+                         choices=["notebook.edited", "notebook.unexecuted", "notebook.unaccounted"],
+                         help="with --notebook: pass despite cells EDITED after execution, cells NOT EXECUTED, or "
+                              "receipts no cell accounts for (repeatable)")
     averify.add_argument("--json", action="store_true", help="print the report as JSON")
     ashow = aud_sub.add_parser("show", help="print a session log's timeline (not verified)")
     ashow.add_argument("log", type=Path, help="session log file")
@@ -250,9 +262,16 @@ def _policy(args: argparse.Namespace) -> int:
         if not args.measurement:
             _err("--platform needs --measurement HEX (the launch measurement of your hardware enclave)")
             return EXIT_USAGE
+        rtmr: dict[int, str] = {}
+        for item in args.rtmr:
+            index, sep, value = item.partition("=")
+            if not sep or not index.strip().isdigit():
+                _err(f"--rtmr {item!r}: write INDEX=HEX, e.g. --rtmr 1=<96 hex digits>")
+                return EXIT_USAGE
+            rtmr[int(index)] = value
         text = render_policy(
             args.platform, args.measurement, allow_simulation=args.simulation,
-            simulation_measurements=[enclave_measurement()] if args.simulation else (), note=note,
+            simulation_measurements=[enclave_measurement()] if args.simulation else (), note=note, rtmr=rtmr,
         )
     elif args.simulation:
         text = render_policy("simulation", [enclave_measurement()], note=note)
@@ -652,12 +671,20 @@ def _audit_sim_anchors(sim_dir: Path | None) -> Any:
     from cc_kernel.simstore import simulation_dir
 
     directory = sim_dir or simulation_dir()
+    names = ("ark-cert.pem", "ask-cert.pem")
+    missing = [name for name in names if not (directory / name).is_file()]
+    if missing == list(names) and sim_dir is None:
+        return None  # this machine has no simulated authority: simulated evidence then verifies against nothing
+    if missing:
+        what = " and ".join(missing)
+        raise ConfigError(
+            f"{'--sim-dir ' if sim_dir is not None else 'the simulated TEE authority in '}{directory}: {what} "
+            f"{'is' if len(missing) == 1 else 'are'} missing; a simulated TEE authority directory holds both "
+            "ark-cert.pem (the simulated ARK, the root) and ask-cert.pem (the ASK it signed): the simulation "
+            "anchors (docs/audit-log.md, 'Verifying simulated evidence')"
+        )
     try:
         ark, ask = (directory / "ark-cert.pem").read_bytes(), (directory / "ask-cert.pem").read_bytes()
-    except FileNotFoundError:
-        if sim_dir is not None:
-            raise ConfigError(f"no simulated TEE authority in {directory} (ark-cert.pem, ask-cert.pem)") from None
-        return None
     except OSError as exc:
         raise ConfigError(f"cannot read the simulated TEE anchors in {directory}: {exc.strerror}") from exc
     try:
@@ -668,8 +695,8 @@ def _audit_sim_anchors(sim_dir: Path | None) -> Any:
 
 def _audit_verify(args: argparse.Namespace, data: bytes) -> int:
     from cc_kernel.attestation.anchors import hardware_anchors
-    from cc_kernel.audit.render import cells_lines, report_json, report_lines
-    from cc_kernel.audit.verify import match_notebook, verify_log
+    from cc_kernel.audit.render import cells_lines, report_json, report_lines, unaccounted_lines, verdict_lines
+    from cc_kernel.audit.verify import audit_verdict, match_notebook, unaccounted_receipts, verify_log
 
     policy = _load_policy_file(args.policy) if args.policy else None
     notebook = None
@@ -679,21 +706,32 @@ def _audit_verify(args: argparse.Namespace, data: bytes) -> int:
         except OSError as exc:
             _err(f"cannot read the notebook {args.notebook}: {exc.strerror or exc}")
             return EXIT_USAGE
-        except ValueError as exc:
-            _err(f"{args.notebook} is not a JSON notebook: {exc}")
+        except (ValueError, RecursionError) as exc:  # json nests recursively: hostile nesting is not a notebook
+            why = exc if isinstance(exc, ValueError) else "nested too deeply"
+            _err(f"{args.notebook} is not a JSON notebook: {why}")
             return EXIT_USAGE
     report = verify_log(data, policy=policy, anchors=hardware_anchors(),
                         simulation_anchors=_audit_sim_anchors(args.sim_dir), now=datetime.now(UTC))
     cells = match_notebook(report, notebook) if notebook is not None else None
+    unaccounted = unaccounted_receipts(report, notebook) if notebook is not None else None
+    verdict = audit_verdict(
+        report, cells=cells, unaccounted=unaccounted or (), accept=args.accept,
+        allow_simulation=args.allow_simulation or (policy is not None and policy.unsafe_allow_simulation),
+    )
     if args.json:
-        print(json.dumps(report_json(report, cells=cells), indent=2, ensure_ascii=False))
+        doc = report_json(report, cells=cells, unaccounted=unaccounted, verdict=verdict)
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
         print("\n".join(report_lines(report, source=str(args.log))))
         if cells is not None:
             caveat = "" if report.status == "valid" else " (only against the entries that verify)"
             print(f"notebook {args.notebook}: {len(cells)} code cells{caveat}")
             print("\n".join(cells_lines(cells)))
-    return EXIT_OK if report.valid else EXIT_INVALID
+        if unaccounted:
+            print(f"receipts no cell of {args.notebook} accounts for ({len(unaccounted)}):")
+            print("\n".join(unaccounted_lines(unaccounted)))
+        print("\n".join(verdict_lines(verdict)))
+    return EXIT_OK if verdict.passed else EXIT_INVALID
 
 
 def _audit_show(args: argparse.Namespace, data: bytes) -> int:

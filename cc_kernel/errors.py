@@ -25,6 +25,19 @@ class LocalProtocolError(ProtocolError):
     """We tried to do something the protocol forbids (a bug on our side, or misuse of the API)."""
 
 
+class MessageTooLarge(LocalProtocolError):  # noqa: N818 - named for what happened, like h11's errors
+    """One message we tried to send encodes to more than the frame size limit.
+
+    Nothing was sent and the connection's state is unchanged: the caller may fail that one request and go on.
+    ``size`` and ``limit`` are in bytes (the encoded frame body and the connection's ``max_frame_size``).
+    """
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol forbids: a malformed, oversized or out-of-order frame."""
 
@@ -66,6 +79,17 @@ class ClientNotAuthorized(ConnectError):  # noqa: N818
     def __init__(self, message: str, *, line: str = "") -> None:
         super().__init__(message)
         self.line = line
+# --- uploads -------------------------------------------------------------------------------------------------
+
+
+class UploadError(CCKernelError):
+    """``%cc_upload`` cannot send this file: bad arguments, unreadable, not a regular file, or it changed size
+    while it was read. ``ename`` is the name the notebook shows (``UsageError``, ``FileNotFoundError``,
+    ``NotARegularFile``, ``UploadError`` ...)."""
+
+    def __init__(self, message: str, *, ename: str = "UploadError") -> None:
+        super().__init__(message)
+        self.ename = ename
 
 
 # --- attestation ---------------------------------------------------------------------------------------------

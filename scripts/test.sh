@@ -18,3 +18,14 @@ fi
 .venv/bin/mypy
 # Kernel tests launch kernels through a private Jupyter path; nothing is written to the user's directories.
 .venv/bin/python -m pytest -q "$@"
+# The lowest allowed versions: a second environment with every dependency and the test extra pinned to the
+# minimum pyproject.toml declares (scripts/min_constraints.py), running the same tests, so that the declared
+# minimums stay honest. CC_KERNEL_SKIP_MIN_VERSIONS=1 skips it (a quick local run).
+if [ "${CC_KERNEL_SKIP_MIN_VERSIONS:-0}" != "1" ]; then
+  "$PY" -m venv .venv-min
+  .venv-min/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python scripts/min_constraints.py > .venv-min/constraints.txt
+  .venv-min/bin/python -m pip install --quiet --constraint .venv-min/constraints.txt -e ".[test]"
+  .venv-min/bin/python -m pip list --format=freeze > .venv-min/installed.txt
+  .venv-min/bin/python -m pytest -q "$@"
+fi

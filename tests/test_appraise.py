@@ -455,12 +455,13 @@ def test_evidence_warnings_make_a_warning() -> None:
 # --- TDX, SGX, Nitro ----------------------------------------------------------------------------------------
 
 RTMR1 = b"\x01" * 48
+RTMR2 = b"\x02" * 48
 TDX_POLICY = f"""
 version = 1
 [[accept]]
 platform = "tdx"
 mr_td = ["{GOOD.hex()}"]
-rtmr = {{ 1 = "{RTMR1.hex()}" }}
+rtmr = {{ 1 = "{RTMR1.hex()}", 2 = "{RTMR2.hex()}" }}
 mr_config_id = "{"00" * 48}"
 require_sept_ve_disable = true
 """
@@ -470,7 +471,7 @@ def tdx_evidence(**overrides: Any) -> VerifiedEvidence:
     fields: dict[str, Any] = {
         "product": "SPR",
         "signer": "pck",
-        "measurements": {"mr_td": GOOD, "rtmr1": RTMR1, "mr_config_id": bytes(48)},
+        "measurements": {"mr_td": GOOD, "rtmr1": RTMR1, "rtmr2": RTMR2, "mr_config_id": bytes(48)},
         "tcb": {},
         "tcb_status": "UpToDate",
         "claims": {"td_attributes": 1 << 28},
@@ -497,6 +498,7 @@ def test_tdx_failures() -> None:
     assert checks(exc) == [
         "policy.measurement",
         "policy.rtmr.1",
+        "policy.rtmr.2",
         "policy.mr_config_id",
         "policy.sept_ve_disable",
         "policy.tcb_status",

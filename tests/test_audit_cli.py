@@ -1,5 +1,6 @@
-"""`cc-kernel audit verify|show`: exit codes (0 valid, 1 invalid or unterminated, 2 usage or unreadable input),
-the first bad entry and every finding named, notebooks, JSON, and clear errors (never a traceback) on garbage."""
+"""`cc-kernel audit verify|show`: exit codes (0 pass; 1 invalid, unterminated, simulated without the auditor's
+permission, or a notebook that does not match; 2 usage or unreadable input), the first bad entry and every finding
+named, notebooks, JSON, and clear errors (never a traceback) on garbage."""
 
 from __future__ import annotations
 
@@ -37,14 +38,26 @@ def flipped(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def test_verify_valid(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "audit", "verify", str(AUDIT_DIR / "valid.log"), *SIM)
-    assert code == 0
+def test_verify_valid_simulation_log_fails_unless_the_auditor_allows_simulation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = str(AUDIT_DIR / "valid.log")
+    code, out, _ = run(capsys, "audit", "verify", log, *SIM)
+    assert code == 1
     assert "VALID" in out and "SIMULATION" in out
-    code, out, _ = run(capsys, "audit", "verify", str(AUDIT_DIR / "valid.log"), *SIM, "--json")
+    assert "VERDICT: FAIL — a SIMULATED TEE session (no hardware protection; --allow-simulation" in out
+    code, out, _ = run(capsys, "audit", "verify", log, *SIM, "--json")
     doc = json.loads(out)
-    assert code == 0 and doc["status"] == "valid" and doc["entries"] == 13 and doc["first_bad"] is None
+    assert code == 1 and doc["status"] == "valid" and doc["entries"] == 13 and doc["first_bad"] is None
     assert doc["attestation"]["status"] == "simulation"
+    assert doc["verdict"] == {"passed": False, "failures": ["attestation.simulation"], "accepted": []}
+    # the auditor's permission: an explicit option, or their own policy allowing simulation
+    for permission in (["--allow-simulation"], ["--policy", str(AUDIT_DIR / "policy-sim.toml")]):
+        code, out, _ = run(capsys, "audit", "verify", log, *SIM, *permission, "--json")
+        assert code == 0, permission
+        assert json.loads(out)["verdict"] == {"passed": True, "failures": [], "accepted": ["attestation.simulation"]}
+    code, out, _ = run(capsys, "audit", "verify", log, *SIM, "--allow-simulation")
+    assert code == 0 and "VERDICT: PASS" in out and "accepted by option: attestation.simulation" in out
 
 
 def test_verify_tampered_names_the_first_bad_entry_and_all_findings(
@@ -85,11 +98,44 @@ def test_verify_without_the_simulation_authority(capsys: pytest.CaptureFixture[s
 
 def test_verify_with_a_notebook(capsys: pytest.CaptureFixture[str]) -> None:
     nb = str(AUDIT_DIR / "notebook.ipynb")
-    code, out, _ = run(capsys, "audit", "verify", str(AUDIT_DIR / "valid.log"), *SIM, "--notebook", nb)
-    assert code == 0
+    log = str(AUDIT_DIR / "valid.log")
+    code, out, _ = run(capsys, "audit", "verify", log, *SIM, "--allow-simulation", "--notebook", nb)
+    assert code == 1
     assert "EDITED after execution" in out and "NOT EXECUTED" in out and "MATCHES" in out
-    code, out, _ = run(capsys, "audit", "verify", str(AUDIT_DIR / "valid.log"), *SIM, "--notebook", nb, "--json")
+    assert "receipts no cell of" in out and "entry #5    [4] cell: RAN, but no cell of the notebook has its code" in out
+    assert "VERDICT: FAIL — cells were EDITED after execution (--accept notebook.edited)" in out
+    code, out, _ = run(capsys, "audit", "verify", log, *SIM, "--allow-simulation", "--notebook", nb, "--json")
     assert [c["status"] for c in json.loads(out)["cells"]] == [s for s, _ in manifest()["notebook"]["cells"]]
+
+
+def test_a_deleted_cell_is_reported_and_fails(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Every receipt of valid.log accounted for by a cell, then one cell deleted: only that one is reported."""
+    from audit_support import anchors
+
+    from cc_kernel.attestation.anchors import hardware_anchors
+    from cc_kernel.audit.verify import verify_log
+
+    report = verify_log(audit_file("valid.log"), policy=None, anchors=hardware_anchors(), simulation_anchors=anchors())
+    ran = [(i, r) for i, r in report.receipts() if r.kind in ("cell", "upload")]
+    cells = [{"cell_type": "code", "id": f"c{i}", "execution_count": r.execution_count, "metadata": {}, "outputs": [],
+              "source": r.code} for i, r in ran if r.code is not None]
+    whole = tmp_path / "whole.ipynb"
+    whole.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": cells}))
+    redacted = [i for i, r in ran if r.code is None]  # code not in the log: no notebook can show it here
+    code, out, _ = run(capsys, "audit", "verify", str(AUDIT_DIR / "valid.log"), *SIM, "--allow-simulation",
+                       "--notebook", str(whole), "--json")
+    doc = json.loads(out)
+    assert [u["entry"] for u in doc["unaccounted"]] == redacted
+    deleted = cells[1]
+    gone = tmp_path / "deleted.ipynb"
+    gone.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+                                "cells": [c for c in cells if c is not deleted]}))
+    code, out, _ = run(capsys, "audit", "verify", str(AUDIT_DIR / "valid.log"), *SIM, "--allow-simulation",
+                       "--notebook", str(gone), "--json")
+    doc = json.loads(out)
+    entry = int(deleted["id"][1:])
+    assert code == 1 and [u["entry"] for u in doc["unaccounted"]] == sorted([*redacted, entry])
+    assert "notebook.unaccounted" in doc["verdict"]["failures"]
 
 
 @pytest.mark.parametrize("name", ["empty.log", "garbage.bin", "text.log"])
@@ -112,7 +158,18 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     code, _, err = run(capsys, "audit", "verify", valid, *SIM, "--notebook", str(bad_nb))
     assert code == 2 and "not a Jupyter notebook" in err
     code, _, err = run(capsys, "audit", "verify", valid, "--sim-dir", str(tmp_path))
-    assert code == 2 and "no simulated TEE authority" in err
+    assert code == 2 and f"--sim-dir {tmp_path}: ark-cert.pem and ask-cert.pem are missing" in err
+
+
+@pytest.mark.parametrize("missing", ["ask-cert.pem", "ark-cert.pem"])
+def test_a_sim_dir_without_one_anchor_names_it(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                               missing: str) -> None:
+    for name in ("ark-cert.pem", "ask-cert.pem"):
+        if name != missing:
+            (tmp_path / name).write_bytes((AUTHORITY_DIR / name).read_bytes())
+    code, out, err = run(capsys, "audit", "verify", str(AUDIT_DIR / "valid.log"), "--sim-dir", str(tmp_path))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"cc-kernel: --sim-dir {tmp_path}: {missing} is missing; a simulated TEE authority")
     with pytest.raises(SystemExit) as info:
         main(["audit"])
     assert info.value.code == 2

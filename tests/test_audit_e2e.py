@@ -84,7 +84,8 @@ def cli(*argv: str | Path, timeout: float = 30.0) -> Cli:
 
 
 def verify(env: JupyterEnv, log: Path, *extra: str | Path) -> Cli:
-    return cli("audit", "verify", log, "--sim-dir", sim_dir(env), *extra)
+    """``audit verify`` of a simulation session, the auditor allowing simulation (these tests are about the log)."""
+    return cli("audit", "verify", log, "--sim-dir", sim_dir(env), "--allow-simulation", *extra)
 
 
 def records(data: bytes) -> list[tuple[int, int]]:
@@ -399,7 +400,9 @@ def test_notebook_cross_check_matches_then_reports_the_edited_cell(
     edited["cells"].append(nbformat.v4.new_code_cell("print('never run')"))
     path.write_text(json.dumps(edited))
     result = verify(jupyter_env, log, "--notebook", path, "--json")
-    assert result.code == 0  # the log itself is still valid: the notebook changed, not the log
+    assert result.code == 1  # the log itself is still valid: the notebook changed, and the verdict says so
+    assert result.doc["status"] == "valid"
+    assert result.doc["verdict"]["failures"] == ["notebook.edited", "notebook.unexecuted"]
     assert [c["status"] for c in result.doc["cells"]] == ["matching", "edited", "matching", "matching", "unexecuted"]
     assert result.doc["cells"][1]["receipt"] == 2
     assert "EDITED after execution" in verify(jupyter_env, log, "--notebook", path).out

@@ -639,7 +639,11 @@ def appraise_tdx(ev: VerifiedEvidence, extra: str = "") -> AttestationResult:
         nonce=b"\x33" * 32,
         session_id=b"\x22" * 16,
     )
-    policy = load_policy(f'version = 1\n[[accept]]\nplatform = "tdx"\nmr_td = ["{"7d" * 48}"]\n{extra}')
+    policy = load_policy(
+        f'version = 1\n[[accept]]\nplatform = "tdx"\nmr_td = ["{"7d" * 48}"]\n'
+        f'rtmr = {{ 1 = "{hardware.measurements["rtmr1"].hex()}", 2 = "{hardware.measurements["rtmr2"].hex()}" }}\n'
+        f"{extra}"
+    )
     return appraise(bound, policy, now=NOW)
 
 

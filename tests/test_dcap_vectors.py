@@ -483,19 +483,27 @@ version = 1
 [[accept]]
 platform = "tdx"
 mr_td = ["{mr_td}"]
+rtmr = {{ 1 = "{rtmr1}", 2 = "{rtmr2}" }}
 require_sept_ve_disable = true
 {extra}
 """
 
 
+def tdx_policy(ev: Any, mr_td: str, extra: str) -> str:
+    """TDX_POLICY pinning ``mr_td`` and the RTMR1/RTMR2 the quote reports (every TDX entry pins them)."""
+    return TDX_POLICY.format(
+        mr_td=mr_td, rtmr1=ev.measurements["rtmr1"].hex(), rtmr2=ev.measurements["rtmr2"].hex(), extra=extra
+    )
+
+
 def test_a_tdx_policy_pinning_the_mrtd_accepts_gotdx_v5_when_it_skips_complete_collateral() -> None:
     want = EXPECTED["gotdx-v5"]["measurement"]
     ev = verify(quote_of("gotdx-v5"), CHAIN_AT, tcbinfo_2026(unsafe_expired=True))
-    strict = load_policy(TDX_POLICY.format(mr_td=want, extra=""))
+    strict = load_policy(tdx_policy(ev, want, ""))
     with pytest.raises(PolicyViolation) as info:
         appraise(bound(ev), strict, now=CHAIN_AT)
     assert [f.check for f in info.value.failures] == ["policy.tcb_collateral"]
-    weakened = load_policy(TDX_POLICY.format(mr_td=want, extra="unsafe_skip_tcb_collateral = true"))
+    weakened = load_policy(tdx_policy(ev, want, "unsafe_skip_tcb_collateral = true"))
     result = appraise(bound(ev), weakened, now=CHAIN_AT)
     assert result.status == "warning" and result.platform == "tdx"
     assert result.measurement.hex() == want
@@ -503,7 +511,7 @@ def test_a_tdx_policy_pinning_the_mrtd_accepts_gotdx_v5_when_it_skips_complete_c
     assert {"tcb-signing-cert-expired", "tcb-collateral-incomplete"} <= set(result.warnings)
     assert result.trust_vector["hardware"] == "warning"
     # another MRTD: rejected, with the repin hint
-    other = load_policy(TDX_POLICY.format(mr_td="00" * 48, extra="unsafe_skip_tcb_collateral = true"))
+    other = load_policy(tdx_policy(ev, "00" * 48, "unsafe_skip_tcb_collateral = true"))
     with pytest.raises(PolicyViolation) as info:
         appraise(bound(ev), other, now=CHAIN_AT)
     assert [f.check for f in info.value.failures] == ["policy.measurement"]
@@ -511,7 +519,7 @@ def test_a_tdx_policy_pinning_the_mrtd_accepts_gotdx_v5_when_it_skips_complete_c
 
 def test_spr_requires_sept_ve_disable_and_a_supported_tcb() -> None:
     ev = verify(quote_of("gotdx-spr-e4-v4"), COLLATERAL_2023_AT, collateral_2023())
-    policy = load_policy(TDX_POLICY.format(mr_td=EXPECTED["gotdx-spr-e4-v4"]["measurement"], extra=""))
+    policy = load_policy(tdx_policy(ev, EXPECTED["gotdx-spr-e4-v4"]["measurement"], ""))
     with pytest.raises(PolicyViolation) as info:
         appraise(bound(ev), policy, now=COLLATERAL_2023_AT)
     failures = {f.check: f for f in info.value.failures}
@@ -522,7 +530,7 @@ def test_spr_requires_sept_ve_disable_and_a_supported_tcb() -> None:
 def test_trustee_v5_is_rejected_for_its_tcb_even_when_collateral_is_skipped() -> None:
     ev = verify(quote_of("trustee-v5"), CHAIN_AT, tcbinfo_2026(unsafe_expired=True))
     policy = load_policy(
-        TDX_POLICY.format(mr_td=EXPECTED["trustee-v5"]["measurement"], extra="unsafe_skip_tcb_collateral = true")
+        tdx_policy(ev, EXPECTED["trustee-v5"]["measurement"], "unsafe_skip_tcb_collateral = true")
     )
     with pytest.raises(PolicyViolation) as info:
         appraise(bound(ev), policy, now=CHAIN_AT)

@@ -100,7 +100,10 @@ def test_evidence_hash_and_claims(pki: ds.TestPki) -> None:
 def test_a_debug_td_is_authentic_and_rejected_by_policy(pki: ds.TestPki) -> None:
     ev = verify(pki, ds.build_quote(pki, body=ds.td_body(td_attributes=1 | 1 << 28)))
     assert ev.debug is True and ev.claims["td_attributes_flags"]["debug"] is True  # type: ignore[index]
-    policy = f'version = 1\n[[accept]]\nplatform = "tdx"\nmr_td = ["{"7d" * 48}"]\nunsafe_skip_tcb_collateral = true\n'
+    policy = (
+        f'version = 1\n[[accept]]\nplatform = "tdx"\nmr_td = ["{"7d" * 48}"]\nunsafe_skip_tcb_collateral = true\n'
+        f'rtmr = {{ 1 = "{"02" * 48}", 2 = "{"03" * 48}" }}\n'
+    )
     with pytest.raises(PolicyViolation) as info:
         appraise_as(ev, "tdx", policy)
     assert [f.check for f in info.value.failures] == ["policy.debug"]
@@ -117,9 +120,9 @@ def test_a_debug_sgx_enclave(pki: ds.TestPki) -> None:
 def test_rtmr_and_mrconfigid_pins_reach_the_policy(pki: ds.TestPki) -> None:
     ev = verify(pki, ds.build_quote(pki))
     base = f'version = 1\n[[accept]]\nplatform = "tdx"\nmr_td = ["{"7d" * 48}"]\nunsafe_skip_tcb_collateral = true\n'
-    appraise_as(ev, "tdx", base + f'rtmr = {{ 1 = "{"02" * 48}" }}\nmr_config_id = "{"00" * 48}"\n')
+    appraise_as(ev, "tdx", base + f'rtmr = {{ 1 = "{"02" * 48}", 2 = "{"03" * 48}" }}\nmr_config_id = "{"00" * 48}"\n')
     with pytest.raises(PolicyViolation) as info:
-        appraise_as(ev, "tdx", base + f'rtmr = {{ 2 = "{"02" * 48}" }}\n')
+        appraise_as(ev, "tdx", base + f'rtmr = {{ 1 = "{"02" * 48}", 2 = "{"02" * 48}" }}\n')
     assert [f.check for f in info.value.failures] == ["policy.rtmr.2"]
 
 

@@ -309,6 +309,61 @@ def test_upload_npy_text_binary_and_missing(sim: LiveKernel, tmp_path: Path) -> 
     assert sim.execute("nope").content["ename"] == "NameError"
 
 
+def test_upload_refuses_what_is_not_a_regular_file_and_the_session_goes_on(sim: LiveKernel, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "a FIFO (named pipe)"), ("/dev/zero", "a character device"), (tmp_path, "a directory")):
+        cell = sim.execute(f"%cc_upload {path} data", timeout=30)  # returns: nothing waits for a writer or EOF
+        assert cell.status == "error", cell.summary()
+        assert cell.content["ename"] == "NotARegularFile"
+        assert f"{path} is {kind}, not a regular file: %cc_upload reads regular files only" in cell.traceback_text
+    assert sim.value("6 * 7") == "42"
+
+
+def test_an_upload_refused_at_the_start_is_not_streamed(sim: LiveKernel, tmp_path: Path) -> None:
+    huge = tmp_path / "huge.bin"
+    with huge.open("wb") as f:
+        f.truncate(5 * 1024**3)  # sparse: 5 GiB announced, over the enclave's 4 GiB limit
+    cell = sim.execute(f"%cc_upload {huge} huge", timeout=60)
+    assert cell.status == "error", cell.summary()
+    assert "refused upload 'huge'" in cell.traceback_text
+    shown = [o["content"]["data"]["text/plain"] for o in cell.outputs
+             if o["msg_type"] in ("display_data", "update_display_data")
+             and "uploading" in o["content"]["data"].get("text/plain", "")]
+    assert shown and not any("100.0%" in text for text in shown)
+    assert sim.execute("huge").content["ename"] == "NameError"
+
+
+def test_interrupt_cancels_an_upload_in_progress(sim: LiveKernel, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(1024**3)  # sparse 1 GiB: long enough to be interrupted after its first progress bar
+    sent: list[bool] = []
+
+    def interrupt_once(msg: dict[str, Any], _t: float) -> None:
+        if msg["msg_type"] == "display_data" and not sent:
+            sent.append(True)
+            sim.km.interrupt_kernel()
+
+    cell = sim.execute(f"%cc_upload {big} big", on_output=interrupt_once, timeout=60)
+    assert sent, cell.summary()
+    assert cell.status == "error", cell.summary()
+    assert cell.content["ename"] == "KeyboardInterrupt"
+    assert "%cc_upload interrupted: big was not bound in the enclave" in cell.traceback_text
+    assert sim.execute("big").content["ename"] == "NameError"
+    assert sim.value("6 * 7") == "42"
+
+
+def test_an_oversized_cell_fails_alone_and_the_session_goes_on(sim: LiveKernel) -> None:
+    cell = sim.execute("x = 1  # " + "a" * (70 * 1024 * 1024), timeout=90)
+    assert cell.status == "error", cell.summary()
+    assert cell.content["ename"] == "MessageTooLarge"
+    tb = cell.traceback_text
+    assert "This cell was NOT run" in tb and "over the limit of 67108864 bytes" in tb and "the session goes on" in tb
+    assert sim.execute("x").content["ename"] == "NameError"
+    assert sim.value("6 * 7") == "42"
+
+
 def test_attestation_refusal_sends_no_code(jupyter_env: JupyterEnv, tmp_path: Path) -> None:
     from cc_kernel.attestation.policy import render_policy
 
@@ -357,6 +412,33 @@ def test_hardware_kernel_fails_closed_without_tee(jupyter_env: JupyterEnv, tmp_p
             assert "no code was sent" in tb
             assert "/dev/sev-guest" in tb, tb
             assert "SIMULATION" in tb and "CC_KERNEL_ENCLAVE" in tb
+    assert not marker.exists()
+
+
+def test_hardware_kernel_refuses_a_simulation_policy_before_contacting_any_enclave(
+    jupyter_env: JupyterEnv, tmp_path: Path
+) -> None:
+    import socket
+
+    from cc_kernel.attestation.policy import render_policy
+    from cc_kernel.measure import enclave_measurement
+
+    policy = tmp_path / "sim.toml"
+    policy.write_text(render_policy("simulation", [enclave_measurement()]))
+    marker = tmp_path / "marker"
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # where a simulated `enclave serve` would listen
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        env = jupyter_env.kernel_env(CC_KERNEL_POLICY=str(policy), CC_KERNEL_ENCLAVE=f"tcp://127.0.0.1:{port}")
+        with live_kernel(HW, env=env) as k:
+            cell = k.execute(f"open({str(marker)!r}, 'w').write('x')", timeout=60)
+            assert cell.status == "error", cell.summary()
+            tb = cell.traceback_text
+            assert "no code was sent" in tb
+            assert "sets unsafe_allow_simulation = true: this policy belongs to the SIMULATION kernel" in tb
+            assert str(policy) in tb
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # nobody ever connected: refused before anything started
     assert not marker.exists()
 
 

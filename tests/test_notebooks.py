@@ -286,7 +286,8 @@ def test_05_verifies_the_session_log_and_pinpoints_each_tampering(run: Any) -> N
     hardware = nb.text(nb.cell("from cc_kernel.attestation.policy import render_policy"))
     assert "INVALID — first bad entry #0" in hardware and "UntrustedRoot" in hardware
     cells = nb.text(nb.cell("import nbformat"))
-    assert "VALID" in cells and "[exit status 0]" in cells
+    assert "VALID" in cells and "[exit status 1]" in cells
+    assert "VERDICT: FAIL — cells were EDITED after execution" in cells
     verdicts = re.findall(r"cell (\d+) +\[(\d+)\] (MATCHES|EDITED after execution|NOT EXECUTED)", cells)
     assert verdicts == [("0", "1", "MATCHES"), ("1", "2", "EDITED after execution"), ("2", "3", "MATCHES")], cells
     assert re.search(r"cell 3 +\[ \] NOT EXECUTED", cells)

@@ -63,7 +63,7 @@ pcr = {{ 0 = "{M48}", 1 = "{M48_B}", 2 = "{M48}", 8 = "{M48_B}" }}
 """
 
 
-TDX = f'version = 1\n[[accept]]\nplatform = "tdx"\nmr_td = ["{M48}"]\n'
+TDX = f'version = 1\n[[accept]]\nplatform = "tdx"\nmr_td = ["{M48}"]\nrtmr = {{ 1 = "{M48}", 2 = "{M48}" }}\n'
 
 
 def snp_policy(body: str = "", *, top: str = "", measurement: bool = True) -> str:
@@ -141,6 +141,7 @@ measurement = ["{M48}"]
 [[accept]]
 platform = "tdx"
 mr_td = ["{M48}"]
+rtmr = {{ 1 = "{M48}", 2 = "{M48}" }}
 unsafe_accept_tcb_status = ["SWHardeningNeeded"]
 """
     policy = load_policy(text)
@@ -357,7 +358,7 @@ def test_second_entry_is_numbered_in_messages() -> None:
             "empty array",
         ),
         (
-            TDX + f'rtmr = {{ 4 = "{M48}" }}\n',
+            f'version = 1\n[[accept]]\nplatform = "tdx"\nmr_td = ["{M48}"]\nrtmr = {{ 4 = "{M48}" }}\n',
             'key "4" in rtmr of [[accept]] #1 (platform "tdx") must be a RTMR index from 0 to 3',
         ),
         (
@@ -425,21 +426,67 @@ def test_hex_is_case_insensitive() -> None:
 
 
 @pytest.mark.parametrize(
-    ("entry", "keys"),
+    ("entry", "missing", "rule"),
     [
-        ('platform = "sev-snp"', '"measurement"'),
-        ('platform = "tdx"', '"mr_td"'),
-        ('platform = "sgx-dcap"', '"mrenclave" and/or "mrsigner"'),
-        ('platform = "nitro"', '"pcr"'),
+        ('platform = "sev-snp"', '"measurement"', "the SEV-SNP launch MEASUREMENT"),
+        ('platform = "tdx"', '"mr_td", "rtmr.1", "rtmr.2"', "MRTD"),
+        (f'platform = "tdx"\nmr_td = ["{M48}"]', '"rtmr.1", "rtmr.2"', "RTMR1: the kernel"),
+        (f'platform = "tdx"\nmr_td = ["{M48}"]\nrtmr = {{ 1 = "{M48}" }}', '"rtmr.2"', "RTMR2"),
+        (f'platform = "tdx"\nrtmr = {{ 1 = "{M48}", 2 = "{M48}" }}', '"mr_td"', "MRTD"),
+        ('platform = "sgx-dcap"', '"mrenclave"', "MRSIGNER) together with"),
+        (f'platform = "sgx-dcap"\nmrsigner = ["{M32}"]', '"isv_prod_id", "min_isv_svn"', "ISVPRODID"),
+        (f'platform = "sgx-dcap"\nmrsigner = ["{M32}"]\nisv_prod_id = 1', '"min_isv_svn"', "minimum ISVSVN"),
+        (f'platform = "sgx-dcap"\nmrsigner = ["{M32}"]\nmin_isv_svn = 1', '"isv_prod_id"', "ISVPRODID"),
+        ('platform = "nitro"', '"pcr.0"', "PCR0: the enclave image file"),
+        # PCR3 (IAM role), PCR8 (EIF signer): chosen by the operator, they say nothing about the code
+        (f'platform = "nitro"\npcr = {{ 3 = "{M48}" }}', '"pcr.0"', "PCR0"),
+        (f'platform = "nitro"\npcr = {{ 8 = "{M48}" }}', '"pcr.0"', "PCR0"),
+        (f'platform = "nitro"\npcr = {{ 1 = "{M48}", 2 = "{M48}" }}', '"pcr.0"', "PCR0"),
     ],
 )
-def test_an_entry_must_pin_a_measurement_unless_unsafe(entry: str, keys: str) -> None:
+def test_every_entry_must_pin_the_code_unless_unsafe(entry: str, missing: str, rule: str) -> None:
     message = error_of(f"version = 1\n[[accept]]\n{entry}\n")
-    assert f"pins no measurement: set {keys}" in message
+    assert f"does not pin the enclave's code: {missing} missing" in message
+    assert rule in message
     assert "unsafe_any_measurement = true" in message
-    assert "cc-kernel policy init --simulation" in message
+    assert "cc-kernel policy init --" in message
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        'platform = "sev-snp"',
+        'platform = "tdx"',
+        f'platform = "tdx"\nrtmr = {{ 3 = "{M48}" }}',
+        'platform = "sgx-dcap"',
+        'platform = "nitro"',
+        f'platform = "nitro"\npcr = {{ 3 = "{M48}", 8 = "{M48}" }}',
+    ],
+)
+def test_unsafe_any_measurement_lifts_the_rule_and_is_a_listed_weakening(entry: str) -> None:
     policy = load_policy(f"version = 1\n[[accept]]\n{entry}\nunsafe_any_measurement = true\n")
     assert policy.unsafe_flags == ("unsafe_any_measurement",)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        f'platform = "tdx"\nmr_td = ["{M48}"]\nrtmr = {{ 1 = "{M48}", 2 = "{M48}" }}',
+        f'platform = "sgx-dcap"\nmrenclave = ["{M32}"]',
+        f'platform = "sgx-dcap"\nmrsigner = ["{M32}"]\nisv_prod_id = 1\nmin_isv_svn = 0',
+        f'platform = "nitro"\npcr = {{ 0 = "{M48}", 8 = "{M48}" }}',
+    ],
+)
+def test_entries_that_pin_the_code_load_without_weakening(entry: str) -> None:
+    assert load_policy(f"version = 1\n[[accept]]\n{entry}\n").unsafe_flags == ()
+
+
+def test_the_rule_holds_for_every_entry_not_only_the_first() -> None:
+    text = (
+        f'version = 1\n[[accept]]\nplatform = "sev-snp"\nmeasurement = ["{M48}"]\n\n'
+        f'[[accept]]\nplatform = "nitro"\npcr = {{ 3 = "{M48}" }}\n'
+    )
+    assert '[[accept]] #2 (platform "nitro") does not pin the enclave\'s code: "pcr.0" missing' in error_of(text)
 
 
 def test_any_measurement_and_a_pin_contradict() -> None:
@@ -521,7 +568,8 @@ def test_default_hardware_policy_pins_nothing_and_says_so() -> None:
     ],
 )
 def test_render_round_trips(platform: str, value: bytes, attr: str) -> None:
-    text = render_policy(platform, [value, value.hex().upper()], note="generated for a test\nsecond line")
+    rtmr = {1: b"\x01" * 48, 2: (b"\x02" * 48).hex()} if platform == "tdx" else None
+    text = render_policy(platform, [value, value.hex().upper()], note="generated for a test\nsecond line", rtmr=rtmr)
     policy = load_policy(text)
     (entry,) = policy.accept
     assert entry.platform == platform

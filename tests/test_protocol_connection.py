@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cc_kernel.errors import LocalProtocolError, RemoteProtocolError
+from cc_kernel.errors import LocalProtocolError, MessageTooLarge, RemoteProtocolError
 from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import (
     DEFAULT_OUTPUT_WINDOW,
@@ -356,12 +356,36 @@ def test_invalid_field_on_send_is_local_and_moves_to_error() -> None:
     assert k.state is State.ERROR
 
 
-def test_oversized_send_is_local_and_moves_to_error() -> None:
+def test_oversized_send_fails_that_message_only_and_leaves_the_state_alone() -> None:
     e = Connection(Role.ENCLAVE, max_frame_size=64)
     deliver(e, frame(KERNEL_HELLO))
-    with pytest.raises(LocalProtocolError, match="exceeds the limit of 64"):
+    with pytest.raises(MessageTooLarge, match="over the limit of 64 bytes for one message; it was not sent") as info:
         e.send(m.Hello(role="enclave", versions=[2], software="s" * 100))
-    assert e.state is State.ERROR
+    assert isinstance(info.value, LocalProtocolError)
+    assert info.value.limit == 64 and info.value.size > 64
+    assert e.state is State.HELLO_RECEIVED  # nothing was recorded: the next, smaller message goes out
+    assert e.send(m.Hello(role="enclave", versions=[2], software="s")) and e.state is State.ATTESTING
+
+
+def test_an_oversized_cell_fails_and_the_next_cell_is_sent() -> None:
+    k = kernel_in(State.READY)
+    big = m.ExecuteRequest(req_id=1, code="x" * (k.max_frame_size + 1), silent=False, store_history=True,
+                           user_expressions={}, allow_stdin=False, execution_count=1, cell_id=None, kind="cell")
+    with pytest.raises(MessageTooLarge, match=r"ExecuteRequest encodes to \d+ bytes, over the limit of 67108864"):
+        k.send(big)
+    assert k.state is State.READY
+    small = m.ExecuteRequest(req_id=2, code="1 + 1", silent=False, store_history=True, user_expressions={},
+                             allow_stdin=False, execution_count=1, cell_id=None, kind="cell")
+    assert k.send(small) and k.state is State.READY
+
+
+def test_an_oversized_message_in_the_wrong_state_is_still_a_violation() -> None:
+    k = Connection(Role.KERNEL, max_frame_size=64)
+    with pytest.raises(LocalProtocolError, match="cannot send ExecuteRequest in state HELLO") as info:
+        k.send(m.ExecuteRequest(req_id=1, code="x" * 100, silent=False, store_history=True, user_expressions={},
+                                allow_stdin=False, execution_count=1, cell_id=None, kind="cell"))
+    assert not isinstance(info.value, MessageTooLarge)
+    assert k.state is State.ERROR
 
 
 def test_non_messages_are_type_errors_without_state_change() -> None:

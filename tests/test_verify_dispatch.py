@@ -165,7 +165,8 @@ def test_incomplete_collateral_is_named_by_the_policy() -> None:
         endorsements=collateral_endorsements(root_crl=FILES_2023["root_crl"]),
     )
     ev = verify_evidence(env, anchors=hardware_anchors(), now=COLLATERAL_2023_AT)
-    policy = load_policy(f'version = 1\n[[accept]]\nplatform = "tdx"\nmr_td = ["{SPR_MRTD}"]\n')
+    rtmr = f'rtmr = {{ 1 = "{ev.measurements["rtmr1"].hex()}", 2 = "{ev.measurements["rtmr2"].hex()}" }}\n'
+    policy = load_policy(f'version = 1\n[[accept]]\nplatform = "tdx"\nmr_td = ["{SPR_MRTD}"]\n{rtmr}')
     with pytest.raises(PolicyViolation) as info:
         appraise_offline(ev, policy, now=COLLATERAL_2023_AT)
     (failure,) = info.value.failures

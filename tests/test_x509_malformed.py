@@ -136,14 +136,14 @@ HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
     "year-zero": (_year_zero, "its validity cannot be parsed: year 0 is out of range"),
     # ValueError, on .public_key()
     "point-not-on-curve": (_point_not_on_curve, "its public key cannot be parsed: Invalid key"),
-    # cryptography.exceptions.UnsupportedAlgorithm, on .public_key()
+    # UnsupportedAlgorithm (cryptography 44: ValueError), on .public_key(); the message is the same
     "unknown-key-algorithm": (
         _unknown_key_algorithm,
-        "its public key cannot be parsed: UnsupportedAlgorithm: Unknown key type: 1.2.840.10045.2.9",
+        "its public key cannot be parsed: Unknown key type: 1.2.840.10045.2.9",
     ),
     "unknown-curve": (
         _unknown_curve,
-        "its public key cannot be parsed: UnsupportedAlgorithm: Curve 1.2.840.10045.3.1.9 is not supported",
+        "its public key cannot be parsed: Curve 1.2.840.10045.3.1.9 is not supported",
     ),
 }
 

@@ -1,4 +1,4 @@
-"""Pure: the report_data binding (ATTESTATION.md §3.3) and its check.
+"""Pure: the report_data binding (docs/evidence.md §2) and its check.
 
 REPORT_DATA = SHA-512(tag ‖ lp(tls_spki_der) ‖ lp(audit_pub) ‖ lp(nonce) ‖ lp(session_id)), 64 bytes.
 """

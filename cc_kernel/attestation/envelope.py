@@ -1,4 +1,4 @@
-"""Pure: the versioned evidence envelope (ATTESTATION.md §3.2): vendor evidence byte for byte plus endorsements.
+"""Pure: the versioned evidence envelope (docs/evidence.md §1): vendor evidence byte for byte plus endorsements.
 
 Invariants: canonical msgpack, at most 64 KiB, unknown keys rejected, types checked. ``platform`` is a dispatch
 hint only; nothing trusts it.

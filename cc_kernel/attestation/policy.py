@@ -1,9 +1,10 @@
-"""Pure attestation layer: the reference-value policy (ATTESTATION.md §3.5), parsed strictly from TOML text.
+"""Pure attestation layer: the reference-value policy (schema: docs/policy.md), parsed strictly from TOML text.
 
 Invariants: no I/O (callers read the file and pass its bytes); the schema is strict (unknown keys, wrong types
 and wrong hex lengths are ``PolicyError``s naming the key and its table); a policy with no ``[[accept]]``
-entry cannot be loaded (fail closed); every key that is not spelled ``unsafe_*`` can only *narrow* what the
-built-in baseline accepts, so every weakening is visible in ``Policy.unsafe_flags``.
+entry cannot be loaded (fail closed); every entry pins the platform's code measurement (``CODE_PIN_RULE``)
+unless ``unsafe_any_measurement`` is in force for it; every key that is not spelled ``unsafe_*`` can only
+*narrow* what the built-in baseline accepts, so every weakening is visible in ``Policy.unsafe_flags``.
 
 Schema (version 1)::
 
@@ -34,7 +35,7 @@ Schema (version 1)::
     [[accept]]
     platform = "tdx"
     mr_td = ["<48-byte hex>", ...]              # required unless unsafe_any_measurement
-    rtmr = { 1 = "<48-byte hex>", ... }         # optional, indices 0..3
+    rtmr = { 1 = "<48-byte hex>", ... }         # indices 0..3; 1 and 2 required unless unsafe_any_measurement
     mr_config_id = "<48-byte hex>"              # optional
     accept_tcb_status = ["UpToDate"]            # default; only non-weakening statuses may be listed here
     require_sept_ve_disable = false             # optional hardening
@@ -42,17 +43,17 @@ Schema (version 1)::
 
     [[accept]]
     platform = "sgx-dcap"
-    mrenclave = ["<32-byte hex>", ...]          # mrenclave and/or mrsigner required,
-    #                                             unless unsafe_any_measurement
+    mrenclave = ["<32-byte hex>", ...]          # mrenclave, or mrsigner with isv_prod_id and min_isv_svn,
+    #                                             required unless unsafe_any_measurement
     mrsigner = ["<32-byte hex>", ...]
-    isv_prod_id = 0                             # optional, 0..65535
-    min_isv_svn = 0                             # optional, 0..65535
+    isv_prod_id = 0                             # 0..65535 (required with mrsigner alone)
+    min_isv_svn = 0                             # 0..65535 (required with mrsigner alone)
     accept_tcb_status, unsafe_accept_tcb_status, unsafe_skip_tcb_collateral, unsafe_allow_debug,
     unsafe_any_measurement
 
     [[accept]]
     platform = "nitro"
-    pcr = { 0 = "<48-byte hex>", 1 = "...", 2 = "...", 8 = "..." }   # required unless unsafe_any_measurement
+    pcr = { 0 = "<48-byte hex>", 1 = "...", 2 = "...", 8 = "..." }   # PCR0 required unless unsafe_any_measurement
 
 Decisions: the doc's ``permit_provisional_firmware`` is spelled ``unsafe_permit_provisional_firmware`` (the
 old spelling is an unknown key with a hint); ``unsafe_any_measurement`` together with a pinned measurement is
@@ -79,11 +80,13 @@ MAX_FRESH_WITHIN_S: Final = 86_400
 #: Platforms an ``[[accept]]`` entry may name (same labels as ``VerifiedEvidence.platform``).
 POLICY_PLATFORMS: Final = ("sev-snp", "simulation", "tdx", "sgx-dcap", "nitro")
 SNP_PRODUCTS: Final = ("Milan", "Genoa", "Turin")
+#: The RTMRs a TDX entry pins besides MRTD: RTMR1 (kernel) and RTMR2 (command line, initrd holding cc-kernel).
+TDX_CODE_RTMRS: Final = (1, 2)
 SNP_SIGNERS: Final = ("vcek", "vlek")
 SIMULATION_SIGNERS: Final = ("sim-vcek", "sim-vlek", "vcek", "vlek")
 TCB_COMPONENTS: Final = ("bl", "tee", "snp", "ucode", "fmc")
 
-#: SEV-SNP guest POLICY bits by name (ATTESTATION.md §1a).
+#: SEV-SNP guest POLICY bits by name (AMD SEV-SNP ABI, ATTESTATION_REPORT.POLICY; docs/policy.md).
 SNP_POLICY_BITS: Final[Mapping[str, int]] = MappingProxyType(
     {
         "smt": 16,
@@ -287,7 +290,8 @@ def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
     ``source`` names the policy in error messages and results (usually the file path).
 
     Raises:
-        PolicyError: not UTF-8, not TOML, unsupported version, unknown key, wrong type or hex length,
+        PolicyError: not UTF-8, not TOML (or nested too deeply), unsupported version, unknown key, wrong type
+            or hex length,
             contradictory settings, a simulation entry without ``unsafe_allow_simulation = true``, or no
             ``[[accept]]`` entry at all.
         TypeError: ``text`` is neither str nor bytes.
@@ -307,6 +311,10 @@ def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
         raw = tomllib.loads(decoded)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{source}: the policy is not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise PolicyError(
+            f"{source}: the policy is not valid TOML for this schema: arrays or inline tables nested too deeply"
+        ) from None
     canonical = decoded.encode("utf-8")
     return _build_policy(raw, ctx, canonical)
 
@@ -397,18 +405,48 @@ def _build_entry(
     return _build_nitro(item, where, ctx, common)
 
 
+#: What "pins the code" means per platform (named in errors, docs/policy.md "Every entry pins the code").
+CODE_PIN_RULE: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "sev-snp": '"measurement" (the SEV-SNP launch MEASUREMENT)',
+        "simulation": '"measurement" (the simulated launch MEASUREMENT)',
+        "tdx": '"mr_td" (MRTD: the TD firmware) and "rtmr" indices 1 and 2 (RTMR1: the kernel; RTMR2: the '
+        "command line and the initrd that holds cc-kernel)",
+        "sgx-dcap": '"mrenclave" (MRENCLAVE), or "mrsigner" (MRSIGNER) together with "isv_prod_id" (ISVPRODID) '
+        'and "min_isv_svn" (the minimum ISVSVN)',
+        "nitro": '"pcr" with index 0 (PCR0: the enclave image file)',
+    }
+)
+
+
+_INIT_HINT: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "sev-snp": "--platform sev-snp --measurement HEX",
+        "simulation": "--simulation",
+        "tdx": "--platform tdx --measurement MRTD --rtmr 1=HEX --rtmr 2=HEX",
+        "sgx-dcap": "--platform sgx-dcap --measurement MRENCLAVE",
+        "nitro": "--platform nitro --measurement PCR0",
+    }
+)
+
+
 def _require_measurement(
-    ctx: _Ctx, where: str, common: Mapping[str, Any], pinned: Sequence[str], keys: str
+    ctx: _Ctx, where: str, common: Mapping[str, Any], pinned: Sequence[str], missing: Sequence[str]
 ) -> None:
+    """Every entry pins the platform's code measurement unless ``unsafe_any_measurement`` is in force.
+
+    ``pinned`` names the code-identifying keys the entry sets; ``missing`` the ones the rule still needs.
+    """
+    platform = common["platform"]
     if common["unsafe_any_measurement"] and pinned:
         ctx.fail(
             f"{where} pins {pinned[0]} but unsafe_any_measurement = true is in force for it; "
             "these contradict each other: remove one"
         )
-    if not common["unsafe_any_measurement"] and not pinned:
+    if not common["unsafe_any_measurement"] and missing:
         ctx.fail(
-            f"{where} pins no measurement: set {keys} (pin with `cc-kernel policy init --simulation` or "
-            "`--platform P --measurement HEX`), "
+            f"{where} does not pin the enclave's code: {_quoted(missing)} missing; a {platform} entry must set "
+            f"{CODE_PIN_RULE[platform]} (e.g. `cc-kernel policy init {_INIT_HINT[platform]}`), "
             "or, to accept any enclave code, set unsafe_any_measurement = true"
         )
 
@@ -421,7 +459,9 @@ def _build_snp(item: dict[str, Any], where: str, ctx: _Ctx, common: dict[str, An
     if signers is None and not simulation:
         signers = ("vcek",)
     measurements = ctx.hex_list(item, "measurement", where, size=48)
-    _require_measurement(ctx, where, common, ["measurement"] if measurements else [], '"measurement"')
+    _require_measurement(
+        ctx, where, common, ["measurement"] if measurements else [], [] if measurements else ["measurement"]
+    )
     vmpl = ctx.integer(item, "vmpl", where, lo=0, hi=3)
     min_tcb = ctx.tcb(item, "min_tcb", where)
     by_product: dict[str, Mapping[str, int]] = {}
@@ -476,14 +516,18 @@ def _build_snp(item: dict[str, Any], where: str, ctx: _Ctx, common: dict[str, An
 
 def _build_tdx(item: dict[str, Any], where: str, ctx: _Ctx, common: dict[str, Any]) -> TdxEntry:
     mr_td = ctx.hex_list(item, "mr_td", where, size=48)
-    _require_measurement(ctx, where, common, ["mr_td"] if mr_td else [], '"mr_td"')
+    rtmr = ctx.hex_map(item, "rtmr", where, size=48, max_index=3, what="RTMR index")
     accept = ctx.tcb_statuses(item, "accept_tcb_status", where, unsafe=False)
     sept = ctx.boolean(item, "require_sept_ve_disable", where)
+    mr_config_id = ctx.hex_value(item, "mr_config_id", where, size=48)
+    missing = [] if mr_td else ["mr_td"]
+    missing += [f"rtmr.{index}" for index in TDX_CODE_RTMRS if index not in rtmr]
+    _require_measurement(ctx, where, common, ["mr_td"] if mr_td else [], missing)
     return TdxEntry(
         **common,
         mr_td=mr_td or (),
-        rtmr=ctx.hex_map(item, "rtmr", where, size=48, max_index=3, what="RTMR index"),
-        mr_config_id=ctx.hex_value(item, "mr_config_id", where, size=48),
+        rtmr=rtmr,
+        mr_config_id=mr_config_id,
         accept_tcb_status=SAFE_TCB_STATUSES if accept is None else accept,
         require_sept_ve_disable=bool(sept),
     )
@@ -492,22 +536,30 @@ def _build_tdx(item: dict[str, Any], where: str, ctx: _Ctx, common: dict[str, An
 def _build_sgx(item: dict[str, Any], where: str, ctx: _Ctx, common: dict[str, Any]) -> SgxEntry:
     mrenclave = ctx.hex_list(item, "mrenclave", where, size=32)
     mrsigner = ctx.hex_list(item, "mrsigner", where, size=32)
-    pinned = [name for name, value in (("mrenclave", mrenclave), ("mrsigner", mrsigner)) if value]
-    _require_measurement(ctx, where, common, pinned, '"mrenclave" and/or "mrsigner"')
+    isv_prod_id = ctx.integer(item, "isv_prod_id", where, lo=0, hi=0xFFFF)
+    min_isv_svn = ctx.integer(item, "min_isv_svn", where, lo=0, hi=0xFFFF)
     accept = ctx.tcb_statuses(item, "accept_tcb_status", where, unsafe=False)
+    pinned = [name for name, value in (("mrenclave", mrenclave), ("mrsigner", mrsigner)) if value]
+    missing: list[str] = []
+    if mrsigner and not mrenclave:  # a signer signs many enclaves: product id and minimum version narrow it
+        missing = [key for key, value in (("isv_prod_id", isv_prod_id), ("min_isv_svn", min_isv_svn)) if value is None]
+    elif not mrenclave:
+        missing = ["mrenclave"]
+    _require_measurement(ctx, where, common, pinned, missing)
     return SgxEntry(
         **common,
         mrenclave=mrenclave or (),
         mrsigner=mrsigner or (),
-        isv_prod_id=ctx.integer(item, "isv_prod_id", where, lo=0, hi=0xFFFF),
-        min_isv_svn=ctx.integer(item, "min_isv_svn", where, lo=0, hi=0xFFFF),
+        isv_prod_id=isv_prod_id,
+        min_isv_svn=min_isv_svn,
         accept_tcb_status=SAFE_TCB_STATUSES if accept is None else accept,
     )
 
 
 def _build_nitro(item: dict[str, Any], where: str, ctx: _Ctx, common: dict[str, Any]) -> NitroEntry:
     pcr = ctx.hex_map(item, "pcr", where, size=48, max_index=31, what="PCR index")
-    _require_measurement(ctx, where, common, ["pcr"] if pcr else [], '"pcr" (at least PCR0)')
+    # PCR3 (IAM role), PCR4 (instance) and PCR8 (EIF signer) are chosen by the operator: only PCR0 pins the code
+    _require_measurement(ctx, where, common, ["pcr.0"] if 0 in pcr else [], [] if 0 in pcr else ["pcr.0"])
     return NitroEntry(**common, pcr=pcr)
 
 
@@ -679,7 +731,10 @@ def _type_name(value: object) -> str:
 
 
 def _describe(value: object) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = "<nested too deeply to show>"
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{_type_name(value)} {text}"
@@ -778,13 +833,15 @@ def render_policy(
     signers: Sequence[str] | None = None,
     require_fresh_within_s: int = DEFAULT_FRESH_WITHIN_S,
     note: str | None = None,
+    rtmr: Mapping[int, bytes | str] | None = None,
 ) -> str:
     """Render a commented TOML policy pinning ``measurements`` for ``platform`` (``cc-kernel policy init``).
 
     ``platform = "simulation"`` implies ``allow_simulation``. For a hardware platform, ``allow_simulation``
     adds ``unsafe_allow_simulation = true`` and a ``simulation`` entry pinning ``simulation_measurements``
     (the simulated enclave's measurement differs from a hardware launch digest). ``min_tcb`` and ``signers``
-    apply to SEV-SNP/simulation entries. ``note`` becomes a comment line (e.g. who generated it, when).
+    apply to SEV-SNP/simulation entries. ``rtmr`` (TDX only) maps RTMR index -> value; a TDX entry needs RTMR1
+    and RTMR2 besides MRTD. ``note`` becomes a comment line (e.g. who generated it, when).
     The text is checked with ``load_policy`` before it is returned, so it always round-trips.
 
     Raises:
@@ -800,11 +857,20 @@ def render_policy(
         simulation_measurements = ()
     if (min_tcb or signers) and platform not in ("sev-snp", "simulation"):
         ctx.fail(f'min_tcb and signers apply to platform "sev-snp" or "simulation", not "{platform}"')
+    if rtmr and platform != "tdx":
+        ctx.fail(f'RTMRs apply to platform "tdx", not "{platform}"')
+    rtmr_hex: dict[int, str] = {}
+    for index, value in sorted((rtmr or {}).items()):
+        if not 0 <= index <= 3:
+            ctx.fail(f"RTMR index {index} must be from 0 to 3")
+        text = value.hex() if isinstance(value, bytes) else value.strip().lower()
+        ctx.hex_text(text, f"RTMR{index} {text[:24]!r}", 48)
+        rtmr_hex[index] = text
     if allow_simulation and platform != "simulation" and not simulation_measurements:
         ctx.fail("allowing simulation needs the simulated enclave's measurement(s) as well")
     pinned = _hex_items(ctx, platform, measurements)
     lines = [
-        "# Confidential Python attestation policy (schema: ATTESTATION.md §3.5),",
+        "# Confidential Python attestation policy (schema: docs/policy.md in cc-kernel),",
         "# written by `cc-kernel policy init`.",
         "# The kernel sends no code to an enclave unless its verified evidence matches an [[accept]] entry.",
         "# Every weakening is spelled unsafe_*; each one in use turns the badge amber and is written to the",
@@ -838,7 +904,7 @@ def render_policy(
         "",
         "# Any one [[accept]] entry matching is enough.",
     ]
-    lines += _render_entry(platform, pinned, min_tcb=min_tcb, signers=signers)
+    lines += _render_entry(platform, pinned, min_tcb=min_tcb, signers=signers, rtmr=rtmr_hex)
     if allow_simulation and platform != "simulation":
         lines.append("")
         lines += _render_entry(
@@ -864,7 +930,12 @@ def _hex_items(ctx: _Ctx, platform: str, values: Sequence[bytes | str]) -> list[
 
 
 def _render_entry(
-    platform: str, pinned: list[str], *, min_tcb: Mapping[str, int] | None, signers: Sequence[str] | None
+    platform: str,
+    pinned: list[str],
+    *,
+    min_tcb: Mapping[str, int] | None,
+    signers: Sequence[str] | None,
+    rtmr: Mapping[int, str] | None = None,
 ) -> list[str]:
     out = ["[[accept]]"]
     if platform in ("sev-snp", "simulation"):
@@ -895,6 +966,10 @@ def _render_entry(
         out += ["# Intel TDX trust domain, verified against Intel's pinned SGX root.", 'platform = "tdx"']
         out.append("# MRTD (build-time measurement of the TD firmware), 48 bytes hex each.")
         out += _toml_list("mr_td", pinned)
+        if rtmr:
+            out.append("# RTMR1: the kernel; RTMR2: the command line and the initrd holding cc-kernel.")
+            parts = ", ".join(f"{index} = {_toml_str(value)}" for index, value in sorted(rtmr.items()))
+            out.append(f"rtmr = {{ {parts} }}")
         out += [
             "# Only an up-to-date platform TCB (needs collateral in the envelope).",
             'accept_tcb_status = ["UpToDate"]',

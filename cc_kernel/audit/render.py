@@ -10,10 +10,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from cc_kernel.audit.format import Body, ClosingEntry, OpeningEntry, ReceiptEntry
-from cc_kernel.audit.verify import CellFinding, LoggedEntry, LogReport
+from cc_kernel.audit.verify import (
+    AuditVerdict,
+    CellFinding,
+    LoggedEntry,
+    LogReport,
+    UnaccountedReceipt,
+    recorded_result,
+)
 
 __all__ = ["cells_lines", "entry_json", "report_json", "report_lines", "timeline_lines"]
 
@@ -36,11 +43,7 @@ def _preview(code: str | None, redaction: str) -> str:
 
 
 def _result(opening: OpeningEntry) -> dict[str, Any]:
-    try:
-        doc = json.loads(opening.result)
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
+    return recorded_result(opening.result) or {}
 
 
 def _client_key(opening: OpeningEntry) -> str:
@@ -163,8 +166,15 @@ def cells_lines(cells: Sequence[CellFinding]) -> list[str]:
     return out
 
 
-def report_json(report: LogReport, *, cells: Sequence[CellFinding] | None = None) -> dict[str, Any]:
-    """The whole report as JSON."""
+def report_json(
+    report: LogReport,
+    *,
+    cells: Sequence[CellFinding] | None = None,
+    unaccounted: Sequence[UnaccountedReceipt] | None = None,
+    verdict: AuditVerdict | None = None,
+) -> dict[str, Any]:
+    """The whole report as JSON (``verdict``: the auditor's pass/fail and why; ``unaccounted``: receipts no
+    notebook cell accounts for)."""
     first = next((f for f in report.findings if not f.terminal), report.first)
     out: dict[str, Any] = {
         "status": report.status,
@@ -184,4 +194,37 @@ def report_json(report: LogReport, *, cells: Sequence[CellFinding] | None = None
     }
     if cells is not None:
         out["cells"] = [c.to_json_dict() for c in cells]
+    if unaccounted is not None:
+        out["unaccounted"] = [u.to_json_dict() for u in unaccounted]
+    if verdict is not None:
+        out["verdict"] = verdict.to_json_dict()
     return out
+
+
+def unaccounted_lines(unaccounted: Sequence[UnaccountedReceipt]) -> list[str]:
+    """One line per receipt that no notebook cell accounts for."""
+    return [
+        f"  entry #{u.entry:<4} [{u.execution_count}] {u.kind}: RAN, but no cell of the notebook has its code or its "
+        f"execution count (deleted or replaced after it ran){f'; cell id {u.cell_id}' if u.cell_id else ''}"
+        for u in unaccounted
+    ]
+
+
+_WHY: Final = {
+    "log.invalid": "the log is INVALID",
+    "log.unterminated": "the log is UNTERMINATED",
+    "attestation.simulation": "a SIMULATED TEE session (no hardware protection; --allow-simulation, or a --policy "
+    "with unsafe_allow_simulation = true, accepts it)",
+    "notebook.edited": "cells were EDITED after execution (--accept notebook.edited)",
+    "notebook.unexecuted": "cells were NOT EXECUTED in this session (--accept notebook.unexecuted)",
+    "notebook.unaccounted": "receipts that no notebook cell accounts for (--accept notebook.unaccounted)",
+}
+
+
+def verdict_lines(verdict: AuditVerdict) -> list[str]:
+    """The auditor's verdict: PASS, or FAIL and every reason; what an option accepted."""
+    head = "VERDICT: PASS" if verdict.passed else "VERDICT: FAIL — " + "; ".join(_WHY[f] for f in verdict.failures)
+    lines = [head]
+    if verdict.accepted:
+        lines.append("accepted by option: " + ", ".join(verdict.accepted))
+    return lines

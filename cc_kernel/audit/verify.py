@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -53,23 +53,34 @@ from cc_kernel.errors import (
     PolicyViolation,
     VerificationError,
 )
+from cc_kernel.protocol.codec import nesting_depth
 
 __all__ = [
+    "ACCEPTABLE",
     "RESULT_FIELDS",
+    "RESULT_MAX_DEPTH",
     "TERMINATION_CHECKS",
+    "VERDICT_FAILURES",
+    "AuditVerdict",
     "CellFinding",
     "Finding",
     "LogReport",
     "LoggedEntry",
+    "UnaccountedReceipt",
     "UnverifiedLog",
+    "audit_verdict",
     "match_notebook",
     "read_log_unverified",
+    "recorded_result",
+    "unaccounted_receipts",
     "verify_log",
 ]
 
 Status = Literal["valid", "unterminated", "invalid"]
 #: Findings that mean "the log stops early" rather than "something in it was altered".
 TERMINATION_CHECKS: Final = frozenset({"log.unterminated", "record.truncated"})
+#: How deeply a recorded attestation result may nest (the real one nests 3 levels: claims of claims).
+RESULT_MAX_DEPTH: Final = 16
 #: The AttestationResult fields re-computed and compared with the recorded result (docs/audit-log.md).
 RESULT_FIELDS: Final = (
     "status",
@@ -419,6 +430,18 @@ def _check_opening_record(record: Record) -> tuple[LoggedEntry, OpeningEntry | N
     return logged, entry, findings
 
 
+def recorded_result(text: str) -> dict[str, Any] | None:
+    """The opening entry's ``result`` as a JSON object, or None if it is not one (or nests deeper than
+    ``RESULT_MAX_DEPTH`` levels, which no result does: hostile nesting never reaches a recursive encoder)."""
+    try:
+        loaded = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(loaded, dict) or nesting_depth(loaded, limit=RESULT_MAX_DEPTH) > RESULT_MAX_DEPTH:
+        return None
+    return loaded
+
+
 def _parse_time(text: object) -> datetime | None:
     if not isinstance(text, str):
         return None
@@ -461,13 +484,10 @@ def _verify_attestation(
                      f"not the recorded one (sha256 {op.policy_sha256.hex()[:16]}...)")
     # b. the recorded result and times
     recorded: dict[str, Any] | None = None
-    try:
-        loaded = json.loads(op.result)
-        recorded = loaded if isinstance(loaded, dict) else None
-    except ValueError:
-        recorded = None
+    recorded = recorded_result(op.result)
     if recorded is None:
-        bad("opening.result", "the recorded attestation result is not a JSON object")
+        bad("opening.result", "the recorded attestation result is not a JSON object (nested at most "
+            f"{RESULT_MAX_DEPTH} levels)")
     verified_at = _parse_time(op.verified_at)
     if verified_at is None:
         bad("opening.verified_at", "the recorded verification time is not an ISO 8601 time with a UTC offset",
@@ -656,3 +676,122 @@ def match_notebook(report: LogReport, notebook_json: Mapping[str, Any]) -> list[
             out.append(CellFinding(number, cell_id, count, "unexecuted", None, note))
     return out
 
+
+
+@dataclass(frozen=True)
+class UnaccountedReceipt:
+    """A ``cell`` or ``upload`` receipt in the verified prefix that no code cell of the notebook accounts for
+    (no cell has its code, none has its execution count): a cell that ran and was then deleted or replaced."""
+
+    entry: int
+    execution_count: int
+    cell_id: str | None
+    kind: str
+    code_sha256: bytes
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "entry": self.entry,
+            "execution_count": self.execution_count,
+            "cell_id": self.cell_id,
+            "kind": self.kind,
+            "code_sha256": self.code_sha256.hex(),
+        }
+
+
+def unaccounted_receipts(report: LogReport, notebook_json: Mapping[str, Any]) -> list[UnaccountedReceipt]:
+    """The ``cell``/``upload`` receipts of the verified prefix that no code cell accounts for, in log order.
+
+    A code cell accounts for every receipt whose code hash is its source's (each run of it) and for every receipt
+    with its execution count (the run it was edited after).
+
+    Raises:
+        AuditError: the JSON is not an nbformat 4 notebook (as ``match_notebook``).
+    """
+    cells = notebook_json.get("cells") if isinstance(notebook_json, Mapping) else None
+    if not isinstance(cells, list) or not all(isinstance(c, Mapping) for c in cells):
+        raise AuditError("not a Jupyter notebook: it has no list of cells")
+    hashes: set[bytes] = set()
+    counts: set[int] = set()
+    for number, cell in enumerate(cells):
+        if cell.get("cell_type") != "code":
+            continue
+        hashes.add(code_hash(_source(cell, number)))
+        count = cell.get("execution_count")
+        if isinstance(count, int) and not isinstance(count, bool):
+            counts.add(count)
+    return [
+        UnaccountedReceipt(i, r.execution_count, r.cell_id, r.kind, r.code_sha256)
+        for i, r in report.receipts()
+        if r.kind in ("cell", "upload") and r.code_sha256 not in hashes and r.execution_count not in counts
+    ]
+
+
+# --- the auditor's verdict -------------------------------------------------------------------------------------
+
+#: Everything that makes ``audit verify`` fail, in the order it is reported (docs/audit-log.md §6.1).
+VERDICT_FAILURES: Final = (
+    "log.invalid",
+    "log.unterminated",
+    "attestation.simulation",
+    "notebook.edited",
+    "notebook.unexecuted",
+    "notebook.unaccounted",
+)
+#: The failures an auditor may accept explicitly (``--accept`` / ``--allow-simulation``).
+ACCEPTABLE: Final = frozenset(
+    {"attestation.simulation", "notebook.edited", "notebook.unexecuted", "notebook.unaccounted"}
+)
+
+
+@dataclass(frozen=True)
+class AuditVerdict:
+    """Pass or fail for an auditor: ``failures`` are the reasons it fails, ``accepted`` those an option waived."""
+
+    failures: tuple[str, ...]
+    accepted: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "failures": list(self.failures), "accepted": list(self.accepted)}
+
+
+def audit_verdict(
+    report: LogReport,
+    *,
+    cells: Sequence[CellFinding] | None = None,
+    unaccounted: Sequence[UnaccountedReceipt] = (),
+    allow_simulation: bool = False,
+    accept: Collection[str] = (),
+) -> AuditVerdict:
+    """Decide pass/fail: the log must be valid, its attestation not simulated (unless ``allow_simulation``: the
+    auditor's own policy allows simulation, or they said so), and with a notebook, every cell must match and every
+    receipt be accounted for (unless ``accept`` names ``notebook.edited``, ``notebook.unexecuted`` or
+    ``notebook.unaccounted``).
+
+    Raises:
+        ValueError: ``accept`` names something that cannot be accepted.
+    """
+    unknown = set(accept) - ACCEPTABLE
+    if unknown:
+        raise ValueError(f"cannot accept {sorted(unknown)}; acceptable: {sorted(ACCEPTABLE)}")
+    waived = set(accept) | ({"attestation.simulation"} if allow_simulation else set())
+    found: set[str] = set()
+    if report.status != "valid":
+        found.add(f"log.{report.status}")
+    if report.result is not None and report.result.status == "simulation":
+        found.add("attestation.simulation")
+    statuses = {c.status for c in cells or ()}
+    if "edited" in statuses:
+        found.add("notebook.edited")
+    if "unexecuted" in statuses:
+        found.add("notebook.unexecuted")
+    if unaccounted:
+        found.add("notebook.unaccounted")
+    ordered = [name for name in VERDICT_FAILURES if name in found]
+    return AuditVerdict(
+        failures=tuple(n for n in ordered if n not in waived), accepted=tuple(n for n in ordered if n in waived)
+    )

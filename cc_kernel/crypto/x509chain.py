@@ -6,9 +6,9 @@ chain, every issuer is a CA allowed to sign certificates, path lengths hold, no 
 extension we do not understand, and every certificate is valid at ``now``. Trust is never decided by a name.
 
 Why not ``cryptography.x509.verification.PolicyBuilder``: it rejects AMD's RSASSA-PSS AlgorithmIdentifier
-(explicit trailerField), VCEKs without AKI, Nitro leaves without AKI and Intel PCKs without SAN
-(ATTESTATION.md, "Three cryptography traps"). ``Certificate.verify_directly_issued_by`` handles all of them
-but checks only the signature and the issuer name, so everything else is checked here.
+(explicit trailerField), VCEKs without AKI, Nitro leaves without AKI and Intel PCKs without SAN.
+``Certificate.verify_directly_issued_by`` handles all of them but checks only the signature and the issuer name,
+so everything else is checked here.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ Invariants:
 * AMD VCEK/VLEK certificates carry serial number 0, which makes ``cryptography`` emit a
   ``CryptographyDeprecationWarning`` when they are loaded and whenever ``serial_number`` is read. Only
   ``load_amd_certificate`` and ``certificate_serial`` suppress it, and only that one warning (matched by its
-  message): every other warning still surfaces. See ATTESTATION.md §3.11 for plan B if a future
-  ``cryptography`` refuses serial 0.
+  message): every other warning still surfaces. Should a future ``cryptography`` refuse serial 0, the plan is
+  to split TBS and signature with a small DER walk and verify with ``public_key().verify``.
 * the AMD extension values are decoded by a tiny strict DER reader (INTEGER, IA5String) for exactly those
   values; everything else in the certificate is parsed by ``cryptography``.
 """
@@ -78,10 +78,12 @@ _DER_IA5STRING = 0x16
 
 
 #: What ``cryptography`` raises for certificate bytes it cannot represent, at load time or on first access to a
-#: lazily parsed field. Only ``ValueError`` is the documented one; the ``x509`` ones are plain ``Exception``s.
+#: lazily parsed field. Only ``ValueError`` is the documented one; the ``x509`` ones are plain ``Exception``s;
+#: ``KeyError`` is what ``cryptography`` 44 raises from ``Name.rfc4514_string()`` for an unknown string tag.
 _CRYPTOGRAPHY_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     TypeError,
+    KeyError,
     UnsupportedAlgorithm,
     x509.InvalidVersion,
     x509.DuplicateExtension,
@@ -105,7 +107,8 @@ def _malformed(
 
 
 def _describe(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    # cryptography 44 raises ValueError where later releases raise UnsupportedAlgorithm: one message for both
+    return str(exc) if isinstance(exc, ValueError | UnsupportedAlgorithm) else f"{type(exc).__name__}: {exc}"
 
 
 def _read_lazy_fields(cert: x509.Certificate, what: str, *, index: int | None = None) -> None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import hashlib
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -35,16 +33,17 @@ from cc_kernel.errors import (
     AuditError,
     CCKernelError,
     EnclaveError,
+    MessageTooLarge,
     PolicyError,
+    UploadError,
 )
-from cc_kernel.kernel import advice, badge
+from cc_kernel.kernel import advice, badge, upload
 from cc_kernel.kernel.auditlog import AuditFile, default_audit_dir
 from cc_kernel.kernel.config import KernelSettings
 from cc_kernel.kernel.install import pin_simulation_policy, simulation_policy_path
 from cc_kernel.kernel.link import EnclaveLink, LaunchSpec
 from cc_kernel.protocol import messages as m
 
-UPLOAD_CHUNK = 1024 * 1024
 LANGUAGE_INFO: dict[str, object] = {
     "name": "python",
     "version": f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}",
@@ -80,6 +79,7 @@ class ConfidentialKernel(KernelSettings, Kernel):
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._audit: Any = None
         self._audit_file: AuditFile | None = None
+        self._upload_task: asyncio.Future[upload.UploadOutcome] | None = None  # a %cc_upload streaming now
         atexit.register(self._atexit)
 
     @property
@@ -134,9 +134,19 @@ class ConfidentialKernel(KernelSettings, Kernel):
         if self.policy_file:
             path = Path(self.policy_file).expanduser()
             try:
-                return load_policy(path.read_bytes(), source=str(path))
+                policy = load_policy(path.read_bytes(), source=str(path))
             except OSError as exc:
                 raise PolicyError(f"cannot read the policy file {path}: {exc.strerror}") from exc
+            if self.mode == "hardware" and policy.unsafe_allow_simulation:
+                # Checked before any enclave is started or contacted: a simulated enclave must never run under
+                # the hardware kernel's name, whatever CC_KERNEL_ENCLAVE points at.
+                raise PolicyError(
+                    f"{path} sets unsafe_allow_simulation = true: this policy belongs to the SIMULATION kernel "
+                    "('Confidential Python (SIMULATION)'). The hardware kernel 'Confidential Python' refuses it; "
+                    "give it a policy pinning your hardware enclave (`cc-kernel policy init --platform P "
+                    "--measurement HEX --output FILE`), or pick the SIMULATION kernel"
+                )
+            return policy
         if self.mode == "hardware":
             needs = ("the hardware kernel needs a policy pinning your enclave's measurement: set CC_KERNEL_POLICY "
                      "(or ConfidentialKernel.policy_file) to a file made with `cc-kernel policy init --platform P "
@@ -363,6 +373,12 @@ class ConfidentialKernel(KernelSettings, Kernel):
                     continue
                 assert isinstance(item, m.ExecuteReply)
                 return _reply_content(item)
+        except MessageTooLarge as exc:
+            return self._error_reply("MessageTooLarge", str(exc), [
+                f"This cell was NOT run: it is {exc.size} bytes once encoded, over the limit of {exc.limit} bytes "
+                "for one message to the enclave.",
+                "Nothing was sent; the session goes on. Move large data in with %cc_upload LOCAL_PATH [NAME].",
+            ], silent=silent)
         except EnclaveError as exc:
             if link.stop_reason is not None:
                 return self._error_reply("AuditError", str(exc), [
@@ -439,74 +455,49 @@ class ConfidentialKernel(KernelSettings, Kernel):
         return self._ok()
 
     async def _upload_magic(self, line: str, silent: bool, *, code: str, cell_id: str | None) -> dict[str, Any]:
+        """``%cc_upload``: the file is read and streamed by ``kernel.upload``; an interrupt cancels the stream."""
         try:
-            args = shlex.split(line)[1:]
-        except ValueError as exc:
-            return self._error_reply("UsageError", str(exc), [f"%cc_upload: {exc}"], silent=silent)
-        if not 1 <= len(args) <= 2:
-            return self._error_reply("UsageError", "usage: %cc_upload LOCAL_PATH [NAME]",
-                                     ["usage: %cc_upload LOCAL_PATH [NAME]"], silent=silent)
-        path = Path(args[0]).expanduser()
-        name = args[1] if len(args) == 2 else _identifier_for(path)
-        try:
-            size = path.stat().st_size
-            fh = path.open("rb")
-        except OSError as exc:
-            return self._error_reply("FileNotFoundError", str(exc), [f"%cc_upload: cannot read {path}: {exc.strerror}"],
-                                     silent=silent)
-        fmt: Literal["bytes", "text", "npy"] = "bytes"
-        if path.suffix == ".npy":
-            fmt = "npy"
-        elif path.suffix in {".txt", ".csv", ".json", ".md", ".tsv"}:
-            fmt = "text"
+            request = upload.parse_upload_line(line)
+            file, size = await asyncio.to_thread(upload.open_regular_file, request.path)
+        except UploadError as exc:
+            return self._error_reply(exc.ename, str(exc), [f"%cc_upload: {exc}"], silent=silent)
         link = self._link
         assert link is not None
-        req_id, q = link.new_request()
-        progress_id = f"cc-upload-{req_id}-{os.urandom(4).hex()}"
-        digest = hashlib.sha256()
-        sent = 0
+        progress_id = f"cc-upload-{link.next_request_id}-{os.urandom(4).hex()}"
+        self._progress(progress_id, request.name, 0, size, first=True, silent=silent)
+        shown = [time.monotonic()]
+
+        def progress(sent: int) -> None:
+            if time.monotonic() - shown[0] > 0.1 or sent == size:
+                self._progress(progress_id, request.name, sent, size, silent=silent)
+                shown[0] = time.monotonic()
+
+        task = asyncio.ensure_future(upload.send_file(
+            link, file, size=size, request=request, code=code, execution_count=self.execution_count,
+            cell_id=cell_id, progress=progress))
+        self._upload_task = task
         try:
-            with fh:
-                await link.send(m.UploadStart(req_id=req_id, name=name, size=size, fmt=fmt, code=code,
-                                              execution_count=self.execution_count, cell_id=cell_id))
-                self._progress(progress_id, name, 0, size, first=True, silent=silent)
-                last = time.monotonic()
-                # A read error still ends the upload (every UploadStart gets its UploadEnd): the enclave refuses
-                # it as incomplete, and that refusal is receipted like any other outcome.
-                read_error: OSError | None = None
-                while True:
-                    try:
-                        chunk = await asyncio.to_thread(fh.read, UPLOAD_CHUNK)
-                    except OSError as exc:
-                        read_error = exc
-                        break
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    await link.send(m.UploadChunk(req_id=req_id, data=chunk))
-                    sent += len(chunk)
-                    if time.monotonic() - last > 0.1:
-                        self._progress(progress_id, name, sent, size, silent=silent)
-                        last = time.monotonic()
-                await link.send(m.UploadEnd(req_id=req_id, sha256=digest.digest()))
-                self._progress(progress_id, name, sent, size, silent=silent)
-            reply = await q.get()
+            outcome = await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if not task.cancelled() or (me is not None and me.cancelling()):
+                raise  # this request itself was cancelled, not just the upload
+            return self._error_reply("KeyboardInterrupt", "upload interrupted", [
+                f"%cc_upload interrupted: {request.name} was not bound in the enclave (nothing more is sent)"],
+                silent=silent)
+        except (UploadError, MessageTooLarge) as exc:
+            return self._error_reply("UploadError", str(exc), [f"%cc_upload: {exc}"], silent=silent)
         except EnclaveError as exc:
             return self._error_reply("EnclaveError", str(exc), [f"%cc_upload failed: {exc}"], silent=silent)
         finally:
-            link.finish_request(req_id)
-        if read_error is not None:
-            return self._error_reply("OSError", str(read_error),
-                                     [f"%cc_upload: reading {path} failed after {sent} bytes: {read_error}"],
-                                     silent=silent)
-        if isinstance(reply, BaseException) or not isinstance(reply, m.UploadReply):
-            return self._error_reply("EnclaveError", str(reply), [f"%cc_upload failed: {reply}"], silent=silent)
+            self._upload_task = None
+        reply = outcome.reply
         if reply.status != "ok":
             return self._error_reply("UploadError", reply.message, [f"%cc_upload: {reply.message}"], silent=silent)
         if not silent:
             self.send_response(self.iopub_socket, "stream", {"name": "stdout", "text": (
-                f"uploaded {path.name} ({size} bytes, sha256 {digest.hexdigest()[:16]}…) into the enclave: "
-                f"{reply.message}\n")})
+                f"uploaded {request.path.name} ({outcome.sent} bytes, sha256 {outcome.sha256.hex()[:16]}…) into "
+                f"the enclave: {reply.message}\n")})
         return self._ok()
 
     def _progress(self, did: str, name: str, done: int, total: int, *, first: bool = False, silent: bool) -> None:
@@ -533,7 +524,7 @@ class ConfidentialKernel(KernelSettings, Kernel):
         try:
             await link.send(msg_factory(req_id))
             item = await q.get()
-        except EnclaveError:
+        except (EnclaveError, MessageTooLarge):
             return default
         finally:
             link.finish_request(req_id)
@@ -586,7 +577,7 @@ class ConfidentialKernel(KernelSettings, Kernel):
         cls: type[m.Message] = {"comm_open": m.CommOpen, "comm_msg": m.CommMsg, "comm_close": m.CommClose}[kind]
         if kind == "comm_open":
             fields["target_name"] = content.get("target_name", "")
-        with contextlib.suppress(EnclaveError):
+        with contextlib.suppress(EnclaveError, MessageTooLarge):
             await link.send(cls(**fields))
         link.finish_request(req_id)
 
@@ -611,6 +602,9 @@ class ConfidentialKernel(KernelSettings, Kernel):
         after requests the main loop sends meanwhile, so it carries the next request id as of now: the enclave
         interrupts only a request allocated before it."""
         self._stdin_cancel.set()
+        task, loop = self._upload_task, self._main_loop
+        if task is not None and loop is not None:
+            loop.call_soon_threadsafe(task.cancel)  # stop a %cc_upload mid-stream
         link = self._link
         if link is not None:
             link.send_soon(m.Interrupt(before=link.next_request_id))
@@ -679,6 +673,3 @@ def _reply_content(msg: m.Message) -> dict[str, Any]:
     raise TypeError(type(msg).__name__)
 
 
-def _identifier_for(path: Path) -> str:
-    stem = "".join(c if c.isalnum() or c == "_" else "_" for c in path.stem) or "data"
-    return stem if stem[0].isalpha() or stem[0] == "_" else f"_{stem}"

@@ -59,6 +59,7 @@ from cc_kernel.errors import (
     ClientNotAuthorized,
     ConnectError,
     EnclaveError,
+    MessageTooLarge,
     ProtocolError,
     ServerBusy,
 )
@@ -286,7 +287,8 @@ class EnclaveLink:
         return self.closed_reason or "the enclave is not connected"
 
     async def send(self, msg: m.Message) -> None:
-        """Send a message; a broken channel becomes EnclaveError (the reader reports why).
+        """Send a message; a broken channel becomes EnclaveError (the reader reports why). A message too large
+        for one frame raises MessageTooLarge: nothing was sent and the session goes on.
 
         Receipts read but not checked yet (normally none: see ``_flush_receipts``) are checked first, so a bad
         receipt stops the session before anything more is sent, whatever task sends. While the session keeps a
@@ -316,14 +318,24 @@ class EnclaveLink:
                 raise EnclaveError("the enclave closed this session's log: no further request can be "
                                    "receipted, so none is sent. Restart the kernel for a fresh session.")
             kind, code = subject
-            self._expected.append(Expectation(req_id, kind, code_hash(code)))
+            expectation, previous = Expectation(req_id, kind, code_hash(code)), self._last_receipted
+            self._expected.append(expectation)
             self._last_receipted = req_id
+            try:
+                await self._send_raw(msg)
+            except MessageTooLarge:  # never sent: it owes no receipt
+                self._expected.remove(expectation)
+                self._last_receipted = previous
+                raise
+            return
         await self._send_raw(msg)
 
     async def _send_raw(self, msg: m.Message) -> None:
         assert self.attested is not None
         try:
             await self.attested.channel.send(msg)
+        except MessageTooLarge:
+            raise  # nothing was sent and the connection is intact: only this request fails
         except CCKernelError as exc:
             raise EnclaveError(f"the enclave connection failed: {exc}") from exc
 

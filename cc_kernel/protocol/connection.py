@@ -3,9 +3,10 @@
 Invariants: no I/O, no clock. Every message sent or received must match an entry of ``TRANSITIONS[role]``
 for the current state, else LocalProtocolError (our send) or RemoteProtocolError (their message) and the
 connection enters ERROR, which is terminal: every later call raises, except sending one ``Fatal`` to tell the
-peer why. The kernel side cannot encode any application message (code, completions, uploads, input, comms,
-interrupts, credit) before ``attestation_verified()``, which is itself legal only after an AttestResponse
-was received. The enclave accepts application messages only after it has sent its AttestResponse.
+peer why. One exception: a message too large to send (``MessageTooLarge``) is refused without changing the
+state, since nothing was sent. The kernel side cannot encode any application message (code, completions,
+uploads, input, comms, interrupts, credit) before ``attestation_verified()``, which is itself legal only after
+an AttestResponse was received. The enclave accepts application messages only after it has sent its AttestResponse.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from cc_kernel.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from cc_kernel.errors import LocalProtocolError, MessageTooLarge, ProtocolError, RemoteProtocolError
 from cc_kernel.protocol import codec
 from cc_kernel.protocol.framing import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -341,7 +342,9 @@ class Connection:
         Raises:
             TypeError: ``msg`` is not a protocol message (the state does not change).
             LocalProtocolError: this message is not allowed now (e.g. an application message before
-                ``attestation_verified()``), a field is invalid, or the frame is too big. Moves to ERROR.
+                ``attestation_verified()``) or a field is invalid. Moves to ERROR.
+            MessageTooLarge: the message is allowed now but encodes to more than ``max_frame_size`` bytes.
+                Nothing is sent or recorded: the state does not change (a LocalProtocolError subclass).
         """
         if not isinstance(msg, Message) or REGISTRY.get(msg.TYPE) is not type(msg):
             raise TypeError(f"not a protocol message: {type(msg).__name__}")
@@ -356,6 +359,15 @@ class Connection:
                 raise LocalProtocolError(self._refusal(msg))
             self._check_send(msg)
             frame = encode_frame(encode_message(msg), self.max_frame_size)
+        except MessageTooLarge as exc:
+            # A property of this one message, not of the conversation: nothing was sent or recorded, so the
+            # connection stays as it was and the caller can fail just this request.
+            raise MessageTooLarge(
+                f"{type(msg).__name__} encodes to {exc.size} bytes, over the limit of {exc.limit} bytes for one "
+                "message; it was not sent (the connection is unchanged)",
+                size=exc.size,
+                limit=exc.limit,
+            ) from None
         except LocalProtocolError as exc:
             raise self._fail(exc) from None
         self._commit_send(msg, new_state)

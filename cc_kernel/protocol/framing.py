@@ -15,7 +15,7 @@ import enum
 import struct
 from typing import Any, Final
 
-from cc_kernel.errors import LocalProtocolError, RemoteProtocolError
+from cc_kernel.errors import LocalProtocolError, MessageTooLarge, RemoteProtocolError
 from cc_kernel.protocol import codec
 
 #: Default cap on one frame's body. The header itself could express up to 4 GiB - 1.
@@ -61,8 +61,8 @@ def encode_frame(obj: Any, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
     """Encode ``obj`` with the codec and prefix its length: the bytes to write for one frame.
 
     Raises:
-        LocalProtocolError: ``obj`` cannot be encoded (e.g. a lone surrogate in a str) or its body exceeds
-            ``max_size`` bytes.
+        LocalProtocolError: ``obj`` cannot be encoded (e.g. a lone surrogate in a str).
+        MessageTooLarge: its body exceeds ``max_size`` bytes (a LocalProtocolError).
         ValueError/TypeError: ``max_size`` is not a valid frame size.
     """
     check_max_frame_size(max_size)
@@ -71,7 +71,9 @@ def encode_frame(obj: Any, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
     except ValueError as exc:
         raise LocalProtocolError(f"cannot encode frame: {exc}") from exc
     if len(body) > max_size:
-        raise LocalProtocolError(f"frame of {len(body)} bytes exceeds the limit of {max_size}")
+        raise MessageTooLarge(
+            f"frame of {len(body)} bytes exceeds the limit of {max_size}", size=len(body), limit=max_size
+        )
     return len(body).to_bytes(HEADER_SIZE, "big") + body
 
 

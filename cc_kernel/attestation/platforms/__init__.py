@@ -3,7 +3,7 @@
 Each platform verifier establishes authenticity only and returns a sealed ``VerifiedEvidence``.
 """
 
-#: Where each hardware platform's guest evidence interface lives (ATTESTATION.md §1d, §1e, §1c): the enclave
+#: Where each hardware platform's guest evidence interface lives (docs/deploy/): the enclave
 #: collects evidence there, and the kernel names these paths when a machine has none of them.
 HARDWARE_INTERFACES: tuple[tuple[str, str], ...] = (
     ("configfs-tsm (SEV-SNP / TDX)", "/sys/kernel/config/tsm/report"),

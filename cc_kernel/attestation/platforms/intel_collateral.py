@@ -21,7 +21,8 @@ Invariants:
   dates, id ``TD_QE``/``QE``, MRSIGNER, ISVPRODID, MISCSELECT and ATTRIBUTES under their masks) and the QE's
   level; (C6) the converged TCB status, as Intel's quote verification library does.
 
-TCB level matching (ATTESTATION.md §1b; Intel QVL): the levels are walked in the order served (newest first);
+TCB level matching (Intel's quote verification library, QVL; docs/evidence.md §4): the levels are walked in the
+order served (newest first);
 the platform's SGX level is the first whose 16 SGX component SVNs and PCESVN are all <= the PCK's; for TDX
 the level is the first that also has every TEE_TCB_SVN byte >= its ``tdxtcbcomponents`` (from byte 2 when
 TEE_TCB_SVN[1] > 0, a TDX 1.5+ module, whose identity ``TDX_<TEE_TCB_SVN[1]>`` in ``tdxModuleIdentities``

@@ -1,7 +1,7 @@
 """Pure attestation layer (platforms Intel TDX and SGX): parse an Intel DCAP ECDSA quote and verify it.
 
 Quote versions 3 (SGX), 4 (TDX 1.0/1.5 TD report, or SGX) and 5 (typed body: SGX report, TD report 1.0 or TD
-report 1.5), attestation key type 2 (ECDSA P-256), layouts as in ATTESTATION.md §1b.
+report 1.5), attestation key type 2 (ECDSA P-256), layouts as in Intel's DCAP quote library API (docs/evidence.md §4).
 
 Invariants:
 
@@ -38,7 +38,7 @@ Decisions:
 
 * **Trailing bytes** are reported, not rejected, here: they are outside the signed structure and nothing
   reads them, so they cannot change what is verified; the verifier's job is to say precisely what is
-  authentic. ATTESTATION.md §1b nevertheless lists "no unexplained trailing bytes" as a *must* for a
+  authentic. Intel's verification guidance nevertheless lists "no unexplained trailing bytes" as a *must* for a
   credible verifier, and our own enclaves never produce them, so the policy layer should reject a quote
   carrying the ``trailing-bytes`` warning unless the policy explicitly weakens that (today the appraisal
   only downgrades such a result to ``warning``).
@@ -133,7 +133,7 @@ MAX_QUOTE_SIZE = 64 * 1024
 _SIG_SIZE = 64
 _KEY_SIZE = 64
 
-#: The Quoting Enclaves Intel signs (ATTESTATION.md §1b; seen in every vector).
+#: The Quoting Enclaves Intel signs (Intel DCAP; seen in every vector).
 TD_QE_MRSIGNER = bytes.fromhex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5")
 TD_QE_ISV_PROD_ID = 2
 SGX_QE_MRSIGNER = bytes.fromhex("8c4f5775d796503e96137f77c68a829a0056ac8ded70140b081b094490c57bff")
@@ -942,7 +942,7 @@ def verify_quote(
     now: datetime,
     collateral: DcapCollateral | None = None,
 ) -> VerifiedEvidence:
-    """Verify a DCAP quote's authenticity (ATTESTATION.md §1b) at ``now`` and return it sealed.
+    """Verify a DCAP quote's authenticity (docs/evidence.md §4) at ``now`` and return it sealed.
 
     ``anchors`` holds the pinned roots; only ``intel-dcap`` roots (labels ``tdx``/``sgx-dcap``) and
     ``simulation`` roots (label ``simulation``) are consulted. ``collateral`` (Intel tcbInfo, QE identity,

@@ -4,7 +4,7 @@ Invariants:
 
 * ``parse_document_unverified`` accepts exactly one COSE_Sign1 structure (CBOR tag 18 or untagged) whose
   protected header is ``{1: -35}`` (ES384) and whose payload follows the AWS attestation-document schema
-  (ATTESTATION.md §1c; aws/aws-nitro-enclaves-nsm-api ``docs/attestation_process.md`` §2.2, §3.2.2) and
+  (docs/evidence.md §4; aws/aws-nitro-enclaves-nsm-api ``docs/attestation_process.md`` §2.2, §3.2.2) and
   reports PCR0-2 (NSM always does; without them no code identity and no debug decision exist); anything else
   raises ``MalformedEvidence`` whose ``check`` names the structure or field — for every truncation and
   every byte string, never ``IndexError``/``ValueError``/a CBOR library error. Nothing it returns is trusted;
@@ -75,7 +75,7 @@ __all__ = [
     "verify_document",
 ]
 
-#: The envelope ``format`` that carries a Nitro document (ATTESTATION.md §3.2).
+#: The envelope ``format`` that carries a Nitro document (docs/evidence.md §1).
 ENVELOPE_FORMAT: Final = "aws-nitro-cose-sign1"
 #: ``VerifiedEvidence.product`` and ``.signer`` of every verified Nitro document.
 NITRO_PRODUCT: Final = "Nitro"
@@ -751,7 +751,7 @@ def document_nonce(evidence: VerifiedEvidence) -> bytes | None:
 # document's user_data is the DER SubjectPublicKeyInfo of the TLS certificate, and the certificate may carry the
 # whole document hex-encoded as the first label of its longest SAN dNSName
 # (``<hex(COSE_Sign1)>.<name>.cages.evervault.com``). These helpers read that third-party format; our own
-# enclaves bind with the 64-byte report_data digest of ATTESTATION.md §3.3 instead.
+# enclaves bind with the 64-byte report_data digest of docs/evidence.md §2 instead.
 
 
 def document_from_certificate_san(certificate: bytes) -> bytes:

@@ -1,7 +1,7 @@
 """Pure attestation layer (CCC "Interoperable RA-TLS"): verify RA-TLS certificates made by Gramine, the Intel
 SGX SDK (2.22+) and rats-tls, whose evidence is an Intel DCAP quote bound to the certificate's key.
 
-Format (CCC-Attestation/interoperable-ra-tls ``docs/``; ATTESTATION.md §1f): a certificate extension with OID
+Format (CCC-Attestation/interoperable-ra-tls ``docs/``): a certificate extension with OID
 ``2.23.133.5.4.9`` (TCG DICE tagged evidence) whose value is the CBOR encoding of
 ``60000([bstr quote, bstr claims])``. ``claims`` is a CBOR map of text names to byte strings; ``"pubkey-hash"``
 (required) holds the CBOR ``hash-entry`` ``[hash-alg-id, hash]`` over the certificate's DER
@@ -444,14 +444,16 @@ def _load(der: bytes) -> x509.Certificate:
 def _cbor_strict(data: bytes, what: str) -> object:
     """Decode one CBOR item that makes up all of ``data``, in preferred serialisation, with no surprises."""
     stream = io.BytesIO(data)
+    # Built outside the try: an API mismatch (an older cbor2 without these options) must be a loud TypeError,
+    # never a silent "not valid CBOR" for every certificate.
+    decoder = cbor2.CBORDecoder(
+        stream,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+        strict_hashable_types=True,
+        max_depth=_MAX_CBOR_DEPTH,
+    )
     try:
-        decoder = cbor2.CBORDecoder(
-            stream,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-            strict_hashable_types=True,
-            max_depth=_MAX_CBOR_DEPTH,
-        )
         value = decoder.decode()
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
         raise _malformed("ratls.cbor", f"{what} is not valid CBOR: {exc}", got=len(data)) from exc

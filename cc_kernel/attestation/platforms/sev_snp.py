@@ -2,12 +2,12 @@
 
 Invariants:
 
-* ``parse_report_unverified`` accepts exactly 1184 bytes whose every structural rule holds (ATTESTATION.md
-  §1a step 1) and raises ``MalformedEvidence`` naming the failed ``check`` otherwise — for every truncation,
+* ``parse_report_unverified`` accepts exactly 1184 bytes whose every structural rule holds (docs/evidence.md §3
+  step 1) and raises ``MalformedEvidence`` naming the failed ``check`` otherwise — for every truncation,
   never ``IndexError``; nothing it returns is trusted;
-* ``verify_report`` returns a sealed ``VerifiedEvidence`` only after steps 2-5 of §1a passed: the product's
-  pinned ARK, the ARK -> ASK/ASVK -> VCEK/VLEK chain (the shared walker in ``crypto.x509chain``), the VEK's
-  meaning (role, chip, TCB) and the report signature; its ``platform`` is the label of the pinned root that
+* ``verify_report`` returns a sealed ``VerifiedEvidence`` only after steps 2-5 of docs/evidence.md §3 passed:
+  the product's pinned ARK, the ARK -> ASK/ASVK -> VCEK/VLEK chain (the shared walker in ``crypto.x509chain``),
+  the VEK's meaning (role, chip, TCB) and the report signature; its ``platform`` is the label of the pinned root that
   verified it (``sev-snp`` or ``simulation``), never a claim from the evidence or its envelope;
 * authenticity only: DEBUG, VMPL, TCB minimums, measurements and REPORT_DATA are appraised by the policy.
 
@@ -83,7 +83,7 @@ _TURIN_LAYOUT = frozenset({"Turin"})
 #: Roots that may verify SNP reports, and the label each gives the result.
 _SNP_ROOT_PLATFORMS = ("sev-snp", "simulation")
 
-# POLICY bits (ATTESTATION.md §1a "Guest POLICY bits")
+# POLICY bits (AMD SEV-SNP ABI, ATTESTATION_REPORT.POLICY; docs/policy.md §4.2)
 _POLICY_BIT_SMT = 16
 _POLICY_BIT_RESERVED_ONE = 17
 _POLICY_BIT_MIGRATE_MA = 18
@@ -128,7 +128,7 @@ class Field:
         return self.offset + self.size
 
 
-#: The ATTESTATION_REPORT layout (AMD #56860; ATTESTATION.md §1a). Shared by the parser and the simulator.
+#: The ATTESTATION_REPORT layout (AMD SEV-SNP ABI #56860; docs/evidence.md §3). Shared by parser and simulator.
 LAYOUT: Mapping[str, Field] = MappingProxyType(
     {
         "version": Field(0x000, 4, "int"),
@@ -170,7 +170,7 @@ LAYOUT: Mapping[str, Field] = MappingProxyType(
 
 
 def mbz_ranges(version: int) -> tuple[tuple[int, int], ...]:
-    """The [start, end) byte ranges that must be zero in a report of this version (§1a step 1)."""
+    """The [start, end) byte ranges that must be zero in a report of this version (docs/evidence.md §3)."""
     cpuid_reserved = (0x188, 0x1A0) if version < 3 else (0x18B, 0x1A0)
     tail_reserved = (0x1F8, 0x2A0) if version < 5 else (0x208, 0x2A0)
     return (
@@ -333,7 +333,7 @@ def _bytes(report: bytes, name: str) -> bytes:
 
 
 def parse_report_unverified(report: bytes) -> SnpReport:
-    """Parse and structurally check an ATTESTATION_REPORT (§1a step 1). Nothing in the result is verified.
+    """Parse and structurally check an ATTESTATION_REPORT (docs/evidence.md §3 step 1). Nothing is verified.
 
     Raises:
         MalformedEvidence: the report breaks a structural rule; ``check`` names it (see the module docstring).
@@ -564,7 +564,7 @@ def verify_report(
     ask_der: bytes | None = None,
     ark_der: bytes | None = None,
 ) -> VerifiedEvidence:
-    """Verify an SEV-SNP report's authenticity (ATTESTATION.md §1a steps 1-5) and return it sealed.
+    """Verify an SEV-SNP report's authenticity (docs/evidence.md §3 steps 1-5) and return it sealed.
 
     ``vek_der`` is the VCEK or VLEK (DER or PEM) matching the report's SIGNING_KEY. ``ask_der`` is the
     presented ASK/ASVK (optional: the pinned one for the product is used when absent; a presented one must

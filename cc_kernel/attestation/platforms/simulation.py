@@ -1,4 +1,4 @@
-"""Pure attestation layer (platform simulation): the simulated TEE authority (ATTESTATION.md §3.8).
+"""Pure attestation layer (platform simulation): the simulated TEE authority (docs/evidence.md §3).
 
 Same bytes, different anchors: ``sign_report`` emits byte-exact 1184-byte SEV-SNP v5 reports signed by a
 simulated ARK -> ASK -> VCEK chain that imitates AMD's (RSA-4096 RSASSA-PSS SHA-384 salt 48 CAs, a P-384 VCEK

@@ -1,6 +1,6 @@
 """Generate the audit-log test vectors in this directory (run by hand; the outputs are committed).
 
-    /tmp/venv/bin/python tests/vectors/audit/make_vectors.py
+    .venv/bin/python tests/vectors/audit/make_vectors.py
 
 What it makes (see README.md here, and manifest.json for every expected outcome):
 
@@ -13,9 +13,13 @@ What it makes (see README.md here, and manifest.json for every expected outcome)
   (audit key from a fixed seed, TLS key, nonce, session id, times); the simulated report's ECDSA signature and
   the certificates are randomised, so the bytes differ from run to run but not the outcomes.
 * negative twins as files (dropped / duplicated / swapped entries, truncated, torn tail, spliced entries,
-  another audit key, entries after the closing entry, garbage, empty) and as single-byte flips of ``valid.log``
+  another audit key, entries after the closing entry, a corrupt header after it, a drop in a cut log, 100 000
+  nested arrays in an entry, garbage, empty) and as single-byte flips of ``valid.log``
   (offset + xor mask, one per field of an opening, a receipt and the closing entry), listed in manifest.json.
-* ``notebook.ipynb`` — a notebook to match against ``valid.log`` (matching, edited, unexecuted cells).
+* ``notebook.ipynb`` — a notebook to match against ``valid.log`` (matching, edited, unexecuted cells, and
+  receipts no cell accounts for).
+* for every case, the auditor's verdict (``verdict``: the failures ``audit_verdict`` reports with no ``--accept``
+  or ``--allow-simulation`` option) and the exit status of ``cc-kernel audit verify`` (``exit``).
 
 Every expected outcome is checked against ``cc_kernel.audit.verify_log`` before anything is written.
 """
@@ -41,8 +45,8 @@ from cc_kernel.attestation.policy import Policy, load_policy, render_policy
 from cc_kernel.attestation.result import appraise
 from cc_kernel.attestation.verify import verify_evidence
 from cc_kernel.audit import LogWriter, OutputDigester, ReceiptSigner, UploadInfo, comm_input_text, make_opening
-from cc_kernel.audit.format import LogDecoder, Record
-from cc_kernel.audit.verify import match_notebook, verify_log
+from cc_kernel.audit.format import LogDecoder, Record, encode_record
+from cc_kernel.audit.verify import audit_verdict, match_notebook, unaccounted_receipts, verify_log
 from cc_kernel.crypto.keys import AuditKey, spki_der_of_key
 from cc_kernel.errors import AuditError
 from cc_kernel.protocol import codec
@@ -221,14 +225,17 @@ def outcome(data: bytes, policy: Policy | None, sim_anchors: TrustAnchors) -> di
     try:
         report = verify_log(data, policy=policy, anchors=hardware_anchors(), simulation_anchors=sim_anchors)
     except AuditError as exc:
-        return {"raises": "AuditError", "message": str(exc)}
+        return {"raises": "AuditError", "message": str(exc), "verdict": None, "exit": 2}
     first = report.first
+    verdict = audit_verdict(report, allow_simulation=policy is not None and policy.unsafe_allow_simulation)
     return {
         "status": report.status,
         "index": None if first is None else first.index,
         "check": None if first is None else first.check,
         "error": None if first is None else first.error,
         "findings": [[f.index, f.check] for f in report.findings],
+        "verdict": list(verdict.failures),
+        "exit": 0 if verdict.passed else 1,
     }
 
 
@@ -279,6 +286,12 @@ def main() -> int:
         "spliced-same-key.log": join([*body[:5], same_key.records[5], *body[6:]]),
         "wrong-audit-key.log": wrong_key.data,
         "after-closing.log": join([*body, body[5]]),
+        # a record header whose halves disagree, after the closing entry: framing is checked first
+        "corrupt-header-after-closing.log": join(body) + (40).to_bytes(4, "big") + (41).to_bytes(4, "big"),
+        # an entry dropped from a log that is also cut short: invalid, and the first bad entry is the drop
+        "dropped-and-truncated.log": join(body[:5] + body[6:-1]),
+        # entry 1 is 100 000 nested msgpack arrays: a decode finding, never a crash
+        "deep-nesting.log": join([*body[:1], encode_record(b"\x91" * 100_000 + b"\xc0"), *body[2:]]),
         "empty.log": b"",
         "garbage.bin": b"".join(hashlib.sha256(seed("garbage") + bytes([i])).digest() for i in range(16)),
         "text.log": b"This is not an audit log.\n",
@@ -308,6 +321,12 @@ def main() -> int:
          "expect": {"status": "invalid", "index": 0, "check": "binding.report_data", "error": "BindingMismatch"}},
         {"name": "after-closing", "file": "after-closing.log",
          "expect": {"status": "invalid", "index": last + 1, "check": "entry.after_closing", "error": LVE}},
+        {"name": "corrupt-header-after-closing", "file": "corrupt-header-after-closing.log",
+         "expect": {"status": "invalid", "index": last + 1, "check": "record.length", "error": LVE}},
+        {"name": "dropped-and-truncated", "file": "dropped-and-truncated.log",
+         "expect": {"status": "invalid", "index": 5, "check": "entry.seq", "error": LVE}},
+        {"name": "deep-nesting", "file": "deep-nesting.log",
+         "expect": {"status": "invalid", "index": 1, "check": "entry.decode", "error": LVE}},
         {"name": "simulation-under-hardware-policy", "file": "valid.log", "policy": "policy-hw.toml",
          "expect": {"status": "invalid", "index": 0, "check": "snp.anchor", "error": "UntrustedRoot"}},
         {"name": "empty", "file": "empty.log", "expect": {"raises": "AuditError"}},
@@ -365,6 +384,7 @@ def main() -> int:
         if any(got.get(k) != v for k, v in case["expect"].items()):
             problems.append(f"{case['name']}: expected {case['expect']}, got {got}")
         case["findings"] = got.get("findings", [])
+        case["verdict"], case["exit"] = got["verdict"], got["exit"]
     for name, offset, mask, index, expect in flips:
         data = bytearray(valid.data)
         data[offset] ^= mask
@@ -372,7 +392,8 @@ def main() -> int:
         if any(got.get(k) != v for k, v in expect.items()):
             problems.append(f"flip {name} @ {offset}: expected {expect}, got {got}")
         cases.append({"name": f"flip-{name}", "file": "valid.log", "flip": {"offset": offset, "xor": mask},
-                      "entry": index, "expect": expect, "findings": got.get("findings", [])})
+                      "entry": index, "expect": expect, "findings": got.get("findings", []),
+                      "verdict": got["verdict"], "exit": got["exit"]})
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 1
@@ -398,10 +419,18 @@ def main() -> int:
     expected_cells = [["matching", 1], ["edited", 2], ["matching", 4], ["matching", 10], ["unexecuted", None],
                       ["unexecuted", None]]
     report = verify_log(valid.data, policy=None, anchors=hardware_anchors(), simulation_anchors=anchors)
-    got_cells = [[c.status, c.receipt] for c in match_notebook(report, notebook)]
+    cells = match_notebook(report, notebook)
+    got_cells = [[c.status, c.receipt] for c in cells]
     if got_cells != expected_cells:
         print(f"notebook: expected {expected_cells}, got {got_cells}", file=sys.stderr)
         return 1
+    # receipts of valid.log whose cell is not in the notebook: the error cell, the upload and the loop
+    expected_unaccounted = [5, 9, 11]
+    unaccounted = unaccounted_receipts(report, notebook)
+    if [u.entry for u in unaccounted] != expected_unaccounted:
+        print(f"notebook: expected unaccounted {expected_unaccounted}, got {unaccounted}", file=sys.stderr)
+        return 1
+    notebook_verdict = audit_verdict(report, cells=cells, unaccounted=unaccounted)
 
     for name, data in files.items():
         (HERE / name).write_bytes(data)
@@ -411,9 +440,13 @@ def main() -> int:
                  "(regenerate only by hand). Verify with the hardware anchors plus the simulation anchors of "
                  "test-authority/ (ark-cert.pem, ask-cert.pem; TEST ONLY). 'policy' null = the embedded policy. "
                  "'flip' = XOR the byte at offset with the mask before verifying. 'index'/'check'/'error' describe "
-                 "the first finding; 'findings' lists [index, check] of all of them.",
+                 "the first finding; 'findings' lists [index, check] of all of them. 'verdict' lists the reasons "
+                 "`cc-kernel audit verify` fails with no --accept or --allow-simulation option (a --policy that "
+                 "allows simulation is the auditor's own permission), null if the input is not a log; 'exit' is "
+                 "its exit status (0 pass, 1 fail, 2 not a log).",
         "created": {"authority_created": CREATED.isoformat(), "verified_at": VERIFIED.isoformat()},
-        "notebook": {"file": "notebook.ipynb", "log": "valid.log", "cells": expected_cells},
+        "notebook": {"file": "notebook.ipynb", "log": "valid.log", "cells": expected_cells,
+                     "unaccounted": expected_unaccounted, "verdict": list(notebook_verdict.failures)},
         "cases": cases,
     }
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
