@@ -238,6 +238,7 @@ class Session:
             self._current_req = msg.req_id
             self._execution_count = msg.execution_count
             started = self._begin_receipt()
+            shell.set_parent(msg.parent_msg_id)
             reply = shell.execute(
                 msg.code, silent=msg.silent, store_history=msg.store_history,
                 user_expressions=msg.user_expressions, allow_stdin=msg.allow_stdin,
@@ -285,6 +286,7 @@ class Session:
             if isinstance(msg, m.CommOpen):
                 content["target_name"] = msg.target_name
             started = self._begin_receipt()
+            shell.set_parent(msg.parent_msg_id)
             shell.handle_comm(kind, content, metadata=msg.metadata, buffers=list(msg.buffers))
             target = msg.target_name if isinstance(msg, m.CommOpen) else None
             comm_text = comm_input_text(kind, msg.comm_id, msg.data, target)
