@@ -316,6 +316,7 @@ def test_run_all_badge_and_indicator_say_simulation(page: Any, lab: Lab) -> None
     assert indicator.evaluate("n => getComputedStyle(n).color") == AMBER
     session = indicator.get_attribute("data-cc-session")
     assert session and session in badge.inner_text()
+    snap(page, "notebook-badge-and-indicator")  # the README's picture
     # a click shows the full claims: those of %attestation
     indicator.click()
     dialog = page.locator(".jp-Dialog")
