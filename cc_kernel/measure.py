@@ -2,8 +2,7 @@
 
 What is measured (see docs/architecture.md, "Measurement"):
 - every file of the enclave-side cc_kernel code (all subpackages except ``kernel``, ``testing`` and the built
-  browser extension ``labextension``, plus the
-  top-level modules the enclave imports), hashed in full;
+  browser extension ``labextension``, plus the top-level modules the enclave imports), hashed in full;
 - every distribution the enclave imports (IPython, msgpack, cryptography, numpy, ... and their requirements,
   transitively), by name, version and the SHA-256 of its installed RECORD file (which lists the SHA-256 of
   every file pip installed);
