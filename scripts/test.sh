@@ -25,4 +25,5 @@ fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 # Kernel tests launch kernels through a private Jupyter path; nothing is written to the user's directories.
+echo "browser test screenshots: $PWD/test-artifacts/browser/"
 .venv/bin/python -m pytest -q "$@"
