@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# The README's main command: create .venv, install cc-kernel with JupyterLab, install the kernelspecs into this
-# environment, pin the simulated enclave's measurement, and open JupyterLab on notebooks/ with the simulated TEE.
+# The README's main command: create .venv, install cc-kernel with JupyterLab and its attestation indicator, install
+# the kernelspecs into this environment, pin the simulated enclave's measurement, and open JupyterLab on notebooks/
+# with the simulated TEE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
+# Installing builds the attestation indicator (labextension/, needs node) and installs it into .venv's JupyterLab.
+if ! command -v node >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+fi
 .venv/bin/python -m pip install --quiet -e ".[lab]"
 .venv/bin/cc-kernel install --sys-prefix
 # CurveZMQ on the frontend <-> kernel hop when the kernel supports it (both our kernelspecs declare it).

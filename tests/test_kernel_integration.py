@@ -273,12 +273,17 @@ def test_first_cell_that_raises_shows_badge_then_its_error(jupyter_env: JupyterE
     "from IPython.display import update_display\nupdate_display({'text/plain': 'fake'}, raw=True,\n"
     "               display_id='cc-kernel-attestation-0123')",
     f"display({{'{BADGE_MIME}': {{'state': 'affirming'}}, 'text/plain': 'fake'}}, raw=True)",
+    "from IPython.display import display, update_display\n"
+    "display({'text/plain': 'ordinary'}, raw=True, display_id='ordinary')\n"
+    f"update_display({{'{BADGE_MIME}': {{'state': 'affirming'}}, 'text/plain': 'fake'}}, raw=True,\n"
+    "               display_id='ordinary')",
     "class Fake:\n    def _repr_mimebundle_(self, **kw):\n"
     f"        return {{'{BADGE_MIME}': {{}}, 'text/plain': 'fake'}}\nFake()",
 ])
 def test_outputs_imitating_the_badge_are_dropped(sim: LiveKernel, code: str) -> None:
     cell = sim.ok(f"{code}\nprint('after')")
-    assert [o["msg_type"] for o in cell.outputs] == ["stream"], cell.summary()
+    kept = [o for o in cell.outputs if o["content"].get("data") != {"text/plain": "ordinary"}]
+    assert [o["msg_type"] for o in kept] == ["stream"], cell.summary()
     assert cell.stream() == "after\n"
 
 

@@ -20,9 +20,22 @@ def main(argv: list[str] | None = None) -> None:
 
     from cc_kernel.kernel.kernel import ConfidentialKernel
 
+    class ConfidentialKernelApp(IPKernelApp):
+        """IPKernelApp without the shell-channel thread: ConfidentialKernel has no subshells (kernel_info
+        advertises none), so it answers shell requests from the main thread, and the shell socket must belong to
+        that thread. With the thread, ipykernel receives shell messages there while a kernel without subshells
+        sends its replies from the main thread: one ZMQ socket used by two threads (a libzmq assertion, seen
+        under load, kills the kernel)."""
+
+        def init_sockets(self) -> None:
+            super().init_sockets()
+            unused, self.shell_channel_thread = self.shell_channel_thread, None
+            if unused is not None:
+                unused.io_loop.close()  # never started; it owns no socket yet
+
     if "--mode" in args:
         i = args.index("--mode")
         mode = args[i + 1] if i + 1 < len(args) else ""
         del args[i : i + 2]
         args.append(f"--ConfidentialKernel.mode={mode}")
-    IPKernelApp.launch_instance(argv=args, kernel_class=ConfidentialKernel)
+    ConfidentialKernelApp.launch_instance(argv=args, kernel_class=ConfidentialKernel)

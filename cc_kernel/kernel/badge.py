@@ -64,6 +64,43 @@ def protections_text(protections: dict[str, Any]) -> str:
            if isinstance(p, dict) and not p.get("in_force")]
     text = ", ".join(on) or "none"
     return text + (f"; NOT IN FORCE: {'; '.join(off)}" if off else "")
+def carries_badge(value: Any) -> bool:
+    """True if JSON ``value`` holds, at any depth, the badge's MIME type as a key or a ``display_id`` with the
+    badge's prefix: comm messages (an ipywidgets ``Output``'s outputs) may carry whole outputs inside them."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == BADGE_MIME:
+                return True
+            if key == "display_id" and isinstance(item, str) and item.startswith(DISPLAY_ID_PREFIX):
+                return True
+            if carries_badge(item):
+                return True
+        return False
+    if isinstance(value, list | tuple):
+        return any(carries_badge(item) for item in value)
+    return False
+
+
+def summary(b: BadgeState) -> list[str]:
+    """The full claims as text: what ``%attestation`` prints for a verified enclave, else the refusal or stop."""
+    if b.result is not None and b.state not in ("refused", "stopped"):
+        return b.result.summary_lines()
+    lines = [STYLES[b.state][2], *b.failures]
+    if b.detail:
+        lines.append(b.detail)
+    if b.result is not None:
+        lines += ["", "Last verified attestation:", *b.result.summary_lines()]
+    return lines
+
+
+def machine(b: BadgeState) -> dict[str, Any]:
+    """The badge's machine-readable content (its MIME type's value; also in ``kernel_info_reply.cc_kernel``)."""
+    return {
+        "state": b.state, "headline": STYLES[b.state][2], "session_id": b.session_id, "mode": b.mode,
+        "as_of": b.at.isoformat(), "audit_log": b.audit_log, "failures": b.failures, "detail": b.detail,
+        "summary": summary(b), "result": b.result.to_json_dict() if b.result else None,
+        "protections": b.protections,
+    }
 
 
 def _rows(b: BadgeState) -> list[tuple[str, str]]:
@@ -105,9 +142,4 @@ def render(b: BadgeState) -> dict[str, Any]:
         f'<div style="font-weight:bold;color:{fg};font-size:13px">🛡 Confidential Python — {html.escape(headline)}</div>'
         f'<table style="border-collapse:collapse;margin-top:4px">{cells}</table></div>'
     )
-    machine: dict[str, Any] = {
-        "state": b.state, "session_id": b.session_id, "mode": b.mode, "as_of": b.at.isoformat(),
-        "audit_log": b.audit_log, "failures": b.failures, "detail": b.detail,
-        "result": b.result.to_json_dict() if b.result else None, "protections": b.protections,
-    }
-    return {"text/plain": "\n".join(plain), "text/html": body, BADGE_MIME: machine}
+    return {"text/plain": "\n".join(plain), "text/html": body, BADGE_MIME: machine(b)}

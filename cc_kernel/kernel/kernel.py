@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import os
 import signal
 import sys
@@ -44,6 +43,9 @@ from cc_kernel.kernel.install import pin_simulation_policy, simulation_policy_pa
 from cc_kernel.kernel.link import EnclaveLink, LaunchSpec
 from cc_kernel.protocol import messages as m
 
+#: A comm target no comm has: the comm_info request that follows a forwarded comm message asks for it, so the
+#: reply is small (it only marks that the enclave has run the comm handler).
+_NO_TARGET = "cc_kernel.barrier"
 LANGUAGE_INFO: dict[str, object] = {
     "name": "python",
     "version": f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}",
@@ -65,6 +67,9 @@ class ConfidentialKernel(KernelSettings, Kernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # The base Kernel routes no frontend comm messages (IPythonKernel adds its own): ours go to the enclave.
+        for msg_type in ("comm_open", "comm_msg", "comm_close"):
+            self.shell_handlers[msg_type] = getattr(self, msg_type)
         self.session_hex = os.urandom(16).hex()
         self._link: EnclaveLink | None = None
         self._ready: asyncio.Task[AttestationResult] | None = None
@@ -72,6 +77,7 @@ class ConfidentialKernel(KernelSettings, Kernel):
         self._result: AttestationResult | None = None
         self._parents: dict[int, dict[str, Any]] = {}
         self._badge_shown = False
+        self._state_parent: dict[str, Any] | None = None  # the latest kernel_info_request (see _set_badge)
         self._badge_state = badge.BadgeState(state="pending", session_id=self.session_hex, mode=self._mode_text())
         self._current_req: int | None = None
         self._policy: Policy | None = None
@@ -111,7 +117,8 @@ class ConfidentialKernel(KernelSettings, Kernel):
         info["help_links"] = [
             {"text": "Confidential Python: attestation", "url": "https://github.com/cc-kernel/cc-kernel#readme"},
         ]
-        info["cc_kernel"] = {"mode": self.mode, "session_id": self.session_hex, "state": self._badge_state.state}
+        info["cc_kernel"] = {"mode": self.mode, "session_id": self.session_hex, "state": self._badge_state.state,
+                             "badge": badge.machine(self._badge_state)}
         return info
 
     @property
@@ -250,8 +257,21 @@ class ConfidentialKernel(KernelSettings, Kernel):
         for key, value in changes.items():
             setattr(self._badge_state, key, value)
         self._badge_state.at = badge.BadgeState(state="pending", session_id="", mode="").at
-        if self._badge_shown and self.session is not None:
+        if self.session is None:
+            return
+        if self._badge_shown:
             self._publish_badge(update=True, parent=self._parents.get(-1))
+        elif self._state_parent is not None:  # no badge in a cell yet: tell the frontend's status indicator
+            self._publish_badge(update=True, parent=self._state_parent)
+
+    async def kernel_info_request(self, stream: Any, ident: Any, parent: Any) -> None:
+        """Reply, then publish the attestation state on IOPub (an ``update_display_data`` of the badge) with this
+        request as parent. Frontends ask on connecting and after every restart, so a status indicator learns the
+        state of this kernel process even when no cell has shown the badge, or its output was cleared."""
+        await super().kernel_info_request(stream, ident, parent)
+        self._state_parent = parent
+        if self.session is not None:
+            self._publish_badge(update=True, parent=parent)
 
     def _publish_badge(self, *, update: bool, parent: dict[str, Any] | None = None) -> None:
         content = {
@@ -294,6 +314,9 @@ class ConfidentialKernel(KernelSettings, Kernel):
         elif isinstance(msg, m.ClearOutput):
             msg_type, content = "clear_output", {"wait": msg.wait}
         elif isinstance(msg, m.CommOpen | m.CommMsg | m.CommClose):
+            if badge.carries_badge(msg.data) or badge.carries_badge(msg.metadata):
+                self.log.warning("dropped an enclave comm message that carried the attestation badge's id or MIME type")
+                return
             msg_type = {m.CommOpen: "comm_open", m.CommMsg: "comm_msg", m.CommClose: "comm_close"}[type(msg)]
             content = {"comm_id": msg.comm_id, "data": msg.data}
             if isinstance(msg, m.CommOpen):
@@ -362,7 +385,7 @@ class ConfidentialKernel(KernelSettings, Kernel):
             await link.send(m.ExecuteRequest(
                 req_id=req_id, code=code, silent=silent, store_history=store_history,
                 user_expressions=user_expressions, allow_stdin=allow_stdin, execution_count=self.execution_count,
-                cell_id=cell_id, kind=kind,
+                cell_id=cell_id, kind=kind, parent_msg_id=_msg_id(self._parents[req_id]),
             ))
             while True:
                 item = await q.get()
@@ -565,21 +588,35 @@ class ConfidentialKernel(KernelSettings, Kernel):
         self._session.send(stream, "comm_info_reply", content, parent, ident)
 
     async def _comm(self, kind: str, stream: Any, ident: Any, parent: Any) -> None:
-        if self._result is None or self._link is None:
+        """Forward a frontend comm message (a widget moved, a button clicked) to the enclave, which runs its
+        handler as user code and signs a ``comm`` receipt for it. Returns once the handler has finished (a
+        ``comm_info`` round trip behind it on the ordered channel), so the handler's output is published with
+        this request as its parent, between its busy and idle, as ipykernel does."""
+        try:
+            await self._wait_ready()
+        except BaseException:  # attestation refused or enclave unreachable: nothing is sent
+            return
+        link = self._link
+        if link is None:
             return
         content = parent["content"]
-        link = self._link
         req_id, _q = link.new_request()
         self._parents[req_id] = parent
         buffers = [bytes(b) for b in parent.get("buffers", [])]
         fields: dict[str, Any] = {"req_id": req_id, "comm_id": content["comm_id"], "data": content.get("data", {}),
-                                  "metadata": parent.get("metadata", {}), "buffers": buffers}
+                                  "metadata": parent.get("metadata", {}), "buffers": buffers,
+                                  "parent_msg_id": _msg_id(parent)}
         cls: type[m.Message] = {"comm_open": m.CommOpen, "comm_msg": m.CommMsg, "comm_close": m.CommClose}[kind]
         if kind == "comm_open":
             fields["target_name"] = content.get("target_name", "")
-        with contextlib.suppress(EnclaveError, MessageTooLarge):
+        try:
             await link.send(cls(**fields))
-        link.finish_request(req_id)
+            await self._ask(lambda r: m.CommInfoRequest(req_id=r, target_name=_NO_TARGET), {})
+        except (EnclaveError, MessageTooLarge):
+            pass
+        finally:
+            link.finish_request(req_id)
+            self._parents.pop(req_id, None)
 
     async def comm_open(self, stream: Any, ident: Any, parent: Any) -> None:
         await self._comm("comm_open", stream, ident, parent)
@@ -673,3 +710,6 @@ def _reply_content(msg: m.Message) -> dict[str, Any]:
     raise TypeError(type(msg).__name__)
 
 
+def _msg_id(parent: dict[str, Any] | None) -> str:
+    """The ``msg_id`` of a Jupyter request (its header's), "" if it has none."""
+    return str(((parent or {}).get("header") or {}).get("msg_id", ""))

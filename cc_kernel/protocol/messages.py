@@ -354,6 +354,9 @@ class ExecuteRequest(Message):
     execution_count: Count
     cell_id: Name | None
     kind: Annotated[str, _Len(1, MAX_KIND)]
+    #: The Jupyter ``msg_id`` of the frontend's request (kernel -> enclave; "" otherwise): what ipykernel's
+    #: ``get_parent()`` gives user code, e.g. ipywidgets' Output widget, which captures that request's output.
+    parent_msg_id: Name = ""
 
 
 @_message("execute_reply")
@@ -566,6 +569,9 @@ class CommOpen(Message):
     data: JsonDict
     metadata: JsonDict
     buffers: list[bytes]
+    #: The Jupyter ``msg_id`` of the frontend's request (kernel -> enclave; "" otherwise): what ipykernel's
+    #: ``get_parent()`` gives user code, e.g. ipywidgets' Output widget, which captures that request's output.
+    parent_msg_id: Name = ""
 
 
 @_message("comm_msg")
@@ -578,6 +584,9 @@ class CommMsg(Message):
     data: JsonDict
     metadata: JsonDict
     buffers: list[bytes]
+    #: The Jupyter ``msg_id`` of the frontend's request (kernel -> enclave; "" otherwise): what ipykernel's
+    #: ``get_parent()`` gives user code, e.g. ipywidgets' Output widget, which captures that request's output.
+    parent_msg_id: Name = ""
 
 
 @_message("comm_close")
@@ -590,6 +599,9 @@ class CommClose(Message):
     data: JsonDict
     metadata: JsonDict
     buffers: list[bytes]
+    #: The Jupyter ``msg_id`` of the frontend's request (kernel -> enclave; "" otherwise): what ipykernel's
+    #: ``get_parent()`` gives user code, e.g. ipywidgets' Output widget, which captures that request's output.
+    parent_msg_id: Name = ""
 
 
 @_message("comm_info_request")

@@ -172,6 +172,7 @@ class WorkerServer:
         send = self._link.send
         if isinstance(msg, m.ExecuteRequest):
             self._current_req = msg.req_id
+            shell.set_parent(msg.parent_msg_id)  # get_parent() for ipywidgets' Output and interact
             reply = shell.execute(
                 msg.code, silent=msg.silent, store_history=msg.store_history,
                 user_expressions=msg.user_expressions, allow_stdin=msg.allow_stdin,
@@ -212,6 +213,7 @@ class WorkerServer:
             if isinstance(msg, m.CommOpen):
                 content["target_name"] = msg.target_name
             status: Any = "ok"
+            shell.set_parent(msg.parent_msg_id)
             try:
                 shell.handle_comm(kind, content, metadata=msg.metadata, buffers=list(msg.buffers))
             except Exception:  # the shell reports a handler's error as output; the request still ends

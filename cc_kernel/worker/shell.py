@@ -215,6 +215,12 @@ class _KernelShim:
         self.shell = shell
         self.comm_manager = comm_manager
         self.session = None
+        self.parent_msg_id = ""  # the Jupyter msg_id of the request running now (EnclaveShell.set_parent)
+
+    def get_parent(self, channel: str = "shell") -> dict[str, Any]:
+        """The running request's parent as ipykernel gives it, as far as the enclave knows it: the header's
+        ``msg_id``. ipywidgets' Output widget (and so ``interact``) captures the output of that request."""
+        return {"header": {"msg_id": self.parent_msg_id}} if self.parent_msg_id else {}
 
 
 def _noop() -> None:
@@ -597,6 +603,10 @@ class EnclaveShell:
         except KeyboardInterrupt:
             self._stderr.write("KeyboardInterrupt (comm handler interrupted)\n")
         self._router.flush()
+
+    def set_parent(self, msg_id: str) -> None:
+        """Record the Jupyter ``msg_id`` of the request about to run (``get_ipython().kernel.get_parent()``)."""
+        self._shell.kernel.parent_msg_id = msg_id
 
     def comm_info(self, target_name: str | None = None) -> dict[str, Any]:
         """``comm_info_reply`` content."""

@@ -1,0 +1,1 @@
+declare const layouts: any; export default layouts;

@@ -1,0 +1,1 @@
+declare const mermaid: any; export default mermaid;
