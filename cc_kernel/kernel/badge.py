@@ -84,7 +84,8 @@ def carries_badge(value: Any) -> bool:
 def summary(b: BadgeState) -> list[str]:
     """The full claims as text: what ``%attestation`` prints for a verified enclave, else the refusal or stop."""
     if b.result is not None and b.state not in ("refused", "stopped"):
-        return b.result.summary_lines()
+        sandbox = [f"cell sandbox: {protections_text(b.protections)}"] if b.protections else []
+        return [*b.result.summary_lines(), *sandbox]
     lines = [STYLES[b.state][2], *b.failures]
     if b.detail:
         lines.append(b.detail)

@@ -463,18 +463,14 @@ class ConfidentialKernel(KernelSettings, Kernel):
     # -- magics handled on the trusted side -----------------------------------------------------------------------
 
     def _attestation_magic(self, silent: bool) -> dict[str, Any]:
-        import json
-
+        """The full claims: the same text the status indicator shows on a click (``badge.summary``)."""
         assert self._result is not None
         if not silent:
-            protections = self._link.session_info.protections if self._link and self._link.session_info else {}
-            lines = [*self._result.summary_lines(), f"cell sandbox: {badge.protections_text(protections)}"]
             data = {
-                "text/plain": "\n".join(lines),
-                "application/json": {**self._result.to_json_dict(), "protections": protections},
+                "text/plain": "\n".join(badge.summary(self._badge_state)),
+                "application/json": {**self._result.to_json_dict(), "protections": self._badge_state.protections},
             }
             self.send_response(self.iopub_socket, "display_data", {"data": data, "metadata": {}, "transient": {}})
-            del json
         return self._ok()
 
     async def _upload_magic(self, line: str, silent: bool, *, code: str, cell_id: str | None) -> dict[str, Any]:
