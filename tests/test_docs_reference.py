@@ -22,12 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 REFERENCE = "\n".join((DOCS / name).read_text() for name in ("audit-log.md", "evidence.md", "policy.md"))
 #: User-facing text: the documentation, the README, the notebooks and the package (whose docstrings, messages
-#: and rendered policy files users read). The enclave package is not scanned here.
+#: and rendered policy files users read).
 USER_FACING = [
     ROOT / "README.md",
     *DOCS.rglob("*.md"),
     *(ROOT / "notebooks").glob("*.ipynb"),
-    *(p for p in (ROOT / "cc_kernel").rglob("*.py") if "enclave" not in p.relative_to(ROOT / "cc_kernel").parts),
+    *(ROOT / "cc_kernel").rglob("*.py"),
 ]
 
 

@@ -85,7 +85,7 @@ def os_error_text(exc: OSError) -> str:
 
 
 def check_report_data(report_data: bytes) -> bytes:
-    """Return ``report_data`` as bytes if it is exactly 64 bytes (the §3.3 binding digest).
+    """Return ``report_data`` as bytes if it is exactly 64 bytes (the binding digest, docs/evidence.md §2).
 
     Raises:
         ValueError: any other length (a programming error of the caller).

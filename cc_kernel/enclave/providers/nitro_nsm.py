@@ -9,7 +9,7 @@ Request (serde's externally tagged encoding): ``{"Attestation": {"user_data": bs
 "public_key": null}}``; response ``{"Attestation": {"document": bstr}}`` (a COSE_Sign1 attestation document)
 or ``{"Error": "<ErrorCode>"}``.
 
-Binding (ATTESTATION.md §3.3): **``user_data`` carries our 64-byte report_data** — the Nitro verifier maps it
+Binding (docs/evidence.md §2): **``user_data`` carries our 64-byte report_data** — the Nitro verifier maps it
 to ``VerifiedEvidence.report_data`` — and ``nonce`` carries the kernel's raw 32-byte nonce, which the document
 echoes for the freshness check. ``public_key`` stays null: the TLS key is already bound through its SPKI in
 report_data, and a second, unbound key field would only invite misuse.

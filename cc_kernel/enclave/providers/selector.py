@@ -1,6 +1,6 @@
 """Enclave: choose this machine's hardware evidence provider — never the simulation.
 
-Order (ATTESTATION.md §3.9), first usable wins:
+Order (docs/deploy/README.md, "The common model"), first usable wins:
 
 1. ``configfs-tsm`` — ``/sys/kernel/config/tsm/report`` with a registered ``sev_guest`` or ``tdx_guest``
    provider (probed by creating an entry and reading ``provider``; no report is generated);
