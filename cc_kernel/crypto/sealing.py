@@ -37,11 +37,11 @@ class ChunkCipher:
             raise ValueError(f"a data key is {DATA_KEY_SIZE} bytes, not {len(key)}")
         self._aead = AESGCM(key)
 
-    def encrypt(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    def encrypt(self, nonce: bytes, plaintext: bytes | memoryview, aad: bytes) -> bytes:
         """``ciphertext ‖ tag`` (len(plaintext) + 16 bytes)."""
         return self._aead.encrypt(nonce, plaintext, aad)
 
-    def decrypt(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    def decrypt(self, nonce: bytes, ciphertext: bytes | memoryview, aad: bytes) -> bytes:
         """The plaintext. Raises InvalidCiphertext when the tag does not verify."""
         try:
             return self._aead.decrypt(nonce, ciphertext, aad)

@@ -246,7 +246,7 @@ class Sealer:
         self._fed = 0
         self._done = False
 
-    def _seal(self, plaintext: bytes) -> bytes:
+    def _seal(self, plaintext: bytes | memoryview) -> bytes:
         final = self._index == self.header.chunks - 1
         out = self._cipher.encrypt(
             chunk_nonce(self._index, final), plaintext, chunk_aad(self.header_sha256, self._index, final)
@@ -254,7 +254,7 @@ class Sealer:
         self._index += 1
         return out
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes | memoryview) -> bytes:
         """Sealed bytes of every chunk completed by ``data`` (possibly empty)."""
         if self._done:
             raise ValueError("the sealer has finished")
@@ -268,7 +268,7 @@ class Sealer:
             want = self.header.chunk_plaintext_size(self._index) - len(self._buf)
             last = self._index == self.header.chunks - 1
             if not self._buf and len(view) >= want and want == size and not last:  # a whole chunk: no copy
-                out += self._seal(bytes(view[:want]))
+                out += self._seal(view[:want])
                 view = view[want:]
                 continue
             take = min(want, len(view))
@@ -349,6 +349,9 @@ class Unsealer:
         if self._done and data:
             self._fail(_bad("dataset.extended", f"{len(data)} bytes follow the final chunk {self._index - 1}",
                             index=self._index))
+        if self._pos and self._pos == len(self._buf):  # everything consumed: start afresh (no move)
+            self._buf.clear()
+            self._pos = 0
         self._buf += data
 
     def _fail(self, exc: TamperedDataset) -> None:
@@ -382,11 +385,12 @@ class Unsealer:
         need = header.chunk_plaintext_size(self._index) + TAG_SIZE
         if len(self._buf) - self._pos < need:
             return NEED_DATA
-        sealed = bytes(self._buf[self._pos : self._pos + need])
         try:
-            plain = self._cipher.decrypt(
-                chunk_nonce(self._index, final), sealed, chunk_aad(self._header_sha256, self._index, final)
-            )
+            with memoryview(self._buf) as view:  # no copy of the ciphertext; released before the buffer changes
+                plain = self._cipher.decrypt(
+                    chunk_nonce(self._index, final), view[self._pos : self._pos + need],
+                    chunk_aad(self._header_sha256, self._index, final),
+                )
         except InvalidCiphertext:
             self._fail(_bad(
                 "dataset.chunk",
