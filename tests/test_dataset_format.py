@@ -242,3 +242,13 @@ def test_sealer_refuses_wrong_amount() -> None:
     s.feed(b"x" * 9)
     with pytest.raises(ValueError, match="9 bytes fed"):
         s.finish()
+
+
+def test_header_not_canonical() -> None:
+    """A header whose body has trailing bytes inside its declared length is refused."""
+    raw = encode_header(header(1))
+    body_len = int.from_bytes(raw[len(MAGIC) + 2 : len(MAGIC) + 6], "big")
+    padded = raw[: len(MAGIC) + 2] + (body_len + 1).to_bytes(4, "big") + raw[len(MAGIC) + 6 :] + b"\x00"
+    with pytest.raises(TamperedDataset, match="1 unexpected bytes at the end of the header") as info:
+        decode_header(padded)
+    assert info.value.check == "dataset.header"

@@ -337,3 +337,46 @@ def test_wrong_broker() -> None:
 def test_codec_rejects(data: bytes, message: str) -> None:
     with pytest.raises(RemoteProtocolError, match=message):
         decode_release(data)
+
+
+def test_attestation_for_another_dataset_refused(source: SimulatedSource, sim_anchors: TrustAnchors) -> None:
+    record, header, _ = make_dataset()
+    ex = Exchange(record, header, source, sim_anchors)
+    request, challenge = ex.challenge()
+    att = ex.attest(challenge)
+    exc = refused(ex, request, challenge, replace(att, dataset_id=b"\x00" * 16))
+    assert exc.check == "release.dataset"
+    assert "for another dataset" in str(exc)
+
+
+def test_challenge_for_another_dataset_refused_by_the_client(source: SimulatedSource,
+                                                             sim_anchors: TrustAnchors) -> None:
+    record, header, _ = make_dataset()
+    ex = Exchange(record, header, source, sim_anchors)
+    _, challenge = ex.challenge()
+    with pytest.raises(ReleaseRefused, match="challenged for another dataset") as info:
+        ex.client.report_data(replace(challenge, dataset_id=b"\x00" * 16))
+    assert info.value.check == "release.challenge"
+
+
+def test_response_for_another_dataset_refused(source: SimulatedSource, sim_anchors: TrustAnchors) -> None:
+    record, header, _ = make_dataset()
+    ex = Exchange(record, header, source, sim_anchors)
+    request, challenge = ex.challenge()
+    reply = ex.decide(request, challenge, ex.attest(challenge))
+    assert isinstance(reply, ReleaseResponse)
+    with pytest.raises(ReleaseRefused, match="the response is for another dataset") as info:
+        ex.client.open(replace(reply, dataset_id=b"\x00" * 16))
+    assert info.value.check == "release.response"
+
+
+def test_wrapped_key_changed_in_transit(source: SimulatedSource, sim_anchors: TrustAnchors) -> None:
+    record, header, _ = make_dataset()
+    ex = Exchange(record, header, source, sim_anchors)
+    request, challenge = ex.challenge()
+    reply = ex.decide(request, challenge, ex.attest(challenge))
+    assert isinstance(reply, ReleaseResponse)
+    flipped = reply.wrapped_key[:-1] + bytes([reply.wrapped_key[-1] ^ 1])
+    with pytest.raises(ReleaseRefused, match="does not open") as info:
+        ex.client.open(replace(reply, wrapped_key=flipped))
+    assert info.value.check == "release.wrap"
