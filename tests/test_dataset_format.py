@@ -252,3 +252,17 @@ def test_header_not_canonical() -> None:
     with pytest.raises(TamperedDataset, match="1 unexpected bytes at the end of the header") as info:
         decode_header(padded)
     assert info.value.check == "dataset.header"
+
+
+def test_unsealer_does_not_keep_a_mutable_caller_buffer() -> None:
+    """A bytearray the caller reuses after ``feed`` must not change what the unsealer authenticates."""
+    buf = bytearray(SEALED)
+    u = Unsealer(KEY)
+    u.feed(buf)
+    buf[:] = bytes(len(buf))
+    out = []
+    while (event := u.next_event()) is not NEED_DATA:
+        if isinstance(event, ChunkData):
+            out.append(event.data)
+    assert u.end().plaintext_size == SIZE
+    assert len(b"".join(out)) == SIZE

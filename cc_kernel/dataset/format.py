@@ -261,23 +261,23 @@ class Sealer:
         self._fed += len(data)
         if self._fed > self.header.plaintext_size:
             raise ValueError(f"more plaintext than the header's {self.header.plaintext_size} bytes")
-        out = bytearray()
+        out: list[bytes] = []
         view = memoryview(data)
         size = self.header.chunk_size
         while view:
             want = self.header.chunk_plaintext_size(self._index) - len(self._buf)
             last = self._index == self.header.chunks - 1
             if not self._buf and len(view) >= want and want == size and not last:  # a whole chunk: no copy
-                out += self._seal(view[:want])
+                out.append(self._seal(view[:want]))
                 view = view[want:]
                 continue
             take = min(want, len(view))
             self._buf += view[:take]
             view = view[take:]
             if len(self._buf) == self.header.chunk_plaintext_size(self._index) and self._index < self.header.chunks - 1:
-                out += self._seal(bytes(self._buf))
+                out.append(self._seal(bytes(self._buf)))
                 self._buf.clear()
-        return bytes(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def finish(self) -> bytes:
         """The final chunk. Raises ValueError if fewer bytes were fed than the header announced."""
@@ -312,14 +312,15 @@ class Unsealer:
 
     * first the ``DatasetHeader`` (unauthenticated until chunk 0 opens); the caller then obtains the key and
       calls ``set_key(data_key)``, before which ``next_event`` keeps returning the header's successor NEED_DATA;
-    * then ``ChunkData`` for each chunk in order, once it authenticated;
+    * then ``ChunkData`` for each chunk in order, once it authenticated (chunks fed whole are decrypted from
+      the caller's bytes without a copy);
     * ``end()`` at end of input returns ``DatasetEnd`` or raises.
 
     Raises (``feed``/``next_event``/``end``): TamperedDataset with the chunk index. The unsealer stays failed.
     """
 
     def __init__(self, data_key: bytes | None = None) -> None:
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._header: DatasetHeader | None = None
         self._header_sha256 = b""
@@ -349,10 +350,14 @@ class Unsealer:
         if self._done and data:
             self._fail(_bad("dataset.extended", f"{len(data)} bytes follow the final chunk {self._index - 1}",
                             index=self._index))
-        if self._pos and self._pos == len(self._buf):  # everything consumed: start afresh (no move)
-            self._buf.clear()
+        if self._pos == len(self._buf):  # everything was consumed: keep the caller's bytes, no copy
+            self._buf = bytes(data)
             self._pos = 0
-        self._buf += data
+        elif isinstance(self._buf, bytes):  # a partial chunk is left: from now on, accumulate
+            self._buf = bytearray(memoryview(self._buf)[self._pos :]) + data
+            self._pos = 0
+        else:
+            self._buf += data
 
     def _fail(self, exc: TamperedDataset) -> None:
         self._error = exc
@@ -400,8 +405,8 @@ class Unsealer:
             ))
             raise  # pragma: no cover - _fail raised
         self._pos += need
-        if self._pos > 1 << 20 and self._pos * 2 > len(self._buf):  # compact: O(n) overall
-            del self._buf[: self._pos]
+        if isinstance(self._buf, bytearray) and self._pos > 1 << 20 and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]  # compact now and then: O(n) overall
             self._pos = 0
         event = ChunkData(index=self._index, data=plain, final=final)
         self._index += 1
