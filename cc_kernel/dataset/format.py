@@ -311,7 +311,7 @@ class Unsealer:
     """Incremental unsealer. ``feed(bytes)``, then ``next_event()`` until it returns ``NEED_DATA``:
 
     * first the ``DatasetHeader`` (unauthenticated until chunk 0 opens); the caller then obtains the key and
-      calls ``set_key(data_key)``, before which ``next_event`` keeps returning the header's successor NEED_DATA;
+      calls ``set_key(data_key)`` (until then ``next_event`` returns ``NEED_DATA``);
     * then ``ChunkData`` for each chunk in order, once it authenticated (chunks fed whole are decrypted from
       the caller's bytes without a copy);
     * ``end()`` at end of input returns ``DatasetEnd`` or raises.

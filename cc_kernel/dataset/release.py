@@ -18,7 +18,6 @@ Messages are canonical msgpack maps (``protocol.codec``) with a strict schema.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -376,11 +375,6 @@ class ReleaseClient:
         except InvalidCiphertext as exc:
             raise ReleaseRefused(f"the wrapped data key does not open: {exc}", check="release.wrap") from exc
         return ReleasedKey(data_key=key, rules=rules, session=reply.session)
-
-
-def spki_digest(spki_der: bytes) -> bytes:
-    """SHA-256 of a DER SubjectPublicKeyInfo (the requester and broker key digests)."""
-    return hashlib.sha256(spki_der).digest()
 
 
 def check_broker(header: DatasetHeader, *, spki_sha256: bytes, address: str | None = None) -> None:
