@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cc_kernel import __version__
+from cc_kernel import __version__, cli_data
 from cc_kernel.errors import CCKernelError, PolicyViolation, VerificationError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "time without a timezone is an error, never guessed")
     everify.add_argument("--json", action="store_true",
                          help="print the claims (and, when rejected, every failure) as JSON")
+    cli_data.add_parsers(sub, _Parser)
     return p
 
 
@@ -214,6 +215,8 @@ def _main(argv: list[str] | None) -> int:
             return _audit(args)
         if args.command == "evidence":
             return _evidence_verify(args)
+        if args.command in cli_data.COMMANDS:
+            return cli_data.run(args)
     except VerificationError as exc:
         _err(f"verification failed:\n{exc}")
         return EXIT_INVALID

@@ -220,3 +220,31 @@ class LogVerificationError(VerificationError):
 
 class LogUnterminated(LogVerificationError):  # noqa: N818
     """The log verifies entry by entry but has no closing entry (crash, or a truncated tail)."""
+
+
+# --- datasets (sealed files, rules, release by the owner's broker) -----------------------------------------------
+
+
+class DatasetError(VerificationError):
+    """A sealed dataset, its rules or its release cannot be used. ``check`` names the step (``dataset.*``,
+    ``rules.*``, ``release.*``); ``index`` is the chunk index where one applies."""
+
+
+class TamperedDataset(DatasetError):  # noqa: N818 - names the finding
+    """The sealed file was changed: a chunk, the header, truncated, extended or reordered (or the key is wrong)."""
+
+
+class RulesError(DatasetError):
+    """A rules file is not valid: not TOML, an unknown key, a wrong type, a missing or contradictory setting."""
+
+
+class WrongBroker(DatasetError):  # noqa: N818
+    """The broker reached is not the one the sealed file names (address or pinned key differ)."""
+
+
+class ReleaseRefused(DatasetError):  # noqa: N818
+    """The broker refused to release a data key; ``check`` names the failed step."""
+
+
+class DatasetExpired(ReleaseRefused):
+    """The dataset's rules forbid any release after ``not_after``."""

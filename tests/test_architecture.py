@@ -28,11 +28,17 @@ ALLOWED: dict[str, set[str]] = {
                 "logsetup"},
     "kernel": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "kernel", "simstore", "measure",
                "clientkey"},
+    # a data owner's sealed files, rules, release exchange and broker log: pure, like audit
+    "dataset": {"errors", "protocol", "crypto", "attestation", "audit", "dataset"},
+    # the data owner's key broker: I/O (its store, its log, a TLS server)
+    "broker": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "dataset", "broker", "simstore"},
+    "cli_data": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "dataset", "broker",
+                 "simstore"},
 }
 # Third-party modules that the pure core must never import, and that the enclave must never import.
 IO_MODULES = {"socket", "ssl", "asyncio", "subprocess", "selectors", "threading", "zmq", "jupyter_client",
               "ipykernel", "tornado", "time"}
-CORE = {"errors", "protocol", "crypto", "attestation", "audit"}
+CORE = {"errors", "protocol", "crypto", "attestation", "audit", "dataset"}
 ENCLAVE_FORBIDDEN = {"ipykernel", "jupyter_client", "zmq", "jupyter_core", "tornado"}
 WORKER_FORBIDDEN = {"cryptography", "ssl", *ENCLAVE_FORBIDDEN}
 # The only modules allowed to import cryptography.hazmat / msgpack directly: the crypto package, and the
@@ -94,6 +100,8 @@ def test_layer_rules(path: Path) -> None:
         ("from cc_kernel.audit.receipts import ReceiptSigner\n", "worker may import only"),
         ("import cc_kernel.crypto.keys\n", "worker may import only"),
         ("from cryptography.hazmat.primitives import hashes\n", "runs the cells but imports"),
+        ("from cc_kernel.dataset.release import ReleaseClient\n", "worker may import only"),
+        ("import cc_kernel.broker.server\n", "worker may import only"),
     ],
 )
 def test_worker_rule_fires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, expect: str) -> None:

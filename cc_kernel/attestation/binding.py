@@ -1,6 +1,11 @@
 """Pure: the report_data binding (docs/evidence.md §2) and its check.
 
 REPORT_DATA = SHA-512(tag ‖ lp(tls_spki_der) ‖ lp(audit_pub) ‖ lp(nonce) ‖ lp(session_id)), 64 bytes.
+
+A dataset release (docs/dataset.md §3) binds under its own tag, so channel evidence can never be replayed as
+release evidence or the other way round:
+REPORT_DATA = SHA-512(lp(TAG_DATASET_RELEASE) ‖ lp(nonce) ‖ lp(dataset_id) ‖ lp(release_pub) ‖
+lp(requester_spki_sha256)).
 """
 
 from __future__ import annotations
@@ -8,12 +13,14 @@ from __future__ import annotations
 import hashlib
 
 from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence, seal_bound
-from cc_kernel.crypto.hashing import TAG_REPORT_DATA, constant_time_equal, tagged_hash
+from cc_kernel.crypto.hashing import TAG_DATASET_RELEASE, TAG_REPORT_DATA, constant_time_equal, tagged_hash
 from cc_kernel.errors import BindingMismatch, StaleEvidence
 
 NONCE_SIZE = 32
 SESSION_ID_SIZE = 16
 AUDIT_PUB_SIZE = 32
+RELEASE_PUB_SIZE = 32
+DATASET_ID_SIZE = 16
 
 
 def expected_report_data(*, tls_spki: bytes, audit_pub: bytes, nonce: bytes, session_id: bytes) -> bytes:
@@ -67,4 +74,67 @@ def check_binding(
         audit_pub=audit_pub,
         nonce=nonce,
         session_id=session_id,
+    )
+
+
+def expected_release_report_data(
+    *, nonce: bytes, dataset_id: bytes, release_pub: bytes, requester_spki_sha256: bytes
+) -> bytes:
+    """The 64-byte report_data a monitor must produce to obtain a dataset key (docs/dataset.md §3)."""
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
+    if len(dataset_id) != DATASET_ID_SIZE:
+        raise ValueError(f"dataset id must be {DATASET_ID_SIZE} bytes")
+    if len(release_pub) != RELEASE_PUB_SIZE:
+        raise ValueError(f"release key must be {RELEASE_PUB_SIZE} bytes")
+    if len(requester_spki_sha256) != 32:
+        raise ValueError("requester_spki_sha256 must be 32 bytes")
+    return tagged_hash(
+        TAG_DATASET_RELEASE, nonce, dataset_id, release_pub, requester_spki_sha256, algorithm="sha512"
+    )
+
+
+def check_release_binding(
+    evidence: VerifiedEvidence,
+    *,
+    nonce: bytes,
+    dataset_id: bytes,
+    release_pub: bytes,
+    requester_spki_sha256: bytes,
+    claimed_nonce: bytes | None = None,
+) -> BoundEvidence:
+    """Return BoundEvidence if the evidence's report_data binds this release exchange.
+
+    The result maps the release onto BoundEvidence's fields: ``nonce`` the broker's challenge, ``session_id``
+    the dataset id, ``audit_pub`` the release key, ``tls_spki_sha256`` the requester's TLS key digest.
+
+    Raises:
+        StaleEvidence: ``freshness.nonce``: the evidence answers another challenge (a replayed exchange).
+        BindingMismatch: ``binding.release``: report_data binds another release key, dataset or requester.
+    """
+    # 1. freshness: the evidence must answer this exchange's challenge
+    if claimed_nonce is not None and not constant_time_equal(claimed_nonce, nonce):
+        raise StaleEvidence(
+            "the evidence answers a different challenge: it was replayed from an earlier release exchange",
+            check="freshness.nonce",
+            got=claimed_nonce,
+            expected=nonce,
+        )
+    # 2. binding under the release tag
+    want = expected_release_report_data(
+        nonce=nonce, dataset_id=dataset_id, release_pub=release_pub, requester_spki_sha256=requester_spki_sha256
+    )
+    if not constant_time_equal(evidence.report_data, want):
+        raise BindingMismatch(
+            "report_data does not bind this release: its challenge, dataset id, release key and requester",
+            check="binding.release",
+            got=evidence.report_data,
+            expected=want,
+        )
+    return seal_bound(
+        evidence=evidence,
+        tls_spki_sha256=requester_spki_sha256,
+        audit_pub=release_pub,
+        nonce=nonce,
+        session_id=dataset_id,
     )

@@ -20,6 +20,13 @@ TAG_AUDIT_ENTRY = b"cc-kernel/audit-entry/v1"
 TAG_AUDIT_CODE = b"cc-kernel/audit-code/v1"
 TAG_AUDIT_OUTPUT = b"cc-kernel/audit-output/v1"
 TAG_AUDIT_SIGNATURE = b"cc-kernel/audit-signature/v1"
+TAG_DATASET_HEADER = b"cc-kernel/dataset-header/v1"
+TAG_DATASET_CHUNK = b"cc-kernel/dataset-chunk/v1"
+TAG_DATASET_RULES = b"cc-kernel/dataset-rules/v1"
+TAG_DATASET_RELEASE = b"cc-kernel/dataset-release/v1"
+TAG_DATASET_WRAP = b"cc-kernel/dataset-wrap/v1"
+TAG_BROKER_LOG_ENTRY = b"cc-kernel/broker-log-entry/v1"
+TAG_BROKER_LOG_SIGNATURE = b"cc-kernel/broker-log-signature/v1"
 
 
 def lp(part: bytes) -> bytes:

@@ -1,0 +1,82 @@
+"""Broker I/O: the requester's side of the release exchange over TLS (what the monitor will run, via a relay).
+
+Invariants: the broker is authenticated by the TLS key digest the sealed header pins (``check_broker``) before
+any release message is sent; the data key is recovered only by ``ReleaseClient.open``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Awaitable, Callable
+
+from cc_kernel.broker.wire import receive, send
+from cc_kernel.channel.transport import client_context, parse_address
+from cc_kernel.crypto.keys import peer_certificate_info
+from cc_kernel.dataset.format import DatasetHeader
+from cc_kernel.dataset.release import (
+    ReleaseChallenge,
+    ReleaseClient,
+    ReleasedKey,
+    ReleaseRefusal,
+    ReleaseResponse,
+    check_broker,
+)
+from cc_kernel.errors import ConnectError, ReleaseRefused, RemoteProtocolError
+
+#: ``collect(report_data, release_pub, dataset_id, nonce)`` -> an encoded evidence envelope binding report_data.
+Collect = Callable[[bytes, bytes, bytes, bytes], Awaitable[bytes]]
+
+
+async def request_key(
+    address: str,
+    header: DatasetHeader,
+    header_sha256: bytes,
+    *,
+    collect: Collect,
+    requester_spki_sha256: bytes,
+    timeout: float = 30.0,
+) -> ReleasedKey:
+    """Run one release exchange with the broker at ``address`` (``HOST:PORT``; a relay may stand in for it).
+
+    Raises:
+        ConnectError: nothing answers or TLS fails. WrongBroker: the broker's key is not the pinned one.
+        ReleaseRefused / DatasetExpired / TamperedDataset: from ``ReleaseClient.open``.
+        BrokenChannelError, RemoteProtocolError: the connection broke or the broker broke the protocol.
+    """
+    addr = parse_address(address)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(addr.host, addr.port, ssl=client_context(), server_hostname=None), timeout
+        )
+    except (OSError, TimeoutError) as exc:
+        raise ConnectError(f"cannot reach the broker at {address}: {exc}") from exc
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        cert = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not cert:
+            raise ConnectError(f"the broker at {address} presented no certificate")
+        spki, _ = peer_certificate_info(cert)
+        check_broker(header, spki_sha256=hashlib.sha256(spki).digest())
+        client = ReleaseClient(header, header_sha256, requester_spki_sha256=requester_spki_sha256)
+        await send(writer, client.request())
+        challenge = await receive(reader, timeout=timeout)
+        if isinstance(challenge, ReleaseRefusal):
+            return client.open(challenge)  # raises the broker's refusal
+        if not isinstance(challenge, ReleaseChallenge):
+            raise RemoteProtocolError(f"the broker answered a request with {type(challenge).__name__}")
+        report_data = client.report_data(challenge)
+        evidence = await collect(report_data, client.release_key.public_bytes, header.dataset_id, challenge.nonce)
+        await send(writer, client.attestation(evidence))
+        reply = await receive(reader, timeout=timeout)
+        if not isinstance(reply, ReleaseResponse | ReleaseRefusal):
+            raise RemoteProtocolError(f"the broker answered an attestation with {type(reply).__name__}")
+        return client.open(reply)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+__all__ = ["Collect", "ReleaseRefused", "request_key"]

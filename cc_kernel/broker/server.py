@@ -1,0 +1,121 @@
+"""Broker I/O: ``cc-kernel broker serve`` — a TLS 1.3 server that runs the release exchange for each connection.
+
+Invariants: every request, verdict and release is in the broker log before the answer is sent; a release is
+counted (durably) before the wrapped key leaves; all decisions are ``dataset.release.appraise_release``'s; one
+exchange at a time per dataset decides and counts (a lock), so ``max_sessions`` cannot be raced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors
+from cc_kernel.broker.store import BrokerStore
+from cc_kernel.broker.wire import receive, send
+from cc_kernel.channel.transport import listen, parse_address, server_context
+from cc_kernel.dataset.release import (
+    ReleaseAttestation,
+    ReleaseRequest,
+    appraise_release,
+    new_challenge,
+    refusal_of,
+    release_response,
+)
+from cc_kernel.errors import CCKernelError, ReleaseRefused
+
+log = logging.getLogger("cc_kernel.broker")
+
+
+class Broker:
+    """The release service over one store. ``simulation_anchors``: the simulated TEE's roots, used only for
+    datasets whose owner's policy allows simulation."""
+
+    def __init__(self, store: BrokerStore, *, simulation_anchors: TrustAnchors | None = None) -> None:
+        self.store = store
+        self.anchors = hardware_anchors()
+        self.simulation_anchors = simulation_anchors
+        self._lock = asyncio.Lock()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Run one exchange on a connection, then close it."""
+        peer = str(writer.get_extra_info("peername"))
+        try:
+            await self._exchange(reader, writer, peer)
+        except CCKernelError as exc:
+            log.info("release connection from %s ended: %s", peer, exc)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        request = await receive(reader)
+        if not isinstance(request, ReleaseRequest):
+            return
+        self.store.log("request", {"dataset": request.dataset_id.hex(), "peer": peer,
+                                   "requester_spki_sha256": request.requester_spki_sha256.hex()})
+        record = self.store.get(request.dataset_id)
+        try:
+            challenge = new_challenge(request, record, nonce=os.urandom(32))
+        except ReleaseRefused as exc:
+            self._log_refusal(request, exc)
+            await send(writer, refusal_of(exc))
+            return
+        await send(writer, challenge)
+        attestation = await receive(reader)
+        if not isinstance(attestation, ReleaseAttestation) or record is None:
+            return
+        async with self._lock:
+            try:
+                grant = appraise_release(
+                    record, request, challenge, attestation, anchors=self.anchors,
+                    simulation_anchors=self.simulation_anchors, now=datetime.now(UTC),
+                    sessions_used=self.store.sessions_used(request.dataset_id),
+                )
+            except ReleaseRefused as exc:
+                self._log_refusal(request, exc)
+                await send(writer, refusal_of(exc))
+                return
+            self.store.count_release(request.dataset_id)
+            result = grant.result
+            self.store.log("verdict", {
+                "dataset": request.dataset_id.hex(), "verdict": "released", "status": result.status,
+                "platform": result.platform, "measurement": result.measurement.hex(),
+                "policy_sha256": result.policy_sha256.hex(), "evidence_sha256": result.evidence_sha256.hex(),
+            })
+            self.store.log("release", {
+                "dataset": request.dataset_id.hex(), "session": grant.session,
+                "release_pub_sha256": hashlib.sha256(grant.release_pub).hexdigest(), "nonce": grant.nonce.hex(),
+            })
+        await send(writer, release_response(grant, record))
+
+    def _log_refusal(self, request: ReleaseRequest, exc: ReleaseRefused) -> None:
+        log.warning("refused dataset %s: %s", request.dataset_id.hex(), exc)
+        self.store.log("verdict", {"dataset": request.dataset_id.hex(), "verdict": "refused",
+                                   "check": exc.check, "message": exc.message})
+
+
+async def serve(
+    store: BrokerStore,
+    listen_address: str,
+    *,
+    simulation_anchors: TrustAnchors | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until cancelled. ``on_ready`` gets the bound address (``HOST:PORT``) once listening."""
+    broker = Broker(store, simulation_anchors=simulation_anchors)
+    sock = listen(parse_address(listen_address))
+    ctx = server_context(store.tls_identity())
+    server = await asyncio.start_server(broker.handle, sock=sock, ssl=ctx)
+    host, port = sock.getsockname()[:2]
+    store.log("start", {"listen": f"{host}:{port}", "spki_sha256": store.spki_sha256.hex()})
+    if on_ready is not None:
+        on_ready(f"{host}:{port}")
+    async with server:
+        await server.serve_forever()
