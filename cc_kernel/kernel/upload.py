@@ -179,14 +179,26 @@ async def send_file(
         # 1. announce: the enclave may refuse at once (too large, bad name or format)
         await link.send(m.UploadStart(req_id=req_id, name=request.name, size=size, fmt=request.fmt, code=code,
                                       execution_count=execution_count, cell_id=cell_id))
-        # 2. stream exactly `size` bytes, stopping as soon as the enclave has answered
+        # 2. stream exactly `size` bytes, stopping as soon as the enclave has answered. The next chunk is read
+        # and hashed in a worker thread while this one is sent (hashlib releases the GIL), one read at a time,
+        # so the digest sees the chunks in order.
+        def read_hashed(count: int) -> bytes:
+            chunk = file.read(count)
+            digest.update(chunk)
+            return chunk
+
+        if size:
+            reading = asyncio.ensure_future(asyncio.to_thread(read_hashed, min(UPLOAD_CHUNK, size)))
         while sent < size:
             early = _early_reply(queue)
             if early is not None:
                 return UploadOutcome(early, sent, digest.digest())
-            reading = asyncio.ensure_future(asyncio.to_thread(file.read, min(UPLOAD_CHUNK, size - sent)))
+            assert reading is not None
             chunk = await asyncio.shield(reading)
             reading = None
+            if chunk and sent + len(chunk) < size:
+                reading = asyncio.ensure_future(
+                    asyncio.to_thread(read_hashed, min(UPLOAD_CHUNK, size - sent - len(chunk))))
             if not chunk:
                 ended = True
                 await link.send(m.UploadEnd(req_id=req_id, sha256=ABANDONED))  # the enclave discards it
@@ -194,7 +206,6 @@ async def send_file(
                     f"{request.path} shrank while it was read ({sent} of the {size} bytes it had when the upload "
                     "started); nothing was bound in the enclave"
                 )
-            digest.update(chunk)
             await link.send(m.UploadChunk(req_id=req_id, data=chunk))
             sent += len(chunk)
             progress(sent)
@@ -218,5 +229,7 @@ async def send_file(
                 await link.send(m.UploadEnd(req_id=req_id, sha256=ABANDONED))
         raise
     finally:
+        if reading is not None and not reading.done():  # a read ahead still runs: let it end before the close
+            await asyncio.wait({reading})
         link.finish_request(req_id)
         file.close()
