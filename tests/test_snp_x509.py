@@ -7,7 +7,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-import cryptography
 import pytest
 from conftest import SNP_VERIFY_AT
 from cryptography import x509
@@ -61,9 +60,6 @@ def test_amd_certificates_load_without_any_warning(vector: Vector, name: str) ->
         assert certificate_serial(cert) == 0
 
 
-@pytest.mark.skipif(
-    int(cryptography.__version__.split(".")[0]) < 45, reason="cryptography warns about serial number 0 since 45"
-)
 def test_plain_loading_of_a_vcek_does_warn(vector: Vector) -> None:
     """Why load_amd_certificate exists: cryptography warns about AMD's serial number 0."""
     with pytest.warns(CryptographyDeprecationWarning, match="serial number which wasn't positive"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -677,8 +678,6 @@ def _checked_report(ready: m.WorkerReady) -> dict[str, dict[str, Any]]:
 def _with_req_id(msg: m.Message, req_id: int) -> m.Message:
     if getattr(msg, "req_id", req_id) == req_id:
         return msg
-    import dataclasses
-
     return dataclasses.replace(msg, req_id=req_id)  # type: ignore[type-var]
 
 

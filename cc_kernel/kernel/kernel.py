@@ -220,7 +220,7 @@ class ConfidentialKernel(KernelSettings, Kernel):
             self.log.error("attestation failed: %s", exc)
             raise
         self._result = attested.peer.result
-        info = self._link.session_info if self._link else None
+        info = attested.session_info
         self._set_badge(state=self._result.status, result=self._result,
                         protections=dict(info.protections) if info else {})
         self.log.info("enclave attested: %s%s", self._result.status,

@@ -166,8 +166,6 @@ class EnclaveLink:
         self._last_receipted = 0
         self._receipts: list[_Arrival] = []
         self._receipt_check_due = False
-        #: What the monitor says protects the session inside the TEE (its worker's sandbox).
-        self.session_info: m.SessionInfo | None = None
         #: Why the kernel stopped the session (a receipt check failed); sent as ``Shutdown.reason``.
         self.stop_reason: str | None = None
         self._stop_sent = False
@@ -197,7 +195,6 @@ class EnclaveLink:
         except BaseException:
             await self.kill()
             raise
-        self.session_info = self.attested.session_info
         self._reader = asyncio.ensure_future(self._read_loop())
         return self.attested
 

@@ -30,9 +30,6 @@ from cc_kernel.protocol.privsep import MONITOR_TO_WORKER, LinkDecoder, encode
 
 log = logging.getLogger("cc_kernel.worker")
 
-#: Largest upload accepted (held in memory: nothing is written to disk). The monitor enforces it first.
-MAX_UPLOAD = 4 * 1024 * 1024 * 1024
-UPLOAD_FORMATS = ("bytes", "text", "npy")
 #: Output larger than this is replaced by a notice (a frame must fit DEFAULT_MAX_FRAME_SIZE with headroom).
 MAX_OUTPUT_COST = DEFAULT_MAX_FRAME_SIZE - 1024 * 1024
 
@@ -45,6 +42,7 @@ class LinkClosed(Exception):  # noqa: N818 - control flow, not an error of the u
 
 @dataclass
 class _Upload:
+    req_id: int
     name: str
     size: int
     fmt: str
@@ -97,7 +95,7 @@ class WorkerServer:
         self._window = OutputWindow(DEFAULT_OUTPUT_WINDOW)
         self._window_cond = threading.Condition()
         self._current_req = 0
-        self._uploads: dict[int, _Upload] = {}
+        self._pending_upload: _Upload | None = None  # one at a time: the monitor hands over one request at a time
         self.shell: Any = None
 
     # -- output sink and input, called by the shell (any thread) ----------------------------------------
@@ -135,8 +133,6 @@ class WorkerServer:
                         self._window_cond.notify_all()
                 elif isinstance(msg, m.InputReply):
                     self._inputs.put(msg)
-                elif isinstance(msg, m.UploadChunk | m.UploadEnd):
-                    self._work.put(msg)
                 else:
                     self._work.put(msg)
         except ProtocolError as exc:
@@ -224,21 +220,20 @@ class WorkerServer:
 
     def _upload(self, msg: m.UploadStart | m.UploadChunk | m.UploadEnd) -> None:
         send = self._link.send
-        if isinstance(msg, m.UploadStart):
-            self._uploads.clear()  # one upload at a time: parts of one the monitor refused are dropped
-            self._uploads[msg.req_id] = _Upload(msg.name, msg.size, msg.fmt, bytearray())
+        if isinstance(msg, m.UploadStart):  # replaces parts of one the monitor refused, if any
+            self._pending_upload = _Upload(msg.req_id, msg.name, msg.size, msg.fmt, bytearray())
             return
-        upload = self._uploads.get(msg.req_id)
-        if upload is None:
+        upload = self._pending_upload
+        if upload is None or upload.req_id != msg.req_id:
             return
         if isinstance(msg, m.UploadChunk):
             if len(upload.buffer) + len(msg.data) > upload.size:
-                del self._uploads[msg.req_id]
+                self._pending_upload = None
                 send(m.UploadReply(req_id=msg.req_id, status="error", message="more data than announced"))
                 return
             upload.buffer += msg.data
             return
-        del self._uploads[msg.req_id]
+        self._pending_upload = None
         if len(upload.buffer) != upload.size:  # the monitor checked the digest of what it handed in
             send(m.UploadReply(req_id=msg.req_id, status="error", message=(
                 f"upload {upload.name!r} arrived incomplete ({len(upload.buffer)} of {upload.size} bytes)")))
