@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,7 +25,8 @@ from cc_kernel.audit.format import (
 from cc_kernel.audit.receipts import ReceiptSigner
 from cc_kernel.enclave import monitor as mon_mod
 from cc_kernel.enclave.evidence import SimulatedSource
-from cc_kernel.enclave.monitor import OUTPUT_WINDOW, Monitor, WorkerSpec
+from cc_kernel.enclave.monitor import OUTPUT_WINDOW, Monitor
+from cc_kernel.enclave.workerproc import WorkerSpec
 from cc_kernel.errors import RemoteProtocolError
 from cc_kernel.protocol import messages as m
 
@@ -287,7 +291,7 @@ def test_an_interrupt_reaches_only_a_request_allocated_before_it(
     async def main() -> None:
         h = Harness(sim_authority)
         await h.start()
-        h.monitor._proc = Proc()  # type: ignore[assignment]
+        h.monitor._worker = SimpleNamespace(proc=Proc())  # type: ignore[assignment]
         await h.kernel_says(m.Interrupt(before=5))  # idle: nothing to interrupt
         await h.kernel_says(_execute(3))
         await h.kernel_says(m.Interrupt(before=3))  # allocated after request 3 started? no: 3 is not < 3
@@ -317,7 +321,7 @@ def test_a_hardware_monitor_refuses_a_session_whose_sandbox_is_incomplete(
             "landlock": {"in_force": False, "detail": "landlock_create_ruleset: ENOSYS (kernel without Landlock)"},
             "seccomp": {"in_force": True, "detail": "filter"},
         }))
-        mon._proc = None
+        mon._worker = None
         if required:
             with pytest.raises(Exception, match="could not be fully applied"):
                 await mon._announce(h.kernel)
@@ -348,7 +352,7 @@ def test_the_worker_report_is_checked_against_the_kernels_view(
         mon: Any = h.monitor
         mon._ready = asyncio.get_running_loop().create_future()
         mon._ready.set_result(m.WorkerReady(pid=4242, protections={"seccomp": {"in_force": True, "detail": "x"}}))
-        mon._proc = Proc()
+        mon._worker = SimpleNamespace(proc=Proc())
         await mon._announce(h.kernel)
         (info,) = h.kernel.sent
         assert isinstance(info, m.SessionInfo) and not info.complete
@@ -376,3 +380,69 @@ def test_an_upload_altered_on_its_way_is_refused_and_never_reaches_the_namespace
         assert entry.upload.sha256 == hashlib.sha256(b"abc").digest()  # what the monitor really handed in
 
     run(main())
+
+
+class _StopHereError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fd_mode", [True, False])
+def test_the_evidence_source_is_open_before_any_worker_exists(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fd_mode: bool
+) -> None:
+    """Local mode starts the worker early (overlapping the monitor's imports), but only after the evidence
+    source is open; a server spare opens its source and builds its monitor without any worker."""
+    from cc_kernel.enclave import process
+
+    events: list[str] = []
+    real_source = process._evidence_source
+
+    def source(args: Any) -> Any:
+        events.append("source opened")
+        return real_source(args)
+
+    def spawn(spec: WorkerSpec) -> Any:
+        events.append("worker spawned")
+        raise _StopHereError
+
+    def monitor_init(self: Any, **kwargs: Any) -> None:
+        events.append("monitor built")
+        raise _StopHereError
+
+    monkeypatch.setattr(process, "_evidence_source", source)
+    monkeypatch.setattr(process, "spawn_worker", spawn)
+    monkeypatch.setattr(process, "harden_process", lambda: SimpleNamespace(not_dumpable=True))
+    monkeypatch.setattr(Monitor, "__init__", monitor_init)
+    monkeypatch.setattr(process, "log_to_saved_stderr", lambda *a: None)
+    a, b = socket.socketpair()
+    mode = ["--fd", str(b.fileno())] if fd_mode else ["--control-fd", str(b.fileno()), "--unsafe-serve-any-client"]
+    try:
+        with pytest.raises(_StopHereError):
+            process.main([*mode, "--platform", "simulation", "--sim-dir", str(tmp_path / "sim")])
+    finally:
+        a.close()
+        b.close()
+    assert events == (["source opened", "worker spawned"] if fd_mode else ["source opened", "monitor built"])
+
+
+def test_no_worker_when_no_evidence_can_be_produced(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from cc_kernel.enclave import process
+    from cc_kernel.errors import ConfigError
+
+    spawned: list[WorkerSpec] = []
+
+    def broken_source(args: Any) -> Any:
+        raise ConfigError("no TEE interface answered")
+
+    monkeypatch.setattr(process, "_evidence_source", broken_source)
+    monkeypatch.setattr(process, "spawn_worker", spawned.append)
+    monkeypatch.setattr(process, "harden_process", lambda: SimpleNamespace(not_dumpable=True))
+    monkeypatch.setattr(process, "log_to_saved_stderr", lambda *a: None)
+    a, b = socket.socketpair()
+    try:
+        assert process.main(["--fd", str(b.fileno()), "--platform", "simulation",
+                             "--sim-dir", str(tmp_path / "sim")]) == 3
+    finally:
+        a.close()
+        b.close()
+    assert spawned == []

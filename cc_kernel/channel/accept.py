@@ -15,16 +15,13 @@ import socket
 from dataclasses import dataclass
 
 from cc_kernel import __version__
+from cc_kernel.channel import PRE_ATTESTATION_TIMEOUT
 from cc_kernel.channel.clients import AuthorizedClients
 from cc_kernel.channel.transport import FramedChannel, accept_server
 from cc_kernel.crypto.keys import TlsIdentity
 from cc_kernel.errors import ConnectError, RemoteProtocolError
 from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import Connection, Role
-
-#: Seconds a client has from the accepted connection to its AttestRequest (TLS handshake, Hello, request).
-#: An honest kernel needs a few round trips; the kernel itself gives up after 15 s by default.
-PRE_ATTESTATION_TIMEOUT = 10.0
 
 
 @dataclass

@@ -31,29 +31,26 @@ import hashlib
 import hmac
 import logging
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from cc_kernel.attestation.binding import expected_report_data
 from cc_kernel.attestation.envelope import encode_envelope
 from cc_kernel.audit.format import STATUSES, OutputDigester, UploadInfo
 from cc_kernel.audit.receipts import ReceiptSigner, comm_input_text
-from cc_kernel.channel.accept import PRE_ATTESTATION_TIMEOUT, accept_session
+from cc_kernel.channel import PRE_ATTESTATION_TIMEOUT
+from cc_kernel.channel.accept import accept_session
 from cc_kernel.channel.clients import AuthorizedClients
 from cc_kernel.channel.ratls import STARTUP_NONCE, STARTUP_SESSION_ID
 from cc_kernel.channel.transport import FramedChannel
 from cc_kernel.crypto.keys import AuditKey, TlsIdentity, make_tls_identity, new_tls_key, spki_der_of_key
 from cc_kernel.enclave.evidence import EvidenceSource
+from cc_kernel.enclave.workerproc import WorkerProcess, WorkerSpec, spawn_worker
 from cc_kernel.errors import CCKernelError, ChannelError, ProtocolError, RemoteProtocolError
 from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import DEFAULT_OUTPUT_WINDOW, OUTPUT_MESSAGES, OutputWindow
@@ -103,21 +100,6 @@ class _Request:
     pending_chunks: list[m.UploadChunk | m.UploadEnd] = field(default_factory=list)
 
 
-@dataclass
-class WorkerSpec:
-    """How to start the worker: its uid (None = the monitor's), working directory, what it must not read."""
-
-    uid: int | None = None
-    gid: int | None = None
-    workdir: Path | None = None  # None: the monitor's own working directory (local mode)
-    private_workdir: bool = False  # a fresh per-session directory, removed at the end (server mode)
-    forbid: tuple[Path, ...] = ()
-    required: bool = False
-    capture_fds: bool = True
-    log_level: str = "WARNING"
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-
 class Monitor:
     """Serve one kernel session: attest, start the worker, relay and receipt. Call ``run()`` (blocking)."""
 
@@ -131,6 +113,7 @@ class Monitor:
         pre_attestation_timeout: float = PRE_ATTESTATION_TIMEOUT,
         tls_key: Any = None,
         audit_key: AuditKey | None = None,
+        worker_process: WorkerProcess | None = None,
     ) -> None:
         # client keys (None: the kernel's own socketpair, or a server told to serve anyone) and the deadline
         # for a client's handshake, Hello and attestation request
@@ -163,92 +146,34 @@ class Monitor:
         self._head: _Request | None = None
         self._last_req = 0
         self._window = OutputWindow(OUTPUT_WINDOW)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._wsock: socket.socket | None = None
+        self._worker: WorkerProcess | None = worker_process
         self._wreader: asyncio.StreamReader | None = None
         self._wwriter: asyncio.StreamWriter | None = None
         self._decoder = LinkDecoder(WORKER_TO_MONITOR)
         self._ready: asyncio.Future[m.WorkerReady] | None = None
         self._shutdown: m.Shutdown | None = None
         self._worker_done: asyncio.Event | None = None
-        self._private: Path | None = None
-        self._workdir: Path | None = None
         self._shutdown_due: asyncio.Event | None = None
         self.stop_reason = ""
 
     # -- the worker process -------------------------------------------------------------------------------
 
     def start_worker(self) -> None:
-        """Start the worker now (before any connection in local mode). Idempotent."""
-        if self._proc is not None:
-            return
-        spec = self._worker_spec
-        private = Path(tempfile.mkdtemp(prefix="cc-worker-"))
-        self._private = private
-        workdir = spec.workdir or Path.cwd()
-        if spec.private_workdir:
-            workdir = Path(tempfile.mkdtemp(prefix="cc-session-"))
-            self._workdir = workdir
-        for path in (private, self._workdir):
-            if path is not None and spec.uid is not None:
-                os.chown(path, spec.uid, spec.gid if spec.gid is not None else spec.uid)
-            if path is not None:
-                os.chmod(path, 0o700)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # -P: nothing from the working directory (writable by cells) is imported before the sandbox is applied
-        argv = [sys.executable, "-P", "-m", "cc_kernel.worker", "--fd", str(theirs.fileno()),
-                "--monitor-pid", str(os.getpid()), "--private-dir", str(private), "--log-level", spec.log_level]
-        if spec.uid is not None:
-            argv += ["--uid", str(spec.uid), "--gid", str(spec.gid if spec.gid is not None else spec.uid)]
-        if spec.required:
-            argv.append("--required")
-        for path in spec.forbid:
-            argv += ["--forbid", str(path)]
-        if not spec.capture_fds:
-            argv.append("--no-capture-fds")
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "HOME": str(private), "TMPDIR": str(private), "XDG_CACHE_HOME": str(private),
-            "XDG_CONFIG_HOME": str(private), "XDG_DATA_HOME": str(private), "MPLCONFIGDIR": str(private),
-            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-        }
-        if "PYTHONPATH" in os.environ:  # the monitor's own import path (a source checkout), nothing more
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        env.update(spec.extra_env)
-        self._proc = subprocess.Popen(
-            argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, cwd=workdir, env=env,
-            start_new_session=True,
-        )
-        theirs.close()
-        ours.setblocking(False)
-        self._wsock = ours
+        """Start the worker now, unless it was started before this monitor existed (local mode). Idempotent."""
+        if self._worker is None:
+            self._worker = spawn_worker(self._worker_spec)
 
     def _worker_status(self) -> str:
-        proc = self._proc
-        if proc is None:
-            return "never started"
-        code = proc.poll()
-        if code is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = proc.wait(0.5)
-        if code is None:
-            return "still running"
-        return f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        return self._worker.status() if self._worker is not None else "never started"
 
     def _kill_worker(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(2)
+        if self._worker is not None:
+            self._worker.kill()
 
     def cleanup(self) -> None:
         """Kill the worker and remove its private directories (idempotent; also on SIGTERM)."""
-        self._kill_worker()
-        for path in (self._private, self._workdir):
-            if path is not None:
-                shutil.rmtree(path, ignore_errors=True)
+        if self._worker is not None:
+            self._worker.cleanup()
 
     # -- entry ------------------------------------------------------------------------------------------
 
@@ -274,8 +199,8 @@ class Monitor:
     async def _worker_link(self) -> asyncio.Task[None]:
         """Start the worker if it is not running yet; connect its socketpair to this loop; read it."""
         self.start_worker()
-        assert self._wsock is not None
-        self._wreader, self._wwriter = await asyncio.open_unix_connection(sock=self._wsock)
+        assert self._worker is not None
+        self._wreader, self._wwriter = await asyncio.open_unix_connection(sock=self._worker.sock)
         return asyncio.create_task(self._worker_loop())
 
     async def _serve(self, sock: socket.socket, *, worker_started: bool) -> int:
@@ -344,10 +269,10 @@ class Monitor:
             raise WorkerGone(f"the worker did not start within {WORKER_START_TIMEOUT} s") from None
         protections = dict(self._monitor_protections)
         protections.update(_checked_report(ready))
-        if self._proc is not None:
+        if self._worker is not None:
             from cc_kernel.enclave.sandbox_check import check_from_outside
 
-            for finding in check_from_outside(self._proc.pid, ready.protections):
+            for finding in check_from_outside(self._worker.proc.pid, ready.protections):
                 part = finding.split(":", 1)[0]
                 protections[part] = {"in_force": False, "detail": f"the kernel's view contradicts it: {finding}"}
         missing = [name for name in REQUIRED_PROTECTIONS
@@ -402,9 +327,9 @@ class Monitor:
             await self._to_worker(msg)
         elif isinstance(msg, m.Interrupt):
             head = self._head
-            if head is not None and head.req_id < msg.before and self._proc is not None:
+            if head is not None and head.req_id < msg.before and self._worker is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(self._proc.pid, signal.SIGINT)
+                    os.kill(self._worker.proc.pid, signal.SIGINT)
         elif isinstance(msg, m.Fatal):
             self.stop_reason = f"the kernel closed the session: {msg.reason}"
             return True

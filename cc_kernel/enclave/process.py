@@ -30,12 +30,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cc_kernel.channel.accept import PRE_ATTESTATION_TIMEOUT
-from cc_kernel.channel.clients import AuthorizedClients
+from cc_kernel.channel import PRE_ATTESTATION_TIMEOUT
 from cc_kernel.enclave.evidence import FAULTS, EvidenceSource, SimulatedSource, detect_hardware_source
 from cc_kernel.enclave.hardening import harden_process
-from cc_kernel.enclave.monitor import Monitor, WorkerSpec
 from cc_kernel.enclave.providers import PROVIDER_ENV, PROVIDER_NAMES
+from cc_kernel.enclave.workerproc import WorkerSpec, spawn_worker
 from cc_kernel.errors import CCKernelError
 from cc_kernel.logsetup import log_to_saved_stderr
 
@@ -146,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
               "--unsafe-serve-any-client)", file=sys.stderr)
         return 2
     if args.authorized_clients is not None:
+        from cc_kernel.channel.clients import AuthorizedClients
+
         try:
             clients = AuthorizedClients.load(args.authorized_clients)
         except CCKernelError as exc:
@@ -171,18 +172,32 @@ def main(argv: list[str] | None = None) -> int:
         if report.not_dumpable else "prctl(PR_SET_DUMPABLE) failed",
     }}
     worker = _worker_spec(args, protections)
+    # Local mode: the worker starts now, once the evidence source is open, so that its interpreter start-up
+    # (IPython) overlaps this process's import of its TLS, receipt and protocol stack below. It gets nothing
+    # from the early start: no request reaches it before the kernel verified this monitor's evidence.
+    started = spawn_worker(worker) if args.fd is not None else None
+    cleanup: list[Callable[[], None]] = [started.cleanup] if started is not None else []
+
+    def _terminate(signum: int, _frame: object) -> None:  # SIGTERM from the kernel or supervisor
+        for step in cleanup:
+            step()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    from cc_kernel.enclave.monitor import Monitor
+
     # The kernel's own socketpair (--fd) is not a stranger: it gets the start-up deadline the kernel itself has.
     timeout = args.pre_attestation_timeout
     if timeout is None:
         timeout = LOCAL_START_TIMEOUT if args.fd is not None else PRE_ATTESTATION_TIMEOUT
-    monitor = Monitor(source=source, worker=worker, monitor_protections=protections, clients=clients,
-                      pre_attestation_timeout=timeout)
-
-    def _terminate(signum: int, _frame: object) -> None:  # SIGTERM from the kernel or supervisor
-        monitor.cleanup()
-        os._exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        monitor = Monitor(source=source, worker=worker, monitor_protections=protections, clients=clients,
+                          pre_attestation_timeout=timeout, worker_process=started)
+    except BaseException:
+        if started is not None:
+            started.cleanup()
+        raise
+    cleanup[:] = [monitor.cleanup]
     if args.fd is not None:
         return monitor.run(socket.socket(fileno=args.fd))
     try:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cc_kernel.channel.accept import PRE_ATTESTATION_TIMEOUT
+from cc_kernel.channel import PRE_ATTESTATION_TIMEOUT
 from cc_kernel.channel.transport import Address, busy_line, listen
 
 log = logging.getLogger("cc_kernel.enclave")
