@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,6 +203,19 @@ def test_exception_shows_ipython_traceback(kernel: LiveKernel) -> None:
     assert "Cell In[" in text and "return 1 / x" in text  # IPython's cell-aware frames
     assert "\x1b[" in content["traceback"][0]  # coloured, as ipykernel sends it
     assert cell.content["traceback"] == content["traceback"]
+
+
+def test_a_cell_traceback_is_rendered_as_the_stock_kernel_renders_it(pool: KernelPool) -> None:
+    """Byte for byte, colours included (but the cell number): cells are named as ipykernel names them (a
+    ``.py`` path no file has), so IPython renders their frames the same way, by its fast path."""
+    rendered = []
+    for name in (SIM, STOCK):
+        cell = pool.get(name).execute("1  # no state: the kernels are shared\nraise ValueError('boom')")
+        [error] = cell.without_badge()
+        rendered.append([re.sub(r"In\[\d+\]", "In[N]", line) for line in error["content"]["traceback"]])
+    sim_tb, stock_tb = rendered
+    assert "Cell In[N], line 2" in strip_ansi(sim_tb[2])
+    assert sim_tb == stock_tb
 
 
 def test_magics_timeit_time_who(kernel: LiveKernel) -> None:

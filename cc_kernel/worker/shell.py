@@ -29,6 +29,7 @@ import asyncio
 import builtins
 import contextlib
 import getpass
+import hashlib
 import importlib
 import os
 import selectors
@@ -42,6 +43,7 @@ from types import FrameType
 from typing import Any, Final
 
 from IPython.core import page
+from IPython.core.compilerop import CachingCompiler
 from IPython.core.completer import provisionalcompleter, rectify_completions
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
@@ -130,11 +132,27 @@ class _DisplayHook(DisplayHook):
             self._is_active = False
 
 
+class _CellCompiler(CachingCompiler):
+    """Names a cell's code as ipykernel does: a ``.py`` path that no file has (``<TMPDIR>/cc_kernel_cells_<pid>/
+    <n>_<digest>.py``), instead of IPython's ``<ipython-input-n-digest>``.
+
+    IPython then renders a cell's frame in a traceback exactly as in the stock kernel ("Cell In[n], line k",
+    the same colours), by its fast path: the other path builds a fresh pygments lexer class for every frame
+    (``stack_data``), and IPython 9 formats each error twice (display and history), which made an interrupt's
+    reply ~2x slower than the stock kernel's (measured 6.6 vs 3.2 ms per formatted traceback).
+    """
+
+    def get_code_name(self, raw_code: str, transformed_code: str, number: int) -> str:
+        digest = hashlib.sha256(raw_code.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        return os.path.join(tempfile.gettempdir(), f"cc_kernel_cells_{os.getpid()}", f"{number}_{digest}.py")
+
+
 class _Shell(InteractiveShell):
     """InteractiveShell with Jupyter-shaped output, a payload pager, and nothing read from the host's disk."""
 
     display_pub_class = Type(_DisplayPublisher)
     displayhook_class = Type(_DisplayHook)
+    compiler_class = Type(_CellCompiler)
 
     def __init__(self, *, cc_router: OutputRouter, **kwargs: Any) -> None:
         self.cc_router = cc_router  # needed by the publisher and hook, which InteractiveShell.__init__ builds
