@@ -21,13 +21,14 @@ ALLOWED: dict[str, set[str]] = {
     "measure": {"attestation"},
     "simstore": {"errors", "crypto", "attestation"},
     "logsetup": set(),
+    "memory": set(),  # allocator set-up, stdlib only: every process calls it
     # the trust boundary: the worker runs the cells and imports nothing that holds or makes keys or evidence
-    "worker": {"errors", "protocol", "worker", "logsetup"},
+    "worker": {"errors", "protocol", "worker", "logsetup", "memory"},
     "clientkey": {"errors", "crypto", "channel", "simstore"},
     "enclave": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "enclave", "simstore", "measure",
-                "logsetup"},
+                "logsetup", "memory"},
     "kernel": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "kernel", "simstore", "measure",
-               "clientkey"},
+               "clientkey", "memory"},
     # a data owner's sealed files, rules, release exchange and broker log: pure, like audit
     "dataset": {"errors", "protocol", "crypto", "attestation", "audit", "dataset"},
     # the data owner's key broker: I/O (its store, its log, a TLS server)

@@ -37,6 +37,7 @@ from cc_kernel.enclave.providers import PROVIDER_ENV, PROVIDER_NAMES
 from cc_kernel.enclave.workerproc import WorkerSpec, spawn_worker
 from cc_kernel.errors import CCKernelError
 from cc_kernel.logsetup import log_to_saved_stderr
+from cc_kernel.memory import tune_allocator
 
 log = logging.getLogger("cc_kernel.enclave")
 
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("UNSAFE: serving any client (--unsafe-serve-any-client): no client key is checked")
     report = harden_process()
     log.info("hardening: %s", report)
+    tune_allocator()  # the data path relays 1 MiB chunks (cc_kernel.memory)
     try:
         source = _evidence_source(args)
     except CCKernelError as exc:

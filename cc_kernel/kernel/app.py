@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> None:
     from cc_kernel.kernel.early import start_early
 
     start_early(args)
+    from cc_kernel.memory import tune_allocator
+
+    tune_allocator()  # uploads are read, hashed and sent in 1 MiB chunks
 
     from ipykernel.kernelapp import IPKernelApp
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from cc_kernel.errors import CCKernelError
 from cc_kernel.logsetup import log_to_saved_stderr
+from cc_kernel.memory import tune_allocator
 from cc_kernel.protocol import messages as m
 
 log = logging.getLogger("cc_kernel.worker")
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     log_to_saved_stderr("cc-worker", args.log_level)
     _no_core_files()
+    tune_allocator()  # uploads arrive in 1 MiB chunks (cc_kernel.memory)
     sock = socket.socket(fileno=args.fd)
     from cc_kernel.worker.sandbox import SandboxSpec, apply_sandbox, default_read_only, exposed
     from cc_kernel.worker.serve import LinkClosed, MonitorLink, WorkerServer

@@ -18,7 +18,7 @@ import logging
 import queue
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cc_kernel.errors import ProtocolError
@@ -46,7 +46,10 @@ class _Upload:
     name: str
     size: int
     fmt: str
-    buffer: bytearray
+    #: the chunks as decoded, joined once at the end: one copy of the data, not two (a growing bytearray
+    #: copied, then converted to the bytes the cell gets)
+    parts: list[bytes] = field(default_factory=list)
+    received: int = 0
 
 
 class MonitorLink:
@@ -221,25 +224,26 @@ class WorkerServer:
     def _upload(self, msg: m.UploadStart | m.UploadChunk | m.UploadEnd) -> None:
         send = self._link.send
         if isinstance(msg, m.UploadStart):  # replaces parts of one the monitor refused, if any
-            self._pending_upload = _Upload(msg.req_id, msg.name, msg.size, msg.fmt, bytearray())
+            self._pending_upload = _Upload(msg.req_id, msg.name, msg.size, msg.fmt)
             return
         upload = self._pending_upload
         if upload is None or upload.req_id != msg.req_id:
             return
         if isinstance(msg, m.UploadChunk):
-            if len(upload.buffer) + len(msg.data) > upload.size:
+            if upload.received + len(msg.data) > upload.size:
                 self._pending_upload = None
                 send(m.UploadReply(req_id=msg.req_id, status="error", message="more data than announced"))
                 return
-            upload.buffer += msg.data
+            upload.parts.append(msg.data)
+            upload.received += len(msg.data)
             return
         self._pending_upload = None
-        if len(upload.buffer) != upload.size:  # the monitor checked the digest of what it handed in
+        if upload.received != upload.size:  # the monitor checked the digest of what it handed in
             send(m.UploadReply(req_id=msg.req_id, status="error", message=(
-                f"upload {upload.name!r} arrived incomplete ({len(upload.buffer)} of {upload.size} bytes)")))
+                f"upload {upload.name!r} arrived incomplete ({upload.received} of {upload.size} bytes)")))
             return
-        data = bytes(upload.buffer)
-        upload.buffer = bytearray()
+        data = b"".join(upload.parts)
+        upload.parts.clear()
         try:
             value: Any
             if upload.fmt == "text":
