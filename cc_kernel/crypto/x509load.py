@@ -16,8 +16,8 @@ Invariants:
   ``load_amd_certificate`` and ``certificate_serial`` suppress it, and only that one warning (matched by its
   message): every other warning still surfaces. Should a future ``cryptography`` refuse serial 0, the plan is
   to split TBS and signature with a small DER walk and verify with ``public_key().verify``.
-* the AMD extension values are decoded by a tiny strict DER reader (INTEGER, IA5String) for exactly those
-  values; everything else in the certificate is parsed by ``cryptography``.
+* the AMD extension values (INTEGER, IA5String) are decoded by the strict DER reader of ``crypto.der``;
+  everything else in the certificate is parsed by ``cryptography``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 
+from cc_kernel.crypto import der
 from cc_kernel.errors import MalformedEvidence
 
 __all__ = [
@@ -73,8 +74,8 @@ _SPL_OIDS: Mapping[str, str] = {
     f"{AMD_OID_ARC}.3.9": "fmc",
 }
 
-_DER_INTEGER = 0x02
-_DER_IA5STRING = 0x16
+#: AMD's INTEGER values (struct version, SPLs) fit 64 bits.
+_MAX_AMD_INTEGER = 2**64 - 1
 
 
 #: What ``cryptography`` raises for certificate bytes it cannot represent, at load time or on first access to a
@@ -253,43 +254,17 @@ def _ext_error(oid: str, message: str, value: bytes) -> MalformedEvidence:
     return MalformedEvidence(f"AMD extension {oid}: {message}", check="x509.amd_extension", got=value, expected=None)
 
 
-def _der_single(value: bytes, tag: int, oid: str) -> bytes:
-    """Return the content of the one DER TLV with ``tag`` that makes up all of ``value``."""
-    if len(value) < 2:
-        raise _ext_error(oid, "truncated DER value", value)
-    if value[0] != tag:
-        raise _ext_error(oid, f"expected DER tag 0x{tag:02x}, got 0x{value[0]:02x}", value)
-    first = value[1]
-    if first < 0x80:
-        length, start = first, 2
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 2 or len(value) < 2 + count:
-            raise _ext_error(oid, "unsupported or truncated DER length", value)
-        length = int.from_bytes(value[2 : 2 + count], "big")
-        start = 2 + count
-        if length < 0x80 or (count == 2 and length < 0x100):
-            raise _ext_error(oid, "non-minimal DER length", value)
-    if start + length != len(value):
-        raise _ext_error(oid, "DER length does not match the value (truncated or trailing bytes)", value)
-    return value[start:]
+def _der(oid: str) -> der.DerReader:
+    return der.DerReader("x509.amd_extension", f"AMD extension {oid}")
 
 
 def _der_unsigned_integer(value: bytes, oid: str) -> int:
-    content = _der_single(value, _DER_INTEGER, oid)
-    if not content:
-        raise _ext_error(oid, "empty INTEGER", value)
-    if content[0] & 0x80:
-        raise _ext_error(oid, "negative INTEGER", value)
-    if len(content) > 1 and content[0] == 0 and not content[1] & 0x80:
-        raise _ext_error(oid, "non-minimal INTEGER encoding", value)
-    if len(content) > 9:
-        raise _ext_error(oid, "INTEGER too large", value)
-    return int.from_bytes(content, "big")  # a leading 0x00 (02 02 00 d9 = 217) is just a sign byte
+    reader = _der(oid)
+    return reader.unsigned(reader.single(value, der.INTEGER), "the INTEGER", _MAX_AMD_INTEGER)
 
 
 def _der_ia5string(value: bytes, oid: str) -> str:
-    content = _der_single(value, _DER_IA5STRING, oid)
+    content = _der(oid).single(value, der.IA5STRING)
     if any(b > 0x7F for b in content):
         raise _ext_error(oid, "IA5String contains a non-ASCII byte", value)
     return content.decode("ascii")

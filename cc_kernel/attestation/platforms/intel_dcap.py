@@ -75,6 +75,7 @@ from cc_kernel.attestation.platforms.intel_collateral import (
     TcbInputs,
     evaluate_collateral,
 )
+from cc_kernel.crypto import der
 from cc_kernel.crypto.x509chain import walk_chain
 from cc_kernel.crypto.x509load import certificate_sha256, load_certificate
 from cc_kernel.errors import ChainError, MalformedEvidence, SignatureInvalid, UntrustedRoot
@@ -174,12 +175,6 @@ _SGX_DEBUG_BIT = 1
 _TD_DEBUG_BIT = 0
 _TD_SEPT_VE_DISABLE_BIT = 28
 
-_DER_BOOLEAN = 0x01
-_DER_INTEGER = 0x02
-_DER_OCTET_STRING = 0x04
-_DER_OID = 0x06
-_DER_ENUMERATED = 0x0A
-_DER_SEQUENCE = 0x30
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]*?-----END CERTIFICATE-----")
 
@@ -630,7 +625,7 @@ def _parse_lazy_fields(cert: x509.Certificate) -> None:
     _ = (cert.signature_algorithm_oid, cert.signature_hash_algorithm, cert.public_key())
 
 
-# --- the PCK certificate's SGX extension (a strict reader for exactly the DER it uses) -----------------------
+# --- the PCK certificate's SGX extension (read with the strict DER reader of crypto.der) ---------------------
 
 
 @dataclass(frozen=True)
@@ -648,96 +643,32 @@ class PckExtensions:
     configuration: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
 
 
-def _ext_error(message: str, got: object = None) -> MalformedEvidence:
-    return _malformed(f"PCK SGX extension: {message}", "dcap.pck.extension", got=got)
-
-
-def _der_tlv(data: bytes, pos: int) -> tuple[int, bytes, int]:
-    """One DER TLV at ``pos``: (tag, content, position after it). Single-byte tags, definite minimal lengths."""
-    if len(data) - pos < 2:
-        raise _ext_error("truncated DER", data[pos:].hex())
-    tag, first = data[pos], data[pos + 1]
-    if tag & 0x1F == 0x1F:
-        raise _ext_error("multi-byte DER tags are not used here", hex(tag))
-    if first < 0x80:
-        length, start = first, pos + 2
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 3 or len(data) - pos < 2 + count:
-            raise _ext_error("unsupported or truncated DER length", data[pos : pos + 6].hex())
-        length = int.from_bytes(data[pos + 2 : pos + 2 + count], "big")
-        start = pos + 2 + count
-        if length < 0x80 or length < 1 << (8 * (count - 1)):
-            raise _ext_error("non-minimal DER length", data[pos : pos + 6].hex())
-    if length > len(data) - start:
-        raise _ext_error("a DER value runs past its container", data[pos : pos + 6].hex())
-    return tag, data[start : start + length], start + length
-
-
-def _der_items(content: bytes) -> list[tuple[int, bytes]]:
-    items: list[tuple[int, bytes]] = []
-    pos = 0
-    while pos < len(content):
-        tag, value, pos = _der_tlv(content, pos)
-        items.append((tag, value))
-    return items
+_PCK_DER = der.DerReader("dcap.pck.extension", "PCK SGX extension")
 
 
 def _der_expect(item: tuple[int, bytes], tag: int, what: str) -> bytes:
     if item[0] != tag:
-        raise _ext_error(f"{what} has DER tag 0x{item[0]:02x}, expected 0x{tag:02x}")
+        raise _PCK_DER.fail(f"{what} has DER tag 0x{item[0]:02x}, expected 0x{tag:02x}")
     return item[1]
 
 
-def _der_oid(content: bytes) -> str:
-    if not content or content[-1] & 0x80:
-        raise _ext_error("malformed OBJECT IDENTIFIER", content.hex())
-    arcs: list[int] = []
-    value = 0
-    start = True
-    for byte in content:
-        if start and byte == 0x80:
-            raise _ext_error("non-minimal OBJECT IDENTIFIER arc", content.hex())
-        value = value << 7 | (byte & 0x7F)
-        start = not byte & 0x80
-        if start:
-            arcs.append(value)
-            value = 0
-    head = arcs[0]
-    first, second = (0, head) if head < 40 else ((1, head - 40) if head < 80 else (2, head - 80))
-    return ".".join(str(a) for a in (first, second, *arcs[1:]))
-
-
-def _der_uint(content: bytes, what: str, maximum: int) -> int:
-    if not content:
-        raise _ext_error(f"{what} is an empty INTEGER")
-    if content[0] & 0x80:
-        raise _ext_error(f"{what} is negative", content.hex())
-    if len(content) > 1 and content[0] == 0 and not content[1] & 0x80:
-        raise _ext_error(f"{what} is not minimally encoded", content.hex())
-    value = int.from_bytes(content, "big")
-    if value > maximum:
-        raise _ext_error(f"{what} = {value} is out of range (max {maximum})", value)
-    return value
-
-
 def _der_octets(item: tuple[int, bytes], size: int, what: str) -> bytes:
-    value = _der_expect(item, _DER_OCTET_STRING, what)
+    value = _der_expect(item, der.OCTET_STRING, what)
     if len(value) != size:
-        raise _ext_error(f"{what} must be {size} bytes, got {len(value)}", value.hex())
+        raise _PCK_DER.fail(f"{what} must be {size} bytes, got {len(value)}", value.hex())
     return value
 
 
 def _der_pairs(content: bytes, what: str) -> dict[str, tuple[int, bytes]]:
     """A SEQUENCE OF SEQUENCE { OID, value } as OID -> value; duplicate OIDs are malformed."""
     pairs: dict[str, tuple[int, bytes]] = {}
-    for item in _der_items(content):
-        inner = _der_items(_der_expect(item, _DER_SEQUENCE, f"an entry of {what}"))
+    for item in _PCK_DER.items(content):
+        inner = _PCK_DER.items(_der_expect(item, der.SEQUENCE, f"an entry of {what}"))
         if len(inner) != 2:
-            raise _ext_error(f"an entry of {what} must be (OID, value), has {len(inner)} parts")
-        oid = _der_oid(_der_expect(inner[0], _DER_OID, f"an entry name of {what}"))
+            raise _PCK_DER.fail(f"an entry of {what} must be (OID, value), has {len(inner)} parts")
+        oid = _PCK_DER.object_identifier(_der_expect(inner[0], der.OBJECT_IDENTIFIER, f"an entry name of {what}"))
         if oid in pairs:
-            raise _ext_error(f"{oid} appears twice in {what}", oid)
+            raise _PCK_DER.fail(f"{oid} appears twice in {what}", oid)
         pairs[oid] = inner[1]
     return pairs
 
@@ -745,7 +676,7 @@ def _der_pairs(content: bytes, what: str) -> dict[str, tuple[int, bytes]]:
 def _required(pairs: Mapping[str, tuple[int, bytes]], oid: str, what: str) -> tuple[int, bytes]:
     item = pairs.get(oid)
     if item is None:
-        raise _ext_error(f"{what} ({oid}) is missing")
+        raise _PCK_DER.fail(f"{what} ({oid}) is missing")
     return item
 
 
@@ -766,34 +697,33 @@ def pck_extensions(cert: x509.Certificate) -> PckExtensions:
         ) from exc
     value = ext.value
     if not isinstance(value, x509.UnrecognizedExtension):  # pragma: no cover - cryptography does not know it
-        raise _ext_error("unexpected decoded extension type")
+        raise _PCK_DER.fail("unexpected decoded extension type")
     raw = value.value
-    tag, content, end = _der_tlv(raw, 0)
-    if tag != _DER_SEQUENCE or end != len(raw):
-        raise _ext_error("the extension value must be one DER SEQUENCE", raw[:8].hex())
+    content = _PCK_DER.single(raw, der.SEQUENCE)
     top = _der_pairs(content, "the SGX extension")
-    tcb = _der_pairs(_der_expect(_required(top, _OID_TCB, "TCB"), _DER_SEQUENCE, "TCB"), "the TCB entry")
+    tcb = _der_pairs(_der_expect(_required(top, _OID_TCB, "TCB"), der.SEQUENCE, "TCB"), "the TCB entry")
     components = tuple(
-        _der_uint(
-            _der_expect(_required(tcb, f"{_OID_TCB}.{i}", f"TCB component {i}"), _DER_INTEGER, f"TCB component {i}"),
+        _PCK_DER.unsigned(
+            _der_expect(_required(tcb, f"{_OID_TCB}.{i}", f"TCB component {i}"), der.INTEGER, f"TCB component {i}"),
             f"TCB component {i}",
             0xFF,
         )
         for i in range(1, 17)
     )
-    pcesvn = _der_uint(_der_expect(_required(tcb, _OID_PCESVN, "PCESVN"), _DER_INTEGER, "PCESVN"), "PCESVN", 0xFFFF)
+    pcesvn_item = _der_expect(_required(tcb, _OID_PCESVN, "PCESVN"), der.INTEGER, "PCESVN")
+    pcesvn = _PCK_DER.unsigned(pcesvn_item, "PCESVN", 0xFFFF)
     cpusvn = _der_octets(_required(tcb, _OID_CPUSVN, "CPUSVN"), 16, "CPUSVN")
     sgx_type_item = _required(top, _OID_SGX_TYPE, "SGX type")
-    if sgx_type_item[0] not in (_DER_ENUMERATED, _DER_INTEGER):
-        raise _ext_error("SGX type must be an ENUMERATED", hex(sgx_type_item[0]))
+    if sgx_type_item[0] not in (der.ENUMERATED, der.INTEGER):
+        raise _PCK_DER.fail("SGX type must be an ENUMERATED", hex(sgx_type_item[0]))
     instance = top.get(_OID_PLATFORM_INSTANCE_ID)
     configuration: dict[str, bool] = {}
     config_item = top.get(_OID_CONFIGURATION)
     if config_item is not None:
-        for oid, item in _der_pairs(_der_expect(config_item, _DER_SEQUENCE, "configuration"), "configuration").items():
-            flag = _der_expect(item, _DER_BOOLEAN, f"configuration {oid}")
+        for oid, item in _der_pairs(_der_expect(config_item, der.SEQUENCE, "configuration"), "configuration").items():
+            flag = _der_expect(item, der.BOOLEAN, f"configuration {oid}")
             if flag not in (b"\x00", b"\xff"):
-                raise _ext_error(f"configuration {oid} is not a DER BOOLEAN", flag.hex())
+                raise _PCK_DER.fail(f"configuration {oid} is not a DER BOOLEAN", flag.hex())
             configuration[_CONFIGURATION_NAMES.get(oid, oid)] = flag == b"\xff"
     return PckExtensions(
         ppid=_der_octets(_required(top, _OID_PPID, "PPID"), 16, "PPID"),
@@ -802,7 +732,7 @@ def pck_extensions(cert: x509.Certificate) -> PckExtensions:
         cpusvn=cpusvn,
         pce_id=_der_octets(_required(top, _OID_PCEID, "PCE-ID"), 2, "PCE-ID"),
         fmspc=_der_octets(_required(top, _OID_FMSPC, "FMSPC"), 6, "FMSPC"),
-        sgx_type=_der_uint(sgx_type_item[1], "SGX type", 0xFF),
+        sgx_type=_PCK_DER.unsigned(sgx_type_item[1], "SGX type", 0xFF),
         platform_instance_id=None if instance is None else _der_octets(instance, 16, "platform instance id"),
         configuration=MappingProxyType(configuration),
     )

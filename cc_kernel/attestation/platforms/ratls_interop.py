@@ -35,8 +35,8 @@ Invariants:
 
 Gramine's certificates (mbedTLS) encode the ECDSA signature AlgorithmIdentifier with an explicit NULL
 parameter, which RFC 5758 forbids; ``cryptography`` 48 warns about it and later releases refuse to parse the
-certificate at all. This module therefore splits the certificate with a small strict DER reader, verifies
-the signature over the *original* TBSCertificate bytes with the certificate's key, and hands
+certificate at all. This module therefore splits the certificate with the strict DER reader (``crypto.der``),
+verifies the signature over the *original* TBSCertificate bytes with the certificate's key, and hands
 ``cryptography`` a copy in which only those two NULLs are removed (every other byte, including the key and
 the extensions, is copied verbatim) to read names, validity and extensions.
 
@@ -102,6 +102,7 @@ from cc_kernel.attestation.anchors import TrustAnchors
 from cc_kernel.attestation.evidence import VerifiedEvidence, seal_verified
 from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 from cc_kernel.attestation.platforms.intel_dcap import verify_quote
+from cc_kernel.crypto import der
 from cc_kernel.errors import BindingMismatch, CertificateExpired, MalformedEvidence, SignatureInvalid, StaleEvidence
 
 __all__ = [
@@ -182,9 +183,6 @@ _ECDSA_OID_TLVS: Final[Mapping[bytes, str]] = MappingProxyType(
 )
 _DER_NULL: Final = b"\x05\x00"
 
-_DER_SEQUENCE = 0x30
-_DER_INTEGER = 0x02
-_DER_BIT_STRING = 0x03
 _DER_VERSION = 0xA0  # [0] EXPLICIT Version
 
 
@@ -285,69 +283,24 @@ def _pem_to_der(data: bytes) -> bytes:
         )
     body = b"".join(text[len(_PEM_BEGIN) : -len(_PEM_END)].split())
     try:
-        der = base64.b64decode(body, validate=True)
+        raw = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _malformed("ratls.certificate", f"the PEM body is not valid base64: {exc}") from exc
-    if not der:
+    if not raw:
         raise _malformed("ratls.certificate", "the PEM block is empty")
-    return der
+    return raw
 
 
-def _tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """(tag, content start, content end) of the DER element at ``pos``; strict definite, minimal lengths."""
-    if pos + 2 > end:
-        raise _malformed("ratls.certificate", "truncated DER element", got=end - pos, expected=">= 2 bytes")
-    tag = buf[pos]
-    if tag & 0x1F == 0x1F:
-        raise _malformed("ratls.certificate", "multi-byte DER tags do not occur in a certificate", got=tag)
-    first = buf[pos + 1]
-    if first < 0x80:
-        length, start = first, pos + 2
-    else:
-        count = first & 0x7F
-        if count == 0:
-            raise _malformed("ratls.certificate", "indefinite DER length", got=first)
-        if count > 3:
-            raise _malformed("ratls.certificate", "DER length too large", got=count, expected="<= 3 length bytes")
-        if pos + 2 + count > end:
-            raise _malformed("ratls.certificate", "truncated DER length")
-        raw = buf[pos + 2 : pos + 2 + count]
-        length = int.from_bytes(raw, "big")
-        if raw[0] == 0 or length < 0x80:
-            raise _malformed("ratls.certificate", "non-minimal DER length", got=raw.hex())
-        start = pos + 2 + count
-    if start + length > end:
-        raise _malformed(
-            "ratls.certificate", "DER element runs past its container (truncated)", got=end - start, expected=length
-        )
-    return tag, start, start + length
-
-
-def _children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    """The elements (tag, element start, element end) inside a constructed value."""
-    out: list[tuple[int, int, int]] = []
-    pos = start
-    while pos < end:
-        tag, _, content_end = _tlv(buf, pos, end)
-        out.append((tag, pos, content_end))
-        pos = content_end
-    return out
-
-
-def _der_length(length: int) -> bytes:
-    if length < 0x80:
-        return bytes([length])
-    raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
+_CERT_DER = der.DerReader("ratls.certificate", "the certificate")
 
 
 def _without_null_params(algid: bytes) -> bytes:
     """Gramine's ``SEQUENCE { ecdsa-with-SHAxxx, NULL }`` -> ``SEQUENCE { ecdsa-with-SHAxxx }``; others as is."""
-    _, start, end = _tlv(algid, 0, len(algid))
-    content = algid[start:end]
+    element = _CERT_DER.tlv(algid)
+    content = algid[element.content : element.end]
     for oid_tlv in _ECDSA_OID_TLVS:
         if content == oid_tlv + _DER_NULL:
-            return bytes([_DER_SEQUENCE]) + _der_length(len(oid_tlv)) + oid_tlv
+            return bytes([der.SEQUENCE]) + der.encode_length(len(oid_tlv)) + oid_tlv
     return algid
 
 
@@ -360,39 +313,37 @@ class _SplitCertificate:
     signature_params_null: bool
 
 
-def _split_certificate(der: bytes) -> _SplitCertificate:
-    tag, start, end = _tlv(der, 0, len(der))
-    if tag != _DER_SEQUENCE or end != len(der):
+def _split_certificate(cert: bytes) -> _SplitCertificate:
+    outer = _CERT_DER.tlv(cert)
+    if outer.tag != der.SEQUENCE or outer.end != len(cert):
         raise _malformed("ratls.certificate", "not a single DER Certificate SEQUENCE (or trailing bytes)")
-    parts = _children(der, start, end)
-    if [p[0] for p in parts] != [_DER_SEQUENCE, _DER_SEQUENCE, _DER_BIT_STRING]:
+    parts = _CERT_DER.elements(cert, outer.content, outer.end)
+    if [p.tag for p in parts] != [der.SEQUENCE, der.SEQUENCE, der.BIT_STRING]:
         raise _malformed(
             "ratls.certificate",
             "a Certificate is SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }",
-            got=[hex(p[0]) for p in parts],
+            got=[hex(p.tag) for p in parts],
         )
-    (_, tbs_start, tbs_end), (_, alg_start, alg_end), (_, sig_start, sig_end) = parts
-    tbs = der[tbs_start:tbs_end]
-    outer_alg = der[alg_start:alg_end]
-    _, bits_start, bits_end = _tlv(der, sig_start, sig_end)
-    if bits_end == bits_start or der[bits_start] != 0:
+    tbs_el, alg_el, sig_el = parts
+    tbs = cert[tbs_el.start : tbs_el.end]
+    outer_alg = cert[alg_el.start : alg_el.end]
+    if sig_el.end == sig_el.content or cert[sig_el.content] != 0:
         raise _malformed("ratls.certificate", "the signature BIT STRING must have zero unused bits")
-    signature = der[bits_start + 1 : bits_end]
+    signature = cert[sig_el.content + 1 : sig_el.end]
 
-    _, tbs_cstart, tbs_cend = _tlv(der, tbs_start, tbs_end)
-    fields_ = _children(der, tbs_cstart, tbs_cend)
-    first = 1 if fields_ and fields_[0][0] == _DER_VERSION else 0
+    fields_ = _CERT_DER.elements(cert, tbs_el.content, tbs_el.end)
+    first = 1 if fields_ and fields_[0].tag == _DER_VERSION else 0
     if len(fields_) < first + 6:
         raise _malformed("ratls.certificate", "TBSCertificate has too few fields", got=len(fields_))
-    tags = [f[0] for f in fields_[first : first + 6]]
-    if tags != [_DER_INTEGER] + [_DER_SEQUENCE] * 5:
+    tags = [f.tag for f in fields_[first : first + 6]]
+    if tags != [der.INTEGER] + [der.SEQUENCE] * 5:
         raise _malformed(
             "ratls.certificate",
             "TBSCertificate must start serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo",
             got=[hex(t) for t in tags],
         )
-    _, alg_el_start, alg_el_end = fields_[first + 1]
-    inner_alg = der[alg_el_start:alg_el_end]
+    inner_alg_el = fields_[first + 1]
+    inner_alg = cert[inner_alg_el.start : inner_alg_el.end]
     if not hmac.compare_digest(inner_alg, outer_alg):
         raise _malformed(
             "ratls.signature_algorithm",
@@ -400,26 +351,26 @@ def _split_certificate(der: bytes) -> _SplitCertificate:
             got=inner_alg.hex(),
             expected=outer_alg.hex(),
         )
-    _, spki_start, spki_end = fields_[first + 5]
-    spki = der[spki_start:spki_end]
+    spki_el = fields_[first + 5]
+    spki = cert[spki_el.start : spki_el.end]
 
     normal_alg = _without_null_params(outer_alg)
     if normal_alg == outer_alg:
-        return _SplitCertificate(tbs=tbs, signature=signature, spki=spki, parse_der=der, signature_params_null=False)
-    tbs_content = der[tbs_cstart:alg_el_start] + normal_alg + der[alg_el_end:tbs_cend]
-    new_tbs = bytes([_DER_SEQUENCE]) + _der_length(len(tbs_content)) + tbs_content
-    cert_content = new_tbs + normal_alg + der[sig_start:sig_end]
-    parse_der = bytes([_DER_SEQUENCE]) + _der_length(len(cert_content)) + cert_content
+        return _SplitCertificate(tbs=tbs, signature=signature, spki=spki, parse_der=cert, signature_params_null=False)
+    tbs_content = cert[tbs_el.content : inner_alg_el.start] + normal_alg + cert[inner_alg_el.end : tbs_el.end]
+    new_tbs = bytes([der.SEQUENCE]) + der.encode_length(len(tbs_content)) + tbs_content
+    cert_content = new_tbs + normal_alg + cert[sig_el.start : sig_el.end]
+    parse_der = bytes([der.SEQUENCE]) + der.encode_length(len(cert_content)) + cert_content
     return _SplitCertificate(tbs=tbs, signature=signature, spki=spki, parse_der=parse_der, signature_params_null=True)
 
 
-def _load(der: bytes) -> x509.Certificate:
+def _load(cert_der: bytes) -> x509.Certificate:
     """Parse with ``cryptography``; what it only deprecates (e.g. a non-positive serial) is refused here, so the
     outcome does not depend on the ``cryptography`` release or on the warning filters in force."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CryptographyDeprecationWarning)
-            cert = x509.load_der_x509_certificate(der)
+            cert = x509.load_der_x509_certificate(cert_der)
             _ = cert.extensions  # parse (and cache) now: later access must not fail
             _ = cert.serial_number
     except (
@@ -607,8 +558,8 @@ def parse_interop_certificate(cert: bytes) -> InteropEvidence:
         raise _malformed(
             "ratls.certificate", "certificate input is too large", got=len(data), expected=_MAX_CERTIFICATE_SIZE
         )
-    der = _pem_to_der(data) if data.lstrip().startswith(b"-----BEGIN") else data
-    split = _split_certificate(der)
+    cert_der = _pem_to_der(data) if data.lstrip().startswith(b"-----BEGIN") else data
+    split = _split_certificate(cert_der)
     parsed = _load(split.parse_der)
 
     evidence_ext: x509.Extension[x509.ExtensionType] | None = None
@@ -655,7 +606,7 @@ def parse_interop_certificate(cert: bytes) -> InteropEvidence:
         for kind, oid, intended, raw in legacy_raw
     )
     return InteropEvidence(
-        certificate_der=der,
+        certificate_der=cert_der,
         spki_der=split.spki,
         not_valid_before=parsed.not_valid_before_utc,
         not_valid_after=parsed.not_valid_after_utc,
