@@ -14,9 +14,10 @@ Invariants:
 * ``parse_interop_certificate`` trusts nothing it returns; every failure on untrusted bytes (PEM, DER, the
   extension, the CBOR inside it) is ``MalformedEvidence`` naming the ``check``, for every truncation, never a
   bare ``ValueError``/``IndexError``/``CBORDecodeError``;
-* CBOR is decoded strictly: definite lengths only, no duplicate map keys, nothing after the item, and the
-  bytes must be exactly what an encoder emitting preferred (shortest) serialisation writes for the decoded
-  value — so a tag, a non-minimal length or an indefinite string cannot hide behind an equivalent value;
+* CBOR is decoded by the strict decoder of ``crypto.cbor``: definite lengths only, no duplicate map keys,
+  nothing after the item, preferred (shortest) serialisation, integers, strings, arrays, maps and ``null``
+  only, and a tag on the outermost item alone — so a tag, a non-minimal length or an indefinite string cannot
+  hide behind an equivalent value;
 * ``verify_interop_certificate`` returns a sealed ``VerifiedEvidence`` only after, in this order: (a) the
   certificate's self-signature over its exact signed bytes and its validity at ``now``; (b) the
   ``pubkey-hash`` claim equals the hash of the certificate's DER SubjectPublicKeyInfo (constant time); (c)
@@ -83,7 +84,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import io
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -91,7 +91,6 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Final
 
-import cbor2
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -102,7 +101,7 @@ from cc_kernel.attestation.anchors import TrustAnchors
 from cc_kernel.attestation.evidence import VerifiedEvidence, seal_verified
 from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 from cc_kernel.attestation.platforms.intel_dcap import verify_quote
-from cc_kernel.crypto import der
+from cc_kernel.crypto import cbor, der
 from cc_kernel.errors import BindingMismatch, CertificateExpired, MalformedEvidence, SignatureInvalid, StaleEvidence
 
 __all__ = [
@@ -148,7 +147,6 @@ _UNSUPPORTED_TAGS: Final[Mapping[int, str]] = MappingProxyType(
 #: The CCC extension carries a quote (~5 KB with its PCK chain) and a small claims map.
 MAX_EXTENSION_SIZE: Final = 64 * 1024
 _MAX_CERTIFICATE_SIZE: Final = 128 * 1024
-_MAX_CBOR_DEPTH: Final = 4
 
 #: IANA "Named Information Hash Algorithm Registry" ids the CCC documents require (1, 7, 8).
 HASH_ALGORITHMS: Final[Mapping[int, str]] = MappingProxyType({1: "sha-256", 7: "sha-384", 8: "sha-512"})
@@ -392,37 +390,8 @@ def _load(cert_der: bytes) -> x509.Certificate:
 # --- strict CBOR --------------------------------------------------------------------------------------------
 
 
-def _cbor_strict(data: bytes, what: str) -> object:
-    """Decode one CBOR item that makes up all of ``data``, in preferred serialisation, with no surprises."""
-    stream = io.BytesIO(data)
-    # Built outside the try: an API mismatch (an older cbor2 without these options) must be a loud TypeError,
-    # never a silent "not valid CBOR" for every certificate.
-    decoder = cbor2.CBORDecoder(
-        stream,
-        allow_indefinite=False,
-        allow_duplicate_keys=False,
-        strict_hashable_types=True,
-        max_depth=_MAX_CBOR_DEPTH,
-    )
-    try:
-        value = decoder.decode()
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
-        raise _malformed("ratls.cbor", f"{what} is not valid CBOR: {exc}", got=len(data)) from exc
-    if stream.tell() != len(data):
-        raise _malformed(
-            "ratls.cbor", f"{what} has bytes after its CBOR item", got=len(data) - stream.tell(), expected=0
-        )
-    try:
-        again = cbor2.dumps(value)
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError) as exc:
-        raise _malformed("ratls.cbor", f"{what} holds a CBOR value this format never uses: {exc}") from exc
-    if again != data:
-        raise _malformed(
-            "ratls.cbor",
-            f"{what} is not in preferred CBOR serialisation (non-minimal lengths, or a tag or value this format "
-            "does not use)",
-        )
-    return value
+def _cbor_strict(data: bytes, what: str, *, tagged: bool = False) -> object:
+    return cbor.decode_strict(data, what=what, check="ratls.cbor", max_size=MAX_EXTENSION_SIZE, tagged=tagged)
 
 
 def parse_interop_extension(value: bytes) -> tuple[int, bytes, bytes, Mapping[str, bytes], int, bytes]:
@@ -437,8 +406,8 @@ def parse_interop_extension(value: bytes) -> tuple[int, bytes, bytes, Mapping[st
         raise _malformed(
             "ratls.extension.size", "the evidence extension is too large", got=len(value), expected=MAX_EXTENSION_SIZE
         )
-    item = _cbor_strict(value, "the evidence extension")
-    if not isinstance(item, cbor2.CBORTag):
+    item = _cbor_strict(value, "the evidence extension", tagged=True)
+    if not isinstance(item, cbor.CborTag):
         raise _malformed(
             "ratls.tag",
             f"the evidence is not a tagged CBOR item (got a {type(item).__name__})",
@@ -454,11 +423,11 @@ def parse_interop_extension(value: bytes) -> tuple[int, bytes, bytes, Mapping[st
             expected=TAG_INTEL_TEE_QUOTE,
         )
     body = item.value
-    if not isinstance(body, list | tuple) or len(body) != 2:
+    if not isinstance(body, list) or len(body) != 2:
         raise _malformed(
             "ratls.evidence",
             "tag 60000 must wrap an array of exactly two byte strings [quote, claims]",
-            got=len(body) if isinstance(body, list | tuple) else type(body).__name__,
+            got=len(body) if isinstance(body, list) else type(body).__name__,
             expected=2,
         )
     quote, claims_bytes = body
@@ -502,11 +471,11 @@ def _decode_claims(claims_bytes: bytes) -> Mapping[str, bytes]:
 
 def _decode_pubkey_hash(value: bytes) -> tuple[int, bytes]:
     entry = _cbor_strict(value, 'the "pubkey-hash" claim')
-    if not isinstance(entry, list | tuple) or len(entry) != 2:
+    if not isinstance(entry, list) or len(entry) != 2:
         raise _malformed(
             "ratls.pubkey_hash",
             '"pubkey-hash" must be the CBOR array [hash-alg-id, hash-value]',
-            got=len(entry) if isinstance(entry, list | tuple) else type(entry).__name__,
+            got=len(entry) if isinstance(entry, list) else type(entry).__name__,
             expected=2,
         )
     alg_id, digest = entry
@@ -861,7 +830,7 @@ def pubkey_hash_value(spki_der: bytes, *, alg_id: int = 1) -> bytes:
     """The ``pubkey-hash`` claim value: CBOR ``[alg_id, hash(spki_der)]`` (1 sha-256, 7 sha-384, 8 sha-512)."""
     if alg_id not in _HASHES:
         raise ValueError(f"hash algorithm id {alg_id} is not one of {sorted(HASH_ALGORITHMS)}")
-    return bytes(cbor2.dumps([alg_id, _digest(_HASHES[alg_id], spki_der)]))
+    return cbor.encode([alg_id, _digest(_HASHES[alg_id], spki_der)])
 
 
 def encode_interop_claims(claims: Mapping[str, object]) -> bytes:
@@ -877,7 +846,7 @@ def encode_interop_claims(claims: Mapping[str, object]) -> bytes:
         if not isinstance(name, str) or not isinstance(value, bytes | bytearray):
             raise ValueError(f"claim {name!r}: names must be text and values byte strings")
         out[name] = bytes(value)
-    return bytes(cbor2.dumps(out))
+    return cbor.encode(out)
 
 
 def interop_report_data_from_bytes(claims_bytes: bytes) -> bytes:
@@ -907,7 +876,7 @@ def build_interop_extension(quote: bytes, claims: Mapping[str, object]) -> x509.
         _decode_pubkey_hash(bytes(claims[CLAIM_PUBKEY_HASH]))  # type: ignore[call-overload]  # bytes, checked above
     except MalformedEvidence as exc:
         raise ValueError(f'the "pubkey-hash" claim is not a valid hash entry: {exc}') from exc
-    value = bytes(cbor2.dumps(cbor2.CBORTag(TAG_INTEL_TEE_QUOTE, [bytes(quote), claims_bytes])))
+    value = cbor.encode(cbor.CborTag(TAG_INTEL_TEE_QUOTE, [bytes(quote), claims_bytes]))
     if len(value) > MAX_EXTENSION_SIZE:
         raise ValueError(f"the extension would be {len(value)} bytes (limit {MAX_EXTENSION_SIZE})")
     return x509.UnrecognizedExtension(CCC_EVIDENCE_OID, value)
