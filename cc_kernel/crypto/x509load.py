@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.x509.oid import NameOID
 
 from cc_kernel.crypto import der
 from cc_kernel.errors import MalformedEvidence
@@ -44,6 +45,7 @@ __all__ = [
     "certificate_der",
     "certificate_serial",
     "certificate_sha256",
+    "common_name",
     "load_amd_certificate",
     "load_certificate",
     "load_certificate_bundle",
@@ -212,6 +214,15 @@ def certificate_serial(cert: x509.Certificate) -> int:
     """The serial number, read without the serial-0 deprecation warning (AMD VCEK/VLEK have serial 0)."""
     with _serial_zero_tolerated():
         return cert.serial_number
+
+
+def common_name(cert: x509.Certificate) -> str | None:
+    """The subject's one commonName, or None when it has none or several (roles are checked by name)."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        return None
+    value = names[0].value
+    return value if isinstance(value, str) else None
 
 
 def certificate_der(cert: x509.Certificate) -> bytes:

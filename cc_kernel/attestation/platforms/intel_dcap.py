@@ -65,7 +65,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.x509.oid import NameOID
 
 from cc_kernel.attestation.anchors import PinnedRoot, TrustAnchors
 from cc_kernel.attestation.evidence import Platform, VerifiedEvidence, seal_verified
@@ -74,7 +73,7 @@ from cc_kernel.attestation.platforms.intel_pck import PckExtensions, pck_extensi
 from cc_kernel.attestation.platforms.intel_quote import Quote, SgxReportBody, TdReportBody, parse_quote_unverified
 from cc_kernel.attestation.platforms.intel_tcb import TcbInputs, evaluate_collateral
 from cc_kernel.crypto.x509chain import walk_chain
-from cc_kernel.crypto.x509load import certificate_sha256
+from cc_kernel.crypto.x509load import certificate_sha256, common_name
 from cc_kernel.errors import ChainError, MalformedEvidence, SignatureInvalid, UntrustedRoot
 
 __all__ = [
@@ -106,14 +105,6 @@ _TD_FLAGS: Mapping[str, int] = MappingProxyType(
 )
 
 # --- verification -------------------------------------------------------------------------------------------
-
-
-def _common_name(cert: x509.Certificate) -> str | None:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(names) != 1:
-        return None
-    value = names[0].value
-    return value if isinstance(value, str) else None
 
 
 def _p256_key(cert: x509.Certificate, check: str, what: str) -> ec.EllipticCurvePublicKey:
@@ -185,7 +176,7 @@ def _pck_claims(pck: x509.Certificate, ca: x509.Certificate, ext: PckExtensions)
     return {
         "subject": pck.subject.rfc4514_string(),
         "issuer": pck.issuer.rfc4514_string(),
-        "ca": _common_name(ca),
+        "ca": common_name(ca),
         "serial": format(pck.serial_number, "x"),
         "not_before": pck.not_valid_before_utc.isoformat(),
         "not_after": pck.not_valid_after_utc.isoformat(),
@@ -269,7 +260,7 @@ def verify_quote(
         raise UntrustedRoot("no pinned root verified the PCK chain", check="chain.anchor")
 
     # 3. the leaf is a PCK certificate issued by a PCK CA, with a P-256 key and Intel's SGX extension
-    leaf_cn, ca_cn = _common_name(pck), _common_name(pck_ca)
+    leaf_cn, ca_cn = common_name(pck), common_name(pck_ca)
     if leaf_cn != _PCK_LEAF_CN or ca_cn not in _PCK_CA_CNS:
         raise ChainError(
             "the quote's certificate chain is not a PCK certificate issued by an Intel PCK CA",

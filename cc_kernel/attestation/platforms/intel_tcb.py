@@ -64,7 +64,6 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.x509.oid import NameOID
 
 from cc_kernel.attestation.platforms.intel_collateral import (
     NO_MATCHING_TCB_LEVEL,
@@ -77,7 +76,7 @@ from cc_kernel.attestation.platforms.intel_collateral import (
     TdxModuleIdentity,
 )
 from cc_kernel.crypto.x509chain import walk_chain
-from cc_kernel.crypto.x509load import certificate_sha256
+from cc_kernel.crypto.x509load import certificate_sha256, common_name
 from cc_kernel.errors import (
     CertificateExpired,
     ChainError,
@@ -137,12 +136,6 @@ class CollateralOutcome:
     claims: Mapping[str, object]
 
 
-def _common_name(cert: x509.Certificate) -> str | None:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = names[0].value if len(names) == 1 else None
-    return value if isinstance(value, str) else None
-
-
 def _check_window(item: str, not_before: datetime, not_after: datetime, now: datetime) -> None:
     if not not_before <= now <= not_after:
         state = "not yet valid" if now < not_before else "out of date"
@@ -176,11 +169,11 @@ def _verify_tcb_signing(
 ) -> ec.EllipticCurvePublicKey:
     """C1: the TCB Signing chain ends at the root that verified the PCK chain and is valid at ``now``."""
     leaf, *rest = collateral.tcb_signing_chain
-    if _common_name(leaf) != _TCB_SIGNING_CN:
+    if common_name(leaf) != _TCB_SIGNING_CN:
         raise ChainError(
             "the first certificate of the TCB signing chain is not the Intel SGX TCB Signing certificate",
             check="collateral.tcb_signing.role",
-            got=_common_name(leaf),
+            got=common_name(leaf),
             expected=_TCB_SIGNING_CN,
         )
     anchors = {root_sha256: root}
@@ -301,6 +294,20 @@ class _NoMatch(Exception):  # noqa: N818 - internal control flow, never escapes 
         self.reason = reason
 
 
+def _masked(value: bytes, mask: bytes) -> bytes:
+    return bytes(v & m for v, m in zip(value, mask, strict=True))
+
+
+def _require_same(got: bytes | int | str, expected: bytes | int | str, *, check: str, message: str) -> None:
+    """``ChainError(message, check)`` with got/expected (bytes shown as hex) unless they are equal; bytes are
+    compared in constant time."""
+    if isinstance(got, bytes) and isinstance(expected, bytes):
+        if not hmac.compare_digest(got, expected):
+            raise ChainError(message, check=check, got=got.hex(), expected=expected.hex())
+    elif got != expected:
+        raise ChainError(message, check=check, got=got, expected=expected)
+
+
 def _tdx_module(info: TcbInfo, inputs: TcbInputs, claims: dict[str, object]) -> str:
     """The TDX module's status, after checking MRSIGNERSEAM / SEAM_ATTRIBUTES against the collateral."""
     assert inputs.tee_tcb_svn is not None and inputs.mr_signer_seam is not None
@@ -328,23 +335,18 @@ def _tdx_module(info: TcbInfo, inputs: TcbInputs, claims: dict[str, object]) -> 
             "advisory_ids": list(level.advisory_ids),
         }
     assert expected is not None  # load_tcb_info requires tdxModule for TDX
-    if not hmac.compare_digest(inputs.mr_signer_seam, expected.mrsigner):
-        raise ChainError(
-            "MRSIGNERSEAM is not the TDX module signer the tcbInfo names",
-            check="collateral.tdx_module.mrsigner",
-            got=inputs.mr_signer_seam.hex(),
-            expected=expected.mrsigner.hex(),
-        )
-    mask = expected.attributes_mask
-    got = bytes(a & m for a, m in zip(inputs.seam_attributes, mask, strict=True))
-    want = bytes(a & m for a, m in zip(expected.attributes, mask, strict=True))
-    if not hmac.compare_digest(got, want):
-        raise ChainError(
-            "SEAM_ATTRIBUTES (under the tcbInfo's mask) are not the TDX module attributes the tcbInfo names",
-            check="collateral.tdx_module.attributes",
-            got=got.hex(),
-            expected=want.hex(),
-        )
+    _require_same(
+        inputs.mr_signer_seam,
+        expected.mrsigner,
+        check="collateral.tdx_module.mrsigner",
+        message="MRSIGNERSEAM is not the TDX module signer the tcbInfo names",
+    )
+    _require_same(
+        _masked(inputs.seam_attributes, expected.attributes_mask),
+        _masked(expected.attributes, expected.attributes_mask),
+        check="collateral.tdx_module.attributes",
+        message="SEAM_ATTRIBUTES (under the tcbInfo's mask) are not the TDX module attributes the tcbInfo names",
+    )
     return status
 
 
@@ -415,44 +417,36 @@ def _platform_status(info: TcbInfo, inputs: TcbInputs, qe_status: str | None, cl
 def _qe_status(identity: QeIdentity, inputs: TcbInputs, claims: dict[str, object]) -> str:
     """C5: the QE matches the identity document; its status by ISVSVN."""
     want_id = "TD_QE" if inputs.is_tdx else "QE"
-    if identity.id != want_id:
-        raise ChainError(
-            f"the QE identity document is for {identity.id!r}, this quote needs {want_id!r}",
-            check="collateral.qe_identity.id",
-            got=identity.id,
-            expected=want_id,
-        )
-    if not hmac.compare_digest(inputs.qe_mrsigner, identity.mrsigner):
-        raise ChainError(
-            "the QE's MRSIGNER differs from the QE identity",
-            check="collateral.qe_identity.mrsigner",
-            got=inputs.qe_mrsigner.hex(),
-            expected=identity.mrsigner.hex(),
-        )
-    if inputs.qe_isv_prod_id != identity.isv_prod_id:
-        raise ChainError(
-            "the QE's ISVPRODID differs from the QE identity",
-            check="collateral.qe_identity.isv_prod_id",
-            got=inputs.qe_isv_prod_id,
-            expected=identity.isv_prod_id,
-        )
-    if inputs.qe_misc_select & identity.misc_select_mask != identity.misc_select & identity.misc_select_mask:
-        raise ChainError(
-            "the QE's MISCSELECT (under the mask) differs from the QE identity",
-            check="collateral.qe_identity.misc_select",
-            got=hex(inputs.qe_misc_select & identity.misc_select_mask),
-            expected=hex(identity.misc_select & identity.misc_select_mask),
-        )
-    mask = identity.attributes_mask
-    got = bytes(a & m for a, m in zip(inputs.qe_attributes, mask, strict=True))
-    want = bytes(a & m for a, m in zip(identity.attributes, mask, strict=True))
-    if not hmac.compare_digest(got, want):
-        raise ChainError(
-            "the QE's ATTRIBUTES (under the mask) differ from the QE identity",
-            check="collateral.qe_identity.attributes",
-            got=got.hex(),
-            expected=want.hex(),
-        )
+    _require_same(
+        identity.id,
+        want_id,
+        check="collateral.qe_identity.id",
+        message=f"the QE identity document is for {identity.id!r}, this quote needs {want_id!r}",
+    )
+    _require_same(
+        inputs.qe_mrsigner,
+        identity.mrsigner,
+        check="collateral.qe_identity.mrsigner",
+        message="the QE's MRSIGNER differs from the QE identity",
+    )
+    _require_same(
+        inputs.qe_isv_prod_id,
+        identity.isv_prod_id,
+        check="collateral.qe_identity.isv_prod_id",
+        message="the QE's ISVPRODID differs from the QE identity",
+    )
+    _require_same(
+        hex(inputs.qe_misc_select & identity.misc_select_mask),
+        hex(identity.misc_select & identity.misc_select_mask),
+        check="collateral.qe_identity.misc_select",
+        message="the QE's MISCSELECT (under the mask) differs from the QE identity",
+    )
+    _require_same(
+        _masked(inputs.qe_attributes, identity.attributes_mask),
+        _masked(identity.attributes, identity.attributes_mask),
+        check="collateral.qe_identity.attributes",
+        message="the QE's ATTRIBUTES (under the mask) differ from the QE identity",
+    )
     level = _first_isv_level(identity.tcb_levels, inputs.qe_isv_svn)
     status = NO_MATCHING_TCB_LEVEL if level is None else level.status
     claims["qe_identity"] = {
@@ -471,27 +465,24 @@ def _qe_status(identity: QeIdentity, inputs: TcbInputs, claims: dict[str, object
 
 def _check_tcb_info(info: TcbInfo, inputs: TcbInputs) -> None:
     want_id = "TDX" if inputs.is_tdx else "SGX"
-    if info.id != want_id:
-        raise ChainError(
-            f"the tcbInfo is for {info.id}, this is a {want_id} quote",
-            check="collateral.tcb_info.id",
-            got=info.id,
-            expected=want_id,
-        )
-    if not hmac.compare_digest(info.fmspc, inputs.fmspc):
-        raise ChainError(
-            "the tcbInfo is for another platform (FMSPC differs from the PCK certificate's)",
-            check="collateral.tcb_info.fmspc",
-            got=info.fmspc.hex(),
-            expected=inputs.fmspc.hex(),
-        )
-    if not hmac.compare_digest(info.pce_id, inputs.pce_id):
-        raise ChainError(
-            "the tcbInfo is for another PCE (PCE-ID differs from the PCK certificate's)",
-            check="collateral.tcb_info.pce_id",
-            got=info.pce_id.hex(),
-            expected=inputs.pce_id.hex(),
-        )
+    _require_same(
+        info.id,
+        want_id,
+        check="collateral.tcb_info.id",
+        message=f"the tcbInfo is for {info.id}, this is a {want_id} quote",
+    )
+    _require_same(
+        info.fmspc,
+        inputs.fmspc,
+        check="collateral.tcb_info.fmspc",
+        message="the tcbInfo is for another platform (FMSPC differs from the PCK certificate's)",
+    )
+    _require_same(
+        info.pce_id,
+        inputs.pce_id,
+        check="collateral.tcb_info.pce_id",
+        message="the tcbInfo is for another PCE (PCE-ID differs from the PCK certificate's)",
+    )
 
 
 def _evaluate(step: Callable[[], str]) -> tuple[str, str | None]:
