@@ -304,20 +304,16 @@ def verify_quote(
     # 8. TD quotes: Intel's TDX module (constants; a tcbInfo narrows them in step 9)
     body = parsed.body
     if isinstance(body, TdReportBody) and (collateral is None or collateral.tcb_info is None):
-        if any(body.mr_signer_seam):
-            raise ChainError(
-                "MRSIGNERSEAM is not zero: the TDX module is not Intel's",
-                check="dcap.td.mr_signer_seam",
-                got=body.mr_signer_seam.hex(),
-                expected="00" * 48,
-            )
-        if any(body.seam_attributes):
-            raise ChainError(
+        for value, check, message in (
+            (body.mr_signer_seam, "dcap.td.mr_signer_seam", "MRSIGNERSEAM is not zero: the TDX module is not Intel's"),
+            (
+                body.seam_attributes,
+                "dcap.td.seam_attributes",
                 "SEAM_ATTRIBUTES is not zero: the TDX module runs in an unsupported (e.g. debug) mode",
-                check="dcap.td.seam_attributes",
-                got=body.seam_attributes.hex(),
-                expected="00" * 8,
-            )
+            ),
+        ):
+            if any(value):
+                raise ChainError(message, check=check, got=value.hex(), expected="00" * len(value))
 
     # 9. collateral: revocation, TCB status, QE identity
     warnings: list[str] = []

@@ -392,6 +392,21 @@ def _expect_exact_end(cur: _Cursor, what: str) -> None:
         )
 
 
+def _qe_report_and_chain(cur: _Cursor, where: str, label: str) -> tuple[bytes, bytes, bytes, bytes]:
+    """The QE report, its signature, the QE auth data and certification data type 5 (the PCK chain), read in
+    this order in every quote version: at the top of a v3 quote's signature data, inside type 6 from v4 on."""
+    qe_report_raw = cur.take(SGX_REPORT_SIZE, "the QE report")
+    qe_report_signature = cur.take(_SIG_SIZE, "the QE report signature")
+    auth_size = cur.u16("the QE auth data size")
+    qe_auth_data = cur.take(auth_size, "the QE auth data")
+    cert_offset = cur.pos
+    cert_type = cur.u16(f"{label} type")
+    _expect_cert_type(cert_type, CERT_DATA_PCK_CHAIN, where, cert_offset)
+    cert_size = cur.u32(f"{label} size")
+    pck_chain = cur.take(cert_size, "the PCK certificate chain")
+    return qe_report_raw, qe_report_signature, qe_auth_data, pck_chain
+
+
 def parse_quote_unverified(quote: bytes) -> Quote:
     """Parse and structurally check a DCAP quote (v3, v4, v5). Nothing in the result is verified.
 
@@ -429,32 +444,20 @@ def parse_quote_unverified(quote: bytes) -> Quote:
     attestation_key = sig.take(_KEY_SIZE, "the attestation key")
     if header.version == 3:
         # v3: QE report, its signature, QE auth data, then certification data type 5
-        qe_report_raw = sig.take(SGX_REPORT_SIZE, "the QE report")
-        qe_report_signature = sig.take(_SIG_SIZE, "the QE report signature")
-        auth_size = sig.u16("the QE auth data size")
-        qe_auth_data = sig.take(auth_size, "the QE auth data")
-        cert_offset = sig.pos
-        cert_type = sig.u16("the certification data type")
-        _expect_cert_type(cert_type, CERT_DATA_PCK_CHAIN, "a version 3 quote's certification data", cert_offset)
-        cert_size = sig.u32("the certification data size")
-        pck_chain = sig.take(cert_size, "the PCK certificate chain")
-        outer_type = cert_type
+        qe_report_raw, qe_report_signature, qe_auth_data, pck_chain = _qe_report_and_chain(
+            sig, "a version 3 quote's certification data", "the certification data"
+        )
+        outer_type = CERT_DATA_PCK_CHAIN
     else:
-        # v4/v5: certification data type 6 = QE report certification data, wrapping type 5
+        # v4/v5: certification data type 6 = QE report certification data, wrapping the same fields
         cert_offset = sig.pos
         outer_type = sig.u16("the certification data type")
         _expect_cert_type(outer_type, CERT_DATA_QE_REPORT, "the outer certification data", cert_offset)
         outer_size = sig.u32("the certification data size")
         inner = _Cursor(raw, sig.pos, sig.pos + len(sig.take(outer_size, "the QE report certification data")))
-        qe_report_raw = inner.take(SGX_REPORT_SIZE, "the QE report")
-        qe_report_signature = inner.take(_SIG_SIZE, "the QE report signature")
-        auth_size = inner.u16("the QE auth data size")
-        qe_auth_data = inner.take(auth_size, "the QE auth data")
-        cert_offset = inner.pos
-        cert_type = inner.u16("the nested certification data type")
-        _expect_cert_type(cert_type, CERT_DATA_PCK_CHAIN, "the nested certification data", cert_offset)
-        cert_size = inner.u32("the nested certification data size")
-        pck_chain = inner.take(cert_size, "the PCK certificate chain")
+        qe_report_raw, qe_report_signature, qe_auth_data, pck_chain = _qe_report_and_chain(
+            inner, "the nested certification data", "the nested certification data"
+        )
         _expect_exact_end(inner, "the QE report certification data (type 6)")
     _expect_exact_end(sig, "the signature data")
     end = sig.limit

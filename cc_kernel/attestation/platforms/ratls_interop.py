@@ -390,6 +390,14 @@ def _load(cert_der: bytes) -> x509.Certificate:
 # --- strict CBOR --------------------------------------------------------------------------------------------
 
 
+def _pair(value: object, check: str, message: str) -> tuple[object, object]:
+    """The two entries of a decoded CBOR array of exactly two."""
+    if not isinstance(value, list) or len(value) != 2:
+        got = len(value) if isinstance(value, list) else type(value).__name__
+        raise _malformed(check, message, got=got, expected=2)
+    return value[0], value[1]
+
+
 def _cbor_strict(data: bytes, what: str, *, tagged: bool = False) -> object:
     return cbor.decode_strict(data, what=what, check="ratls.cbor", max_size=MAX_EXTENSION_SIZE, tagged=tagged)
 
@@ -422,15 +430,9 @@ def parse_interop_extension(value: bytes) -> tuple[int, bytes, bytes, Mapping[st
             got=item.tag,
             expected=TAG_INTEL_TEE_QUOTE,
         )
-    body = item.value
-    if not isinstance(body, list) or len(body) != 2:
-        raise _malformed(
-            "ratls.evidence",
-            "tag 60000 must wrap an array of exactly two byte strings [quote, claims]",
-            got=len(body) if isinstance(body, list) else type(body).__name__,
-            expected=2,
-        )
-    quote, claims_bytes = body
+    quote, claims_bytes = _pair(
+        item.value, "ratls.evidence", "tag 60000 must wrap an array of exactly two byte strings [quote, claims]"
+    )
     if not isinstance(quote, bytes) or not isinstance(claims_bytes, bytes):
         raise _malformed(
             "ratls.evidence",
@@ -471,14 +473,7 @@ def _decode_claims(claims_bytes: bytes) -> Mapping[str, bytes]:
 
 def _decode_pubkey_hash(value: bytes) -> tuple[int, bytes]:
     entry = _cbor_strict(value, 'the "pubkey-hash" claim')
-    if not isinstance(entry, list) or len(entry) != 2:
-        raise _malformed(
-            "ratls.pubkey_hash",
-            '"pubkey-hash" must be the CBOR array [hash-alg-id, hash-value]',
-            got=len(entry) if isinstance(entry, list) else type(entry).__name__,
-            expected=2,
-        )
-    alg_id, digest = entry
+    alg_id, digest = _pair(entry, "ratls.pubkey_hash", '"pubkey-hash" must be the CBOR array [hash-alg-id, hash-value]')
     if isinstance(alg_id, bool) or not isinstance(alg_id, int) or not isinstance(digest, bytes):
         raise _malformed(
             "ratls.pubkey_hash",
