@@ -39,6 +39,7 @@ from cc_kernel.errors import MalformedEvidence
 
 __all__ = [
     "AMD_OID_ARC",
+    "CRYPTOGRAPHY_ERRORS",
     "MAX_CERTIFICATE_SIZE",
     "AmdVekExtensions",
     "amd_vek_extensions",
@@ -83,7 +84,7 @@ _MAX_AMD_INTEGER = 2**64 - 1
 #: What ``cryptography`` raises for certificate bytes it cannot represent, at load time or on first access to a
 #: lazily parsed field. Only ``ValueError`` is the documented one; the ``x509`` ones are plain ``Exception``s;
 #: ``KeyError`` is what ``cryptography`` 44 raises from ``Name.rfc4514_string()`` for an unknown string tag.
-_CRYPTOGRAPHY_ERRORS: tuple[type[Exception], ...] = (
+CRYPTOGRAPHY_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     TypeError,
     KeyError,
@@ -123,7 +124,7 @@ def _read_lazy_fields(cert: x509.Certificate, what: str, *, index: int | None = 
     for name, read in _LAZY_FIELDS:
         try:
             read(cert)
-        except _CRYPTOGRAPHY_ERRORS as exc:
+        except CRYPTOGRAPHY_ERRORS as exc:
             raise _malformed(f"{what}: its {name} cannot be parsed: {_describe(exc)}", index=index) from exc
 
 
@@ -153,7 +154,7 @@ def _parse_one(data: bytes) -> x509.Certificate:
             cert = certs[0]
         else:
             cert = x509.load_der_x509_certificate(data)
-    except _CRYPTOGRAPHY_ERRORS as exc:  # e.g. InvalidVersion (version 3) is raised at load time
+    except CRYPTOGRAPHY_ERRORS as exc:  # e.g. InvalidVersion (version 3) is raised at load time
         raise _malformed(f"not a valid X.509 certificate: {_describe(exc)}") from exc
     _read_lazy_fields(cert, "not a valid X.509 certificate")
     return cert
@@ -203,7 +204,7 @@ def load_certificate_bundle(pem: bytes, *, amd: bool = False) -> tuple[x509.Cert
     with _serial_zero_tolerated() if amd else nullcontext():
         try:
             certs = x509.load_pem_x509_certificates(pem)
-        except _CRYPTOGRAPHY_ERRORS as exc:
+        except CRYPTOGRAPHY_ERRORS as exc:
             raise _malformed(f"not a valid PEM certificate bundle: {_describe(exc)}") from exc
         for index, cert in enumerate(certs):
             _read_lazy_fields(cert, f"certificate {index} of the bundle is not a valid X.509 certificate", index=index)

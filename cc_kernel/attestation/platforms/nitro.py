@@ -54,7 +54,7 @@ from cc_kernel.attestation.anchors import PinnedRoot, TrustAnchors
 from cc_kernel.attestation.evidence import VerifiedEvidence, seal_verified
 from cc_kernel.crypto import cbor
 from cc_kernel.crypto.x509chain import walk_chain
-from cc_kernel.crypto.x509load import certificate_der, load_certificate
+from cc_kernel.crypto.x509load import CRYPTOGRAPHY_ERRORS, certificate_der, load_certificate
 from cc_kernel.errors import BindingMismatch, ChainError, MalformedEvidence, SignatureInvalid, UntrustedRoot
 
 __all__ = [
@@ -224,18 +224,6 @@ def _optional_bstr(fields: Mapping[str, object], name: str, size: tuple[int, int
     return None if value is None else _bstr(value, name, size)
 
 
-#: What ``cryptography`` raises for certificates it cannot represent (besides ``ValueError``): none of these is a
-#: ``ValueError`` subclass, so ``load_certificate`` lets them through.
-_X509_ERRORS: Final = (
-    ValueError,
-    TypeError,
-    UnsupportedAlgorithm,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
-
-
 def _load_untrusted_certificate(data: bytes, check: str, where: str, *, index: int | None = None) -> x509.Certificate:
     """Load a certificate from untrusted bytes; every failure is ``MalformedEvidence(check=check)``.
 
@@ -252,7 +240,7 @@ def _load_untrusted_certificate(data: bytes, check: str, where: str, *, index: i
             _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
     except MalformedEvidence as exc:
         raise _malformed(f"{where}: {exc.message}", check, index=index) from exc
-    except _X509_ERRORS as exc:
+    except CRYPTOGRAPHY_ERRORS as exc:
         raise _malformed(f"{where} is not a usable X.509 certificate: {exc}", check, index=index) from exc
     if caught:
         raise _malformed(

@@ -102,6 +102,7 @@ from cc_kernel.attestation.evidence import VerifiedEvidence, seal_verified
 from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 from cc_kernel.attestation.platforms.intel_dcap import verify_quote
 from cc_kernel.crypto import cbor, der
+from cc_kernel.crypto.x509load import CRYPTOGRAPHY_ERRORS
 from cc_kernel.errors import BindingMismatch, CertificateExpired, MalformedEvidence, SignatureInvalid, StaleEvidence
 
 __all__ = [
@@ -371,9 +372,7 @@ def _load(cert_der: bytes) -> x509.Certificate:
             cert = x509.load_der_x509_certificate(cert_der)
             _ = cert.extensions  # parse (and cache) now: later access must not fail
             _ = cert.serial_number
-    except (
-        ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType
-    ) as exc:
+    except CRYPTOGRAPHY_ERRORS as exc:
         raise _malformed("ratls.certificate", f"not a valid X.509 certificate: {exc}") from exc
     deprecated = [w for w in caught if issubclass(w.category, CryptographyDeprecationWarning)]
     for other in caught:
