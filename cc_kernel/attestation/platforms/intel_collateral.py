@@ -52,6 +52,7 @@ __all__ = [
     "DcapCollateral",
     "IsvTcbLevel",
     "QeIdentity",
+    "SignedDocument",
     "SignedJson",
     "TcbInfo",
     "TcbLevel",
@@ -136,33 +137,34 @@ class TdxModuleIdentity:
 
 
 @dataclass(frozen=True)
-class TcbInfo:
-    """A parsed (not yet verified) TCB Info document."""
+class SignedDocument:
+    """What Intel's signed JSON documents (TCB Info, QE identity) share: the signed text, the id and version,
+    the ``issueDate`` .. ``nextUpdate`` window and the TCB evaluation data number."""
 
     signed: SignedJson
     id: str
     version: int
     issue_date: datetime
     next_update: datetime
+    tcb_evaluation_data_number: int
+
+
+@dataclass(frozen=True)
+class TcbInfo(SignedDocument):
+    """A parsed (not yet verified) TCB Info document."""
+
     fmspc: bytes
     pce_id: bytes
     tcb_type: int
-    tcb_evaluation_data_number: int
     tdx_module: TdxModuleIdentity | None
     tdx_module_identities: tuple[TdxModuleIdentity, ...]
     tcb_levels: tuple[TcbLevel, ...]
 
 
 @dataclass(frozen=True)
-class QeIdentity:
+class QeIdentity(SignedDocument):
     """A parsed (not yet verified) QE identity (enclave identity) document."""
 
-    signed: SignedJson
-    id: str
-    version: int
-    issue_date: datetime
-    next_update: datetime
-    tcb_evaluation_data_number: int
     misc_select: int
     misc_select_mask: int
     attributes: bytes
@@ -394,6 +396,20 @@ def _module(obj: Mapping[str, Any], item: str, where: str, *, with_levels: bool)
     )
 
 
+def _document_header(
+    signed: SignedJson, body: Mapping[str, Any], item: str, where: str, *, tcb_id: str, version: int
+) -> dict[str, Any]:
+    """The ``SignedDocument`` fields of a tcbInfo or QE identity body."""
+    return {
+        "signed": signed,
+        "id": tcb_id,
+        "version": version,
+        "issue_date": _time(body, "issueDate", item, where),
+        "next_update": _time(body, "nextUpdate", item, where),
+        "tcb_evaluation_data_number": _int(body, "tcbEvaluationDataNumber", item, where),
+    }
+
+
 def load_tcb_info(data: bytes) -> TcbInfo:
     """Parse a TCB Info document as served (``{"tcbInfo": {...}, "signature": "..."}``); nothing is verified.
 
@@ -456,15 +472,10 @@ def load_tcb_info(data: bytes) -> TcbInfo:
                 for i, m in enumerate(_list(body, "tdxModuleIdentities", item, where))
             )
     return TcbInfo(
-        signed=signed,
-        id=tcb_id,
-        version=version,
-        issue_date=_time(body, "issueDate", item, where),
-        next_update=_time(body, "nextUpdate", item, where),
+        **_document_header(signed, body, item, where, tcb_id=tcb_id, version=version),
         fmspc=_hex(body, "fmspc", 6, item, where),
         pce_id=_hex(body, "pceId", 2, item, where),
         tcb_type=_int(body, "tcbType", item, where),
-        tcb_evaluation_data_number=_int(body, "tcbEvaluationDataNumber", item, where),
         tdx_module=module,
         tdx_module_identities=identities,
         tcb_levels=tuple(levels),
@@ -484,12 +495,9 @@ def load_qe_identity(data: bytes) -> QeIdentity:
     if not levels:
         raise _malformed(item, "the QE identity has no TCB levels", check="field")
     return QeIdentity(
-        signed=signed,
-        id=_str(body, "id", item, where),
-        version=_int(body, "version", item, where),
-        issue_date=_time(body, "issueDate", item, where),
-        next_update=_time(body, "nextUpdate", item, where),
-        tcb_evaluation_data_number=_int(body, "tcbEvaluationDataNumber", item, where),
+        **_document_header(
+            signed, body, item, where, tcb_id=_str(body, "id", item, where), version=_int(body, "version", item, where)
+        ),
         misc_select=int.from_bytes(_hex(body, "miscselect", 4, item, where), "big"),
         misc_select_mask=int.from_bytes(_hex(body, "miscselectMask", 4, item, where), "big"),
         attributes=_hex(body, "attributes", 16, item, where),

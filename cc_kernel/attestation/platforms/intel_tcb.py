@@ -70,6 +70,7 @@ from cc_kernel.attestation.platforms.intel_collateral import (
     DcapCollateral,
     IsvTcbLevel,
     QeIdentity,
+    SignedDocument,
     SignedJson,
     TcbInfo,
     TcbLevel,
@@ -162,6 +163,12 @@ def verify_document_signature(signed: SignedJson, key: ec.EllipticCurvePublicKey
             f"the {item.replace('_', ' ')} is not signed by the Intel SGX TCB Signing key (altered or forged)",
             check=f"collateral.{item}.signature",
         ) from exc
+
+
+def _check_document(doc: SignedDocument, key: ec.EllipticCurvePublicKey, item: str, now: datetime) -> None:
+    """A tcbInfo or QE identity is signed by the TCB Signing key and current at ``now``."""
+    verify_document_signature(doc.signed, key, item)
+    _check_window(item, doc.issue_date, doc.next_update, now)
 
 
 def _verify_tcb_signing(
@@ -532,8 +539,7 @@ def evaluate_collateral(
     if collateral.qe_identity is not None:
         assert signing_key is not None
         identity = collateral.qe_identity
-        verify_document_signature(identity.signed, signing_key, "qe_identity")
-        _check_window("qe_identity", identity.issue_date, identity.next_update, now)
+        _check_document(identity, signing_key, "qe_identity", now)
         qe_status = _qe_status(identity, inputs, claims)
     # C4. the tcbInfo document and the platform's TCB level
     status: str | None = None
@@ -541,8 +547,7 @@ def evaluate_collateral(
     if collateral.tcb_info is not None:
         assert signing_key is not None
         info = collateral.tcb_info
-        verify_document_signature(info.signed, signing_key, "tcb_info")
-        _check_window("tcb_info", info.issue_date, info.next_update, now)
+        _check_document(info, signing_key, "tcb_info", now)
         _check_tcb_info(info, inputs)
         claims["tcb_info"] = {
             "id": info.id,
