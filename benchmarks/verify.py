@@ -76,7 +76,7 @@ from machine import git_state, wait_quiet  # noqa: E402 - benchmarks/machine.py 
 from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors  # noqa: E402
 from cc_kernel.attestation.binding import expected_report_data  # noqa: E402
 from cc_kernel.attestation.envelope import encode_envelope, parse_envelope_unverified  # noqa: E402
-from cc_kernel.attestation.platforms import intel_dcap, nitro, ratls_interop, sev_snp  # noqa: E402
+from cc_kernel.attestation.platforms import intel_dcap, intel_quote, nitro, ratls_interop, sev_snp  # noqa: E402
 from cc_kernel.attestation.platforms.intel_collateral import load_collateral  # noqa: E402
 from cc_kernel.attestation.platforms.simulation import create_authority  # noqa: E402
 from cc_kernel.attestation.policy import load_policy, render_policy  # noqa: E402
@@ -232,7 +232,7 @@ def hardware_cases(anchors: TrustAnchors) -> list[Case]:
         quote = read_vector(path)
         target = TARGET_MS if expect == "tdx" else None
         cases.append(Case(f"dcap.parse.{name}", group, f"parse_quote_unverified {name}", "parse",
-                          partial(intel_dcap.parse_quote_unverified, quote)))
+                          partial(intel_quote.parse_quote_unverified, quote)))
         cases.append(Case(
             f"dcap.{name}", group, f"{name}, no collateral", "verify",
             partial(intel_dcap.verify_quote, quote, anchors=anchors, now=DCAP_CHAIN_AT, collateral=None),

@@ -470,18 +470,12 @@ def _attest(args: argparse.Namespace) -> int:
 
 def _read_collateral_dir(directory: Path) -> Any:
     """Intel collateral from a directory; None after printing why not (a usage error)."""
-    from cc_kernel.attestation.offline import collateral_from_files
-    from cc_kernel.attestation.platforms.intel_collateral import load_collateral
+    from cc_kernel.kernel.collateral import load_collateral_dir
 
     try:
-        files = {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
-    except OSError as exc:
-        _err(f"cannot read the collateral directory {directory}: {exc.strerror or exc}")
-        return None
-    try:
-        return load_collateral(collateral_from_files(files))
+        return load_collateral_dir(directory)
     except ValueError as exc:
-        _err(f"--collateral {directory}: {exc}")
+        _err(f"--collateral: {exc}")
         return None
 
 

@@ -23,15 +23,13 @@ from cryptography.x509.oid import NameOID
 
 from cc_kernel.attestation.anchors import PinnedRoot, TrustAnchors
 from cc_kernel.attestation.platforms.intel_dcap import (
-    INTEL_QE_VENDOR_ID,
-    SGX_EXTENSION_OID,
     SGX_QE_ISV_PROD_ID,
     SGX_QE_MRSIGNER,
     TD_QE_ISV_PROD_ID,
     TD_QE_MRSIGNER,
-    TEE_TYPE_SGX,
-    TEE_TYPE_TDX,
 )
+from cc_kernel.attestation.platforms.intel_pck import SGX_EXTENSION_OID
+from cc_kernel.attestation.platforms.intel_quote import INTEL_QE_VENDOR_ID, TEE_TYPE_SGX, TEE_TYPE_TDX
 
 #: Test certificates are valid in this window; tests verify at ``TEST_NOW``.
 TEST_NOT_BEFORE = datetime(2024, 1, 1, tzinfo=UTC)

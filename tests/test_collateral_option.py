@@ -79,3 +79,17 @@ def test_the_kernel_loads_its_collateral_directory(tmp_path: Path) -> None:
     kernel.collateral_dir = str(tmp_path / "bad")
     with pytest.raises(PolicyError, match="needs the TCB signing chain"):
         kernel._load_collateral()
+
+
+def test_one_loader_reads_a_collateral_directory_for_the_kernel_and_the_cli(tmp_path: Path) -> None:
+    from cc_kernel.kernel.collateral import load_collateral_dir
+
+    loaded = load_collateral_dir(collateral_dir(tmp_path, ROOT_CRL, SIGNING_CHAIN))
+    assert loaded.root_crl is not None and loaded.tcb_signing_chain
+    with pytest.raises(ValueError, match=f"cannot read the collateral directory {tmp_path / 'nowhere'}: "):
+        load_collateral_dir(tmp_path / "nowhere")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "notes.txt").write_text("fetched from PCCS")
+    bad = f"collateral directory {tmp_path / 'bad'}: unknown collateral file 'notes.txt'"
+    with pytest.raises(ValueError, match=bad):
+        load_collateral_dir(tmp_path / "bad")

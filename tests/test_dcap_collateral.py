@@ -26,9 +26,10 @@ from cc_kernel.attestation.platforms.intel_collateral import (
     load_crl,
     load_qe_identity,
     load_tcb_info,
-    verify_document_signature,
 )
-from cc_kernel.attestation.platforms.intel_dcap import TEE_TYPE_SGX, verify_quote
+from cc_kernel.attestation.platforms.intel_dcap import verify_quote
+from cc_kernel.attestation.platforms.intel_quote import TEE_TYPE_SGX
+from cc_kernel.attestation.platforms.intel_tcb import verify_document_signature
 from cc_kernel.attestation.policy import load_policy
 from cc_kernel.attestation.result import AttestationResult, appraise
 from cc_kernel.errors import (

@@ -12,14 +12,13 @@ import pytest
 from conftest import read_vector
 
 from cc_kernel.attestation.anchors import hardware_anchors
-from cc_kernel.attestation.platforms.intel_dcap import (
+from cc_kernel.attestation.platforms.intel_dcap import verify_quote
+from cc_kernel.attestation.platforms.intel_pck import SGX_EXTENSION_OID, pck_extensions
+from cc_kernel.attestation.platforms.intel_quote import (
     MAX_QUOTE_SIZE,
-    SGX_EXTENSION_OID,
     SgxReportBody,
     TdReportBody,
     parse_quote_unverified,
-    pck_extensions,
-    verify_quote,
 )
 from cc_kernel.crypto.x509load import load_certificate
 from cc_kernel.errors import ChainError, MalformedEvidence, VerificationError

@@ -21,9 +21,10 @@ from cc_kernel.attestation.platforms.intel_collateral import (
     DcapCollateral,
     load_collateral,
     load_tcb_info,
-    verify_document_signature,
 )
-from cc_kernel.attestation.platforms.intel_dcap import parse_quote_unverified, verify_quote
+from cc_kernel.attestation.platforms.intel_dcap import verify_quote
+from cc_kernel.attestation.platforms.intel_quote import parse_quote_unverified
+from cc_kernel.attestation.platforms.intel_tcb import verify_document_signature
 from cc_kernel.attestation.policy import default_hardware_policy, load_policy
 from cc_kernel.attestation.result import appraise
 from cc_kernel.crypto.x509chain import walk_chain

@@ -439,14 +439,17 @@ def test_strict_cbor() -> None:
         assert isinstance(exc.index, int)
 
 
-def test_non_shortest_heads_are_accepted_because_the_bytes_are_signed(test_anchors: TrustAnchors) -> None:
+def test_non_shortest_heads_are_refused_even_when_signed(test_anchors: TrustAnchors) -> None:
     pki = default_pki()
     fields = payload_fields(pki)
     payload = cbor2.dumps(fields)
+    assert verify_document(cose_sign1(payload, key=pki.leaf_key), anchors=test_anchors, now=TEST_NOW)
     # re-encode the payload map head (9 entries) with a one-byte argument: same value, other bytes, signed as sent
     long_head = b"\xb8\x09" + payload[1:]
-    ev = verify_document(cose_sign1(long_head, key=pki.leaf_key), anchors=test_anchors, now=TEST_NOW)
-    assert ev.claims["module_id"] == TEST_MODULE_ID
+    document = cose_sign1(long_head, key=pki.leaf_key)
+    exc = fail(MalformedEvidence, lambda: verify_document(document, anchors=test_anchors, now=TEST_NOW))
+    assert exc.check == "nitro.cbor" and exc.index == 0
+    assert "payload is not valid CBOR: not in preferred serialisation" in exc.message
 
 
 REQUIRED = ("module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle")
@@ -687,11 +690,16 @@ def test_signature_over_another_protected_header_does_not_transfer(test_anchors:
     document = cose_sign1(payload, key=None, signature=signature)
     exc = fail(SignatureInvalid, lambda: verify_document(document, anchors=test_anchors, now=TEST_NOW))
     assert exc.check == "nitro.signature"
-    assert verify_document(
-        cose_sign1(payload, key=None, protected=other_protected, signature=signature),
-        anchors=test_anchors,
-        now=TEST_NOW,
+    # and presented with the non-minimal header it was signed over, it is refused before the signature is read
+    exc = fail(
+        MalformedEvidence,
+        lambda: verify_document(
+            cose_sign1(payload, key=None, protected=other_protected, signature=signature),
+            anchors=test_anchors,
+            now=TEST_NOW,
+        ),
     )
+    assert exc.check == "nitro.cbor" and "protected header is not valid CBOR" in exc.message
 
 
 def test_naive_now_and_wrong_types() -> None:

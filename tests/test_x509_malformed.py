@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from cc_kernel.attestation.anchors import TrustAnchors
 from cc_kernel.attestation.platforms.sev_snp import verify_report
+from cc_kernel.crypto import x509load
 from cc_kernel.crypto.x509load import load_amd_certificate, load_certificate, load_certificate_bundle
 from cc_kernel.errors import MalformedEvidence
 
@@ -31,9 +32,10 @@ def build(
     extensions: tuple[x509.ExtensionType, ...] = (),
     common_name: str = "placeholder",
     not_before: datetime = datetime(2024, 1, 1, tzinfo=UTC),
+    name: x509.Name | None = None,
 ) -> bytes:
     """A well-formed self-signed DER certificate (the starting point of every edit)."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    name = name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -226,3 +228,14 @@ def test_a_presented_ask_with_version_3_is_refused_by_verify_report(vector: Vect
         )
     assert info.value.check == "x509.parse"
     assert "InvalidVersion: 3 is not a valid X509 version" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [(["Intel SGX TCB Signing"], "Intel SGX TCB Signing"), ([], None), (["SEV-VCEK", "SEV-VLEK"], None)],
+    ids=["one", "none", "two"],
+)
+def test_common_name_is_the_one_subject_cn(names: list[str], expected: str | None) -> None:
+    cns = [x509.NameAttribute(NameOID.COMMON_NAME, n) for n in names]
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test"), *cns])
+    assert x509load.common_name(load_certificate(build(name=subject))) == expected

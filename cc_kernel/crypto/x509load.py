@@ -16,8 +16,8 @@ Invariants:
   ``load_amd_certificate`` and ``certificate_serial`` suppress it, and only that one warning (matched by its
   message): every other warning still surfaces. Should a future ``cryptography`` refuse serial 0, the plan is
   to split TBS and signature with a small DER walk and verify with ``public_key().verify``.
-* the AMD extension values are decoded by a tiny strict DER reader (INTEGER, IA5String) for exactly those
-  values; everything else in the certificate is parsed by ``cryptography``.
+* the AMD extension values (INTEGER, IA5String) are decoded by the strict DER reader of ``crypto.der``;
+  everything else in the certificate is parsed by ``cryptography``.
 """
 
 from __future__ import annotations
@@ -32,17 +32,21 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.x509.oid import NameOID
 
+from cc_kernel.crypto import der
 from cc_kernel.errors import MalformedEvidence
 
 __all__ = [
     "AMD_OID_ARC",
+    "CRYPTOGRAPHY_ERRORS",
     "MAX_CERTIFICATE_SIZE",
     "AmdVekExtensions",
     "amd_vek_extensions",
     "certificate_der",
     "certificate_serial",
     "certificate_sha256",
+    "common_name",
     "load_amd_certificate",
     "load_certificate",
     "load_certificate_bundle",
@@ -73,14 +77,14 @@ _SPL_OIDS: Mapping[str, str] = {
     f"{AMD_OID_ARC}.3.9": "fmc",
 }
 
-_DER_INTEGER = 0x02
-_DER_IA5STRING = 0x16
+#: AMD's INTEGER values (struct version, SPLs) fit 64 bits.
+_MAX_AMD_INTEGER = 2**64 - 1
 
 
 #: What ``cryptography`` raises for certificate bytes it cannot represent, at load time or on first access to a
 #: lazily parsed field. Only ``ValueError`` is the documented one; the ``x509`` ones are plain ``Exception``s;
 #: ``KeyError`` is what ``cryptography`` 44 raises from ``Name.rfc4514_string()`` for an unknown string tag.
-_CRYPTOGRAPHY_ERRORS: tuple[type[Exception], ...] = (
+CRYPTOGRAPHY_ERRORS: tuple[type[Exception], ...] = (
     ValueError,
     TypeError,
     KeyError,
@@ -120,7 +124,7 @@ def _read_lazy_fields(cert: x509.Certificate, what: str, *, index: int | None = 
     for name, read in _LAZY_FIELDS:
         try:
             read(cert)
-        except _CRYPTOGRAPHY_ERRORS as exc:
+        except CRYPTOGRAPHY_ERRORS as exc:
             raise _malformed(f"{what}: its {name} cannot be parsed: {_describe(exc)}", index=index) from exc
 
 
@@ -150,7 +154,7 @@ def _parse_one(data: bytes) -> x509.Certificate:
             cert = certs[0]
         else:
             cert = x509.load_der_x509_certificate(data)
-    except _CRYPTOGRAPHY_ERRORS as exc:  # e.g. InvalidVersion (version 3) is raised at load time
+    except CRYPTOGRAPHY_ERRORS as exc:  # e.g. InvalidVersion (version 3) is raised at load time
         raise _malformed(f"not a valid X.509 certificate: {_describe(exc)}") from exc
     _read_lazy_fields(cert, "not a valid X.509 certificate")
     return cert
@@ -200,7 +204,7 @@ def load_certificate_bundle(pem: bytes, *, amd: bool = False) -> tuple[x509.Cert
     with _serial_zero_tolerated() if amd else nullcontext():
         try:
             certs = x509.load_pem_x509_certificates(pem)
-        except _CRYPTOGRAPHY_ERRORS as exc:
+        except CRYPTOGRAPHY_ERRORS as exc:
             raise _malformed(f"not a valid PEM certificate bundle: {_describe(exc)}") from exc
         for index, cert in enumerate(certs):
             _read_lazy_fields(cert, f"certificate {index} of the bundle is not a valid X.509 certificate", index=index)
@@ -211,6 +215,15 @@ def certificate_serial(cert: x509.Certificate) -> int:
     """The serial number, read without the serial-0 deprecation warning (AMD VCEK/VLEK have serial 0)."""
     with _serial_zero_tolerated():
         return cert.serial_number
+
+
+def common_name(cert: x509.Certificate) -> str | None:
+    """The subject's one commonName, or None when it has none or several (roles are checked by name)."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        return None
+    value = names[0].value
+    return value if isinstance(value, str) else None
 
 
 def certificate_der(cert: x509.Certificate) -> bytes:
@@ -253,43 +266,17 @@ def _ext_error(oid: str, message: str, value: bytes) -> MalformedEvidence:
     return MalformedEvidence(f"AMD extension {oid}: {message}", check="x509.amd_extension", got=value, expected=None)
 
 
-def _der_single(value: bytes, tag: int, oid: str) -> bytes:
-    """Return the content of the one DER TLV with ``tag`` that makes up all of ``value``."""
-    if len(value) < 2:
-        raise _ext_error(oid, "truncated DER value", value)
-    if value[0] != tag:
-        raise _ext_error(oid, f"expected DER tag 0x{tag:02x}, got 0x{value[0]:02x}", value)
-    first = value[1]
-    if first < 0x80:
-        length, start = first, 2
-    else:
-        count = first & 0x7F
-        if count == 0 or count > 2 or len(value) < 2 + count:
-            raise _ext_error(oid, "unsupported or truncated DER length", value)
-        length = int.from_bytes(value[2 : 2 + count], "big")
-        start = 2 + count
-        if length < 0x80 or (count == 2 and length < 0x100):
-            raise _ext_error(oid, "non-minimal DER length", value)
-    if start + length != len(value):
-        raise _ext_error(oid, "DER length does not match the value (truncated or trailing bytes)", value)
-    return value[start:]
+def _der(oid: str) -> der.DerReader:
+    return der.DerReader("x509.amd_extension", f"AMD extension {oid}")
 
 
 def _der_unsigned_integer(value: bytes, oid: str) -> int:
-    content = _der_single(value, _DER_INTEGER, oid)
-    if not content:
-        raise _ext_error(oid, "empty INTEGER", value)
-    if content[0] & 0x80:
-        raise _ext_error(oid, "negative INTEGER", value)
-    if len(content) > 1 and content[0] == 0 and not content[1] & 0x80:
-        raise _ext_error(oid, "non-minimal INTEGER encoding", value)
-    if len(content) > 9:
-        raise _ext_error(oid, "INTEGER too large", value)
-    return int.from_bytes(content, "big")  # a leading 0x00 (02 02 00 d9 = 217) is just a sign byte
+    reader = _der(oid)
+    return reader.unsigned(reader.single(value, der.INTEGER), "the INTEGER", _MAX_AMD_INTEGER)
 
 
 def _der_ia5string(value: bytes, oid: str) -> str:
-    content = _der_single(value, _DER_IA5STRING, oid)
+    content = _der(oid).single(value, der.IA5STRING)
     if any(b > 0x7F for b in content):
         raise _ext_error(oid, "IA5String contains a non-ASCII byte", value)
     return content.decode("ascii")

@@ -167,17 +167,12 @@ class ConfidentialKernel(KernelSettings, Kernel):
 
     def _load_collateral(self) -> Any:
         """This side's Intel collateral (``collateral_dir``); every item is signature-checked at verification."""
-        from cc_kernel.attestation.offline import collateral_from_files
-        from cc_kernel.attestation.platforms.intel_collateral import load_collateral
+        from cc_kernel.kernel.collateral import load_collateral_dir
 
-        directory = Path(self.collateral_dir).expanduser()
         try:
-            files = {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
-            return load_collateral(collateral_from_files(files))
-        except OSError as exc:
-            raise PolicyError(f"cannot read the collateral directory {directory}: {exc.strerror or exc}") from exc
+            return load_collateral_dir(Path(self.collateral_dir))
         except ValueError as exc:
-            raise PolicyError(f"collateral directory {directory}: {exc}") from exc
+            raise PolicyError(str(exc)) from exc
 
     def _simulation_policy(self) -> Policy:
         """The simulation kernel's policy: pinned at install time, or on first use (recorded in the log)."""

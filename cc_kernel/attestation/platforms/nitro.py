@@ -17,10 +17,10 @@ Invariants:
   ``{"pcr<i>": value}`` for every PCR in the document, ``report_data`` = ``user_data``, ``debug`` = PCR0, PCR1
   and PCR2 all zero, claim ``timestamp`` = the document's timestamp in ms).
 
-The CBOR reader here is deliberately small and strict: definite lengths only, no tags except one outer tag 18,
-no floats or simple values except ``null``, text must be UTF-8, map keys are integers or text and never
-repeat, nesting is bounded, and no trailing bytes. Integer and length heads that are longer than necessary are
-accepted: they cannot change a decoded value, and the signature covers the bytes as sent.
+CBOR is decoded by the strict decoder of ``crypto.cbor`` (definite lengths, preferred serialisation, no
+duplicate keys, integers, strings, arrays, maps and ``null`` only, bounded nesting, no trailing bytes), with one
+tag allowed on the outermost item, which must be 18. Heads longer than necessary are refused like every other
+departure from preferred serialisation: AWS's NSM writes shortest heads, and every document we have seen does.
 
 Check names (tests assert them): ``nitro.size``, ``nitro.cbor`` (``index`` = byte offset in the item being
 decoded), ``nitro.cose.tag``, ``nitro.cose.structure``, ``nitro.cose.protected``, ``nitro.cose.alg``,
@@ -52,8 +52,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from cc_kernel.attestation.anchors import PinnedRoot, TrustAnchors
 from cc_kernel.attestation.evidence import VerifiedEvidence, seal_verified
+from cc_kernel.crypto import cbor
 from cc_kernel.crypto.x509chain import walk_chain
-from cc_kernel.crypto.x509load import certificate_der, load_certificate
+from cc_kernel.crypto.x509load import CRYPTOGRAPHY_ERRORS, certificate_der, load_certificate
 from cc_kernel.errors import BindingMismatch, ChainError, MalformedEvidence, SignatureInvalid, UntrustedRoot
 
 __all__ = [
@@ -121,7 +122,6 @@ _REQUIRED: Final = frozenset(DOCUMENT_FIELDS[:6])
 DEBUG_PCRS: Final = (0, 1, 2)
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MAX_DEPTH: Final = 4
 _HEX_LABEL: Final = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
 
@@ -134,118 +134,13 @@ def _malformed(
     return MalformedEvidence(message, check=check, got=got, expected=expected, index=index)
 
 
-class _CborReader:
-    """Reads one CBOR data item from ``data`` under the strict rules of the module docstring."""
-
-    def __init__(self, data: bytes, where: str) -> None:
-        self._data = data
-        self._pos = 0
-        self._where = where
-
-    def _fail(self, message: str, *, at: int | None = None) -> MalformedEvidence:
-        offset = self._pos if at is None else at
-        return _malformed(f"{self._where}: {message} (byte {offset})", "nitro.cbor", index=offset)
-
-    def _take(self, n: int) -> bytes:
-        if n > len(self._data) - self._pos:
-            raise self._fail(f"truncated: {n} more byte(s) needed, {len(self._data) - self._pos} left")
-        chunk = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return chunk
-
-    def head(self) -> tuple[int, int, int]:
-        """(major type, additional information, argument) of the next item's initial byte(s)."""
-        start = self._pos
-        initial = self._take(1)[0]
-        major, info = initial >> 5, initial & 0x1F
-        if info < 24:
-            return major, info, info
-        if info <= 27:
-            return major, info, int.from_bytes(self._take(1 << (info - 24)), "big")
-        if info == 31:
-            raise self._fail("indefinite-length items are not allowed", at=start)
-        raise self._fail(f"reserved additional information {info}", at=start)
-
-    def peek_major(self) -> int | None:
-        return self._data[self._pos] >> 5 if self._pos < len(self._data) else None
-
-    def item(self, depth: int = 0) -> object:
-        """Decode one item: int, bytes, str, list, dict or None."""
-        start = self._pos
-        major, info, arg = self.head()
-        if major == 0:
-            return arg
-        if major == 1:
-            return -1 - arg
-        if major == 2:
-            return self._take(arg)
-        if major == 3:
-            raw = self._take(arg)
-            try:
-                return raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise self._fail("text string is not valid UTF-8", at=start) from exc
-        if major in (4, 5):
-            if depth >= _MAX_DEPTH:
-                raise self._fail("nested too deeply", at=start)
-            # every element takes at least one byte: refuse counts the remaining bytes cannot hold
-            per_entry = 1 if major == 4 else 2
-            if arg > (len(self._data) - self._pos) // per_entry:
-                raise self._fail(f"truncated: {arg} element(s) announced", at=start)
-            if major == 4:
-                return [self.item(depth + 1) for _ in range(arg)]
-            out: dict[object, object] = {}
-            for _ in range(arg):
-                key_at = self._pos
-                key = self.item(depth + 1)
-                if not isinstance(key, int | str):
-                    raise self._fail(f"map key of type {type(key).__name__} (only integers and text)", at=key_at)
-                if key in out:
-                    raise self._fail(f"duplicate map key {key!r}", at=key_at)
-                out[key] = self.item(depth + 1)
-            return out
-        if major == 6:
-            raise self._fail(f"CBOR tag {arg} is not allowed here", at=start)
-        if info == 22:  # major 7: only null
-            return None
-        raise self._fail(f"unsupported simple value or float (0x{self._data[start]:02x})", at=start)
-
-    def end(self) -> None:
-        if self._pos != len(self._data):
-            raise self._fail(f"{len(self._data) - self._pos} trailing byte(s) after the item")
-
-
-def _decode_one(data: bytes, where: str) -> object:
-    reader = _CborReader(data, where)
-    value = reader.item()
-    reader.end()
-    return value
-
-
-def _cbor_head(major: int, n: int) -> bytes:
-    if n < 24:
-        return bytes([major << 5 | n])
-    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
-        if n < 1 << (8 * size):
-            return bytes([major << 5 | info]) + n.to_bytes(size, "big")
-    raise ValueError("CBOR argument too large")
+def _decode_one(data: bytes, where: str, *, tagged: bool = False) -> object:
+    return cbor.decode_strict(data, what=where, check="nitro.cbor", max_size=MAX_DOCUMENT_SIZE, tagged=tagged)
 
 
 def sig_structure(protected: bytes, payload: bytes) -> bytes:
     """The bytes an ES384 COSE_Sign1 signs: ``cbor(["Signature1", protected, h'', payload])`` (RFC 9052 §4.4)."""
-    context = b"Signature1"
-    return b"".join(
-        (
-            _cbor_head(4, 4),
-            _cbor_head(3, len(context)),
-            context,
-            _cbor_head(2, len(protected)),
-            protected,
-            _cbor_head(2, 0),
-            _cbor_head(2, len(payload)),
-            payload,
-        )
-    )
+    return cbor.encode(["Signature1", protected, b"", payload])
 
 
 # --- the document --------------------------------------------------------------------------------------------
@@ -329,18 +224,6 @@ def _optional_bstr(fields: Mapping[str, object], name: str, size: tuple[int, int
     return None if value is None else _bstr(value, name, size)
 
 
-#: What ``cryptography`` raises for certificates it cannot represent (besides ``ValueError``): none of these is a
-#: ``ValueError`` subclass, so ``load_certificate`` lets them through.
-_X509_ERRORS: Final = (
-    ValueError,
-    TypeError,
-    UnsupportedAlgorithm,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
-
-
 def _load_untrusted_certificate(data: bytes, check: str, where: str, *, index: int | None = None) -> x509.Certificate:
     """Load a certificate from untrusted bytes; every failure is ``MalformedEvidence(check=check)``.
 
@@ -357,7 +240,7 @@ def _load_untrusted_certificate(data: bytes, check: str, where: str, *, index: i
             _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
     except MalformedEvidence as exc:
         raise _malformed(f"{where}: {exc.message}", check, index=index) from exc
-    except _X509_ERRORS as exc:
+    except CRYPTOGRAPHY_ERRORS as exc:
         raise _malformed(f"{where} is not a usable X.509 certificate: {exc}", check, index=index) from exc
     if caught:
         raise _malformed(
@@ -387,16 +270,15 @@ def _parse_cose(document: bytes) -> tuple[bool, bytes, bytes, bytes]:
             got=len(document),
             expected=[1, MAX_DOCUMENT_SIZE],
         )
-    # 1b. optional tag 18, then exactly one item and nothing after it
-    reader = _CborReader(document, "COSE_Sign1")
-    tagged = False
-    if reader.peek_major() == 6:
-        _, _, tag = reader.head()
-        if tag != COSE_SIGN1_TAG:
-            raise _malformed(f"CBOR tag {tag} is not COSE_Sign1", "nitro.cose.tag", got=tag, expected=COSE_SIGN1_TAG)
-        tagged = True
-    outer = reader.item()
-    reader.end()
+    # 1b. exactly one strict CBOR item, optionally under tag 18, and nothing after it
+    outer = _decode_one(document, "COSE_Sign1", tagged=True)
+    tagged = isinstance(outer, cbor.CborTag)
+    if isinstance(outer, cbor.CborTag):
+        if outer.tag != COSE_SIGN1_TAG:
+            raise _malformed(
+                f"CBOR tag {outer.tag} is not COSE_Sign1", "nitro.cose.tag", got=outer.tag, expected=COSE_SIGN1_TAG
+            )
+        outer = outer.value
     # 1c. [protected: bstr, unprotected: map, payload: bstr, signature: bstr]
     if not isinstance(outer, list) or len(outer) != 4:
         got = f"array of {len(outer)}" if isinstance(outer, list) else _type_name(outer)

@@ -14,9 +14,10 @@ Invariants:
 * ``parse_interop_certificate`` trusts nothing it returns; every failure on untrusted bytes (PEM, DER, the
   extension, the CBOR inside it) is ``MalformedEvidence`` naming the ``check``, for every truncation, never a
   bare ``ValueError``/``IndexError``/``CBORDecodeError``;
-* CBOR is decoded strictly: definite lengths only, no duplicate map keys, nothing after the item, and the
-  bytes must be exactly what an encoder emitting preferred (shortest) serialisation writes for the decoded
-  value — so a tag, a non-minimal length or an indefinite string cannot hide behind an equivalent value;
+* CBOR is decoded by the strict decoder of ``crypto.cbor``: definite lengths only, no duplicate map keys,
+  nothing after the item, preferred (shortest) serialisation, integers, strings, arrays, maps and ``null``
+  only, and a tag on the outermost item alone — so a tag, a non-minimal length or an indefinite string cannot
+  hide behind an equivalent value;
 * ``verify_interop_certificate`` returns a sealed ``VerifiedEvidence`` only after, in this order: (a) the
   certificate's self-signature over its exact signed bytes and its validity at ``now``; (b) the
   ``pubkey-hash`` claim equals the hash of the certificate's DER SubjectPublicKeyInfo (constant time); (c)
@@ -35,8 +36,8 @@ Invariants:
 
 Gramine's certificates (mbedTLS) encode the ECDSA signature AlgorithmIdentifier with an explicit NULL
 parameter, which RFC 5758 forbids; ``cryptography`` 48 warns about it and later releases refuse to parse the
-certificate at all. This module therefore splits the certificate with a small strict DER reader, verifies
-the signature over the *original* TBSCertificate bytes with the certificate's key, and hands
+certificate at all. This module therefore splits the certificate with the strict DER reader (``crypto.der``),
+verifies the signature over the *original* TBSCertificate bytes with the certificate's key, and hands
 ``cryptography`` a copy in which only those two NULLs are removed (every other byte, including the key and
 the extensions, is copied verbatim) to read names, validity and extensions.
 
@@ -83,7 +84,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import io
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -91,7 +91,6 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Final
 
-import cbor2
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -102,6 +101,8 @@ from cc_kernel.attestation.anchors import TrustAnchors
 from cc_kernel.attestation.evidence import VerifiedEvidence, seal_verified
 from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 from cc_kernel.attestation.platforms.intel_dcap import verify_quote
+from cc_kernel.crypto import cbor, der
+from cc_kernel.crypto.x509load import CRYPTOGRAPHY_ERRORS
 from cc_kernel.errors import BindingMismatch, CertificateExpired, MalformedEvidence, SignatureInvalid, StaleEvidence
 
 __all__ = [
@@ -147,7 +148,6 @@ _UNSUPPORTED_TAGS: Final[Mapping[int, str]] = MappingProxyType(
 #: The CCC extension carries a quote (~5 KB with its PCK chain) and a small claims map.
 MAX_EXTENSION_SIZE: Final = 64 * 1024
 _MAX_CERTIFICATE_SIZE: Final = 128 * 1024
-_MAX_CBOR_DEPTH: Final = 4
 
 #: IANA "Named Information Hash Algorithm Registry" ids the CCC documents require (1, 7, 8).
 HASH_ALGORITHMS: Final[Mapping[int, str]] = MappingProxyType({1: "sha-256", 7: "sha-384", 8: "sha-512"})
@@ -182,9 +182,6 @@ _ECDSA_OID_TLVS: Final[Mapping[bytes, str]] = MappingProxyType(
 )
 _DER_NULL: Final = b"\x05\x00"
 
-_DER_SEQUENCE = 0x30
-_DER_INTEGER = 0x02
-_DER_BIT_STRING = 0x03
 _DER_VERSION = 0xA0  # [0] EXPLICIT Version
 
 
@@ -285,69 +282,24 @@ def _pem_to_der(data: bytes) -> bytes:
         )
     body = b"".join(text[len(_PEM_BEGIN) : -len(_PEM_END)].split())
     try:
-        der = base64.b64decode(body, validate=True)
+        raw = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _malformed("ratls.certificate", f"the PEM body is not valid base64: {exc}") from exc
-    if not der:
+    if not raw:
         raise _malformed("ratls.certificate", "the PEM block is empty")
-    return der
+    return raw
 
 
-def _tlv(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """(tag, content start, content end) of the DER element at ``pos``; strict definite, minimal lengths."""
-    if pos + 2 > end:
-        raise _malformed("ratls.certificate", "truncated DER element", got=end - pos, expected=">= 2 bytes")
-    tag = buf[pos]
-    if tag & 0x1F == 0x1F:
-        raise _malformed("ratls.certificate", "multi-byte DER tags do not occur in a certificate", got=tag)
-    first = buf[pos + 1]
-    if first < 0x80:
-        length, start = first, pos + 2
-    else:
-        count = first & 0x7F
-        if count == 0:
-            raise _malformed("ratls.certificate", "indefinite DER length", got=first)
-        if count > 3:
-            raise _malformed("ratls.certificate", "DER length too large", got=count, expected="<= 3 length bytes")
-        if pos + 2 + count > end:
-            raise _malformed("ratls.certificate", "truncated DER length")
-        raw = buf[pos + 2 : pos + 2 + count]
-        length = int.from_bytes(raw, "big")
-        if raw[0] == 0 or length < 0x80:
-            raise _malformed("ratls.certificate", "non-minimal DER length", got=raw.hex())
-        start = pos + 2 + count
-    if start + length > end:
-        raise _malformed(
-            "ratls.certificate", "DER element runs past its container (truncated)", got=end - start, expected=length
-        )
-    return tag, start, start + length
-
-
-def _children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    """The elements (tag, element start, element end) inside a constructed value."""
-    out: list[tuple[int, int, int]] = []
-    pos = start
-    while pos < end:
-        tag, _, content_end = _tlv(buf, pos, end)
-        out.append((tag, pos, content_end))
-        pos = content_end
-    return out
-
-
-def _der_length(length: int) -> bytes:
-    if length < 0x80:
-        return bytes([length])
-    raw = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
+_CERT_DER = der.DerReader("ratls.certificate", "the certificate")
 
 
 def _without_null_params(algid: bytes) -> bytes:
     """Gramine's ``SEQUENCE { ecdsa-with-SHAxxx, NULL }`` -> ``SEQUENCE { ecdsa-with-SHAxxx }``; others as is."""
-    _, start, end = _tlv(algid, 0, len(algid))
-    content = algid[start:end]
+    element = _CERT_DER.tlv(algid)
+    content = algid[element.content : element.end]
     for oid_tlv in _ECDSA_OID_TLVS:
         if content == oid_tlv + _DER_NULL:
-            return bytes([_DER_SEQUENCE]) + _der_length(len(oid_tlv)) + oid_tlv
+            return bytes([der.SEQUENCE]) + der.encode_length(len(oid_tlv)) + oid_tlv
     return algid
 
 
@@ -360,39 +312,37 @@ class _SplitCertificate:
     signature_params_null: bool
 
 
-def _split_certificate(der: bytes) -> _SplitCertificate:
-    tag, start, end = _tlv(der, 0, len(der))
-    if tag != _DER_SEQUENCE or end != len(der):
+def _split_certificate(cert: bytes) -> _SplitCertificate:
+    outer = _CERT_DER.tlv(cert)
+    if outer.tag != der.SEQUENCE or outer.end != len(cert):
         raise _malformed("ratls.certificate", "not a single DER Certificate SEQUENCE (or trailing bytes)")
-    parts = _children(der, start, end)
-    if [p[0] for p in parts] != [_DER_SEQUENCE, _DER_SEQUENCE, _DER_BIT_STRING]:
+    parts = _CERT_DER.elements(cert, outer.content, outer.end)
+    if [p.tag for p in parts] != [der.SEQUENCE, der.SEQUENCE, der.BIT_STRING]:
         raise _malformed(
             "ratls.certificate",
             "a Certificate is SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }",
-            got=[hex(p[0]) for p in parts],
+            got=[hex(p.tag) for p in parts],
         )
-    (_, tbs_start, tbs_end), (_, alg_start, alg_end), (_, sig_start, sig_end) = parts
-    tbs = der[tbs_start:tbs_end]
-    outer_alg = der[alg_start:alg_end]
-    _, bits_start, bits_end = _tlv(der, sig_start, sig_end)
-    if bits_end == bits_start or der[bits_start] != 0:
+    tbs_el, alg_el, sig_el = parts
+    tbs = cert[tbs_el.start : tbs_el.end]
+    outer_alg = cert[alg_el.start : alg_el.end]
+    if sig_el.end == sig_el.content or cert[sig_el.content] != 0:
         raise _malformed("ratls.certificate", "the signature BIT STRING must have zero unused bits")
-    signature = der[bits_start + 1 : bits_end]
+    signature = cert[sig_el.content + 1 : sig_el.end]
 
-    _, tbs_cstart, tbs_cend = _tlv(der, tbs_start, tbs_end)
-    fields_ = _children(der, tbs_cstart, tbs_cend)
-    first = 1 if fields_ and fields_[0][0] == _DER_VERSION else 0
+    fields_ = _CERT_DER.elements(cert, tbs_el.content, tbs_el.end)
+    first = 1 if fields_ and fields_[0].tag == _DER_VERSION else 0
     if len(fields_) < first + 6:
         raise _malformed("ratls.certificate", "TBSCertificate has too few fields", got=len(fields_))
-    tags = [f[0] for f in fields_[first : first + 6]]
-    if tags != [_DER_INTEGER] + [_DER_SEQUENCE] * 5:
+    tags = [f.tag for f in fields_[first : first + 6]]
+    if tags != [der.INTEGER] + [der.SEQUENCE] * 5:
         raise _malformed(
             "ratls.certificate",
             "TBSCertificate must start serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo",
             got=[hex(t) for t in tags],
         )
-    _, alg_el_start, alg_el_end = fields_[first + 1]
-    inner_alg = der[alg_el_start:alg_el_end]
+    inner_alg_el = fields_[first + 1]
+    inner_alg = cert[inner_alg_el.start : inner_alg_el.end]
     if not hmac.compare_digest(inner_alg, outer_alg):
         raise _malformed(
             "ratls.signature_algorithm",
@@ -400,31 +350,29 @@ def _split_certificate(der: bytes) -> _SplitCertificate:
             got=inner_alg.hex(),
             expected=outer_alg.hex(),
         )
-    _, spki_start, spki_end = fields_[first + 5]
-    spki = der[spki_start:spki_end]
+    spki_el = fields_[first + 5]
+    spki = cert[spki_el.start : spki_el.end]
 
     normal_alg = _without_null_params(outer_alg)
     if normal_alg == outer_alg:
-        return _SplitCertificate(tbs=tbs, signature=signature, spki=spki, parse_der=der, signature_params_null=False)
-    tbs_content = der[tbs_cstart:alg_el_start] + normal_alg + der[alg_el_end:tbs_cend]
-    new_tbs = bytes([_DER_SEQUENCE]) + _der_length(len(tbs_content)) + tbs_content
-    cert_content = new_tbs + normal_alg + der[sig_start:sig_end]
-    parse_der = bytes([_DER_SEQUENCE]) + _der_length(len(cert_content)) + cert_content
+        return _SplitCertificate(tbs=tbs, signature=signature, spki=spki, parse_der=cert, signature_params_null=False)
+    tbs_content = cert[tbs_el.content : inner_alg_el.start] + normal_alg + cert[inner_alg_el.end : tbs_el.end]
+    new_tbs = bytes([der.SEQUENCE]) + der.encode_length(len(tbs_content)) + tbs_content
+    cert_content = new_tbs + normal_alg + cert[sig_el.start : sig_el.end]
+    parse_der = bytes([der.SEQUENCE]) + der.encode_length(len(cert_content)) + cert_content
     return _SplitCertificate(tbs=tbs, signature=signature, spki=spki, parse_der=parse_der, signature_params_null=True)
 
 
-def _load(der: bytes) -> x509.Certificate:
+def _load(cert_der: bytes) -> x509.Certificate:
     """Parse with ``cryptography``; what it only deprecates (e.g. a non-positive serial) is refused here, so the
     outcome does not depend on the ``cryptography`` release or on the warning filters in force."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CryptographyDeprecationWarning)
-            cert = x509.load_der_x509_certificate(der)
+            cert = x509.load_der_x509_certificate(cert_der)
             _ = cert.extensions  # parse (and cache) now: later access must not fail
             _ = cert.serial_number
-    except (
-        ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType
-    ) as exc:
+    except CRYPTOGRAPHY_ERRORS as exc:
         raise _malformed("ratls.certificate", f"not a valid X.509 certificate: {exc}") from exc
     deprecated = [w for w in caught if issubclass(w.category, CryptographyDeprecationWarning)]
     for other in caught:
@@ -441,37 +389,16 @@ def _load(der: bytes) -> x509.Certificate:
 # --- strict CBOR --------------------------------------------------------------------------------------------
 
 
-def _cbor_strict(data: bytes, what: str) -> object:
-    """Decode one CBOR item that makes up all of ``data``, in preferred serialisation, with no surprises."""
-    stream = io.BytesIO(data)
-    # Built outside the try: an API mismatch (an older cbor2 without these options) must be a loud TypeError,
-    # never a silent "not valid CBOR" for every certificate.
-    decoder = cbor2.CBORDecoder(
-        stream,
-        allow_indefinite=False,
-        allow_duplicate_keys=False,
-        strict_hashable_types=True,
-        max_depth=_MAX_CBOR_DEPTH,
-    )
-    try:
-        value = decoder.decode()
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, EOFError) as exc:
-        raise _malformed("ratls.cbor", f"{what} is not valid CBOR: {exc}", got=len(data)) from exc
-    if stream.tell() != len(data):
-        raise _malformed(
-            "ratls.cbor", f"{what} has bytes after its CBOR item", got=len(data) - stream.tell(), expected=0
-        )
-    try:
-        again = cbor2.dumps(value)
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError) as exc:
-        raise _malformed("ratls.cbor", f"{what} holds a CBOR value this format never uses: {exc}") from exc
-    if again != data:
-        raise _malformed(
-            "ratls.cbor",
-            f"{what} is not in preferred CBOR serialisation (non-minimal lengths, or a tag or value this format "
-            "does not use)",
-        )
-    return value
+def _pair(value: object, check: str, message: str) -> tuple[object, object]:
+    """The two entries of a decoded CBOR array of exactly two."""
+    if not isinstance(value, list) or len(value) != 2:
+        got = len(value) if isinstance(value, list) else type(value).__name__
+        raise _malformed(check, message, got=got, expected=2)
+    return value[0], value[1]
+
+
+def _cbor_strict(data: bytes, what: str, *, tagged: bool = False) -> object:
+    return cbor.decode_strict(data, what=what, check="ratls.cbor", max_size=MAX_EXTENSION_SIZE, tagged=tagged)
 
 
 def parse_interop_extension(value: bytes) -> tuple[int, bytes, bytes, Mapping[str, bytes], int, bytes]:
@@ -486,8 +413,8 @@ def parse_interop_extension(value: bytes) -> tuple[int, bytes, bytes, Mapping[st
         raise _malformed(
             "ratls.extension.size", "the evidence extension is too large", got=len(value), expected=MAX_EXTENSION_SIZE
         )
-    item = _cbor_strict(value, "the evidence extension")
-    if not isinstance(item, cbor2.CBORTag):
+    item = _cbor_strict(value, "the evidence extension", tagged=True)
+    if not isinstance(item, cbor.CborTag):
         raise _malformed(
             "ratls.tag",
             f"the evidence is not a tagged CBOR item (got a {type(item).__name__})",
@@ -502,15 +429,9 @@ def parse_interop_extension(value: bytes) -> tuple[int, bytes, bytes, Mapping[st
             got=item.tag,
             expected=TAG_INTEL_TEE_QUOTE,
         )
-    body = item.value
-    if not isinstance(body, list | tuple) or len(body) != 2:
-        raise _malformed(
-            "ratls.evidence",
-            "tag 60000 must wrap an array of exactly two byte strings [quote, claims]",
-            got=len(body) if isinstance(body, list | tuple) else type(body).__name__,
-            expected=2,
-        )
-    quote, claims_bytes = body
+    quote, claims_bytes = _pair(
+        item.value, "ratls.evidence", "tag 60000 must wrap an array of exactly two byte strings [quote, claims]"
+    )
     if not isinstance(quote, bytes) or not isinstance(claims_bytes, bytes):
         raise _malformed(
             "ratls.evidence",
@@ -551,14 +472,7 @@ def _decode_claims(claims_bytes: bytes) -> Mapping[str, bytes]:
 
 def _decode_pubkey_hash(value: bytes) -> tuple[int, bytes]:
     entry = _cbor_strict(value, 'the "pubkey-hash" claim')
-    if not isinstance(entry, list | tuple) or len(entry) != 2:
-        raise _malformed(
-            "ratls.pubkey_hash",
-            '"pubkey-hash" must be the CBOR array [hash-alg-id, hash-value]',
-            got=len(entry) if isinstance(entry, list | tuple) else type(entry).__name__,
-            expected=2,
-        )
-    alg_id, digest = entry
+    alg_id, digest = _pair(entry, "ratls.pubkey_hash", '"pubkey-hash" must be the CBOR array [hash-alg-id, hash-value]')
     if isinstance(alg_id, bool) or not isinstance(alg_id, int) or not isinstance(digest, bytes):
         raise _malformed(
             "ratls.pubkey_hash",
@@ -607,8 +521,8 @@ def parse_interop_certificate(cert: bytes) -> InteropEvidence:
         raise _malformed(
             "ratls.certificate", "certificate input is too large", got=len(data), expected=_MAX_CERTIFICATE_SIZE
         )
-    der = _pem_to_der(data) if data.lstrip().startswith(b"-----BEGIN") else data
-    split = _split_certificate(der)
+    cert_der = _pem_to_der(data) if data.lstrip().startswith(b"-----BEGIN") else data
+    split = _split_certificate(cert_der)
     parsed = _load(split.parse_der)
 
     evidence_ext: x509.Extension[x509.ExtensionType] | None = None
@@ -655,7 +569,7 @@ def parse_interop_certificate(cert: bytes) -> InteropEvidence:
         for kind, oid, intended, raw in legacy_raw
     )
     return InteropEvidence(
-        certificate_der=der,
+        certificate_der=cert_der,
         spki_der=split.spki,
         not_valid_before=parsed.not_valid_before_utc,
         not_valid_after=parsed.not_valid_after_utc,
@@ -910,7 +824,7 @@ def pubkey_hash_value(spki_der: bytes, *, alg_id: int = 1) -> bytes:
     """The ``pubkey-hash`` claim value: CBOR ``[alg_id, hash(spki_der)]`` (1 sha-256, 7 sha-384, 8 sha-512)."""
     if alg_id not in _HASHES:
         raise ValueError(f"hash algorithm id {alg_id} is not one of {sorted(HASH_ALGORITHMS)}")
-    return bytes(cbor2.dumps([alg_id, _digest(_HASHES[alg_id], spki_der)]))
+    return cbor.encode([alg_id, _digest(_HASHES[alg_id], spki_der)])
 
 
 def encode_interop_claims(claims: Mapping[str, object]) -> bytes:
@@ -926,7 +840,7 @@ def encode_interop_claims(claims: Mapping[str, object]) -> bytes:
         if not isinstance(name, str) or not isinstance(value, bytes | bytearray):
             raise ValueError(f"claim {name!r}: names must be text and values byte strings")
         out[name] = bytes(value)
-    return bytes(cbor2.dumps(out))
+    return cbor.encode(out)
 
 
 def interop_report_data_from_bytes(claims_bytes: bytes) -> bytes:
@@ -956,7 +870,7 @@ def build_interop_extension(quote: bytes, claims: Mapping[str, object]) -> x509.
         _decode_pubkey_hash(bytes(claims[CLAIM_PUBKEY_HASH]))  # type: ignore[call-overload]  # bytes, checked above
     except MalformedEvidence as exc:
         raise ValueError(f'the "pubkey-hash" claim is not a valid hash entry: {exc}') from exc
-    value = bytes(cbor2.dumps(cbor2.CBORTag(TAG_INTEL_TEE_QUOTE, [bytes(quote), claims_bytes])))
+    value = cbor.encode(cbor.CborTag(TAG_INTEL_TEE_QUOTE, [bytes(quote), claims_bytes]))
     if len(value) > MAX_EXTENSION_SIZE:
         raise ValueError(f"the extension would be {len(value)} bytes (limit {MAX_EXTENSION_SIZE})")
     return x509.UnrecognizedExtension(CCC_EVIDENCE_OID, value)

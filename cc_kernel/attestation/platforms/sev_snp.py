@@ -33,7 +33,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.x509.oid import NameOID
 
 from cc_kernel.attestation.anchors import SIMULATION_PRODUCT, PinnedRoot, TrustAnchors
 from cc_kernel.attestation.evidence import Platform, VerifiedEvidence, seal_verified
@@ -43,6 +42,7 @@ from cc_kernel.crypto.x509load import (
     amd_vek_extensions,
     certificate_der,
     certificate_serial,
+    common_name,
     load_amd_certificate,
 )
 from cc_kernel.errors import ChainError, MalformedEvidence, SignatureInvalid, UntrustedRoot
@@ -442,14 +442,6 @@ def parse_report_unverified(report: bytes) -> SnpReport:
 # --- verification -------------------------------------------------------------------------------------------
 
 
-def _common_name(cert: x509.Certificate) -> str | None:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(names) != 1:
-        return None
-    value = names[0].value
-    return value if isinstance(value, str) else None
-
-
 def _resolve_product(report: SnpReport, vek_ext: AmdVekExtensions) -> tuple[str, str]:
     """Step 2: the product, from CPUID (v3+) or else from the (not yet verified) VEK productName."""
     if (
@@ -621,7 +613,7 @@ def verify_report(
     #           SIGNING_KEY 1 => CN=SEV-VLEK under CN=SEV-VLEK-<product>
     want_leaf = "SEV-VLEK" if is_vlek else "SEV-VCEK"
     want_issuer = f"SEV-VLEK-{product}" if is_vlek else f"SEV-{product}"
-    got_leaf, got_issuer = _common_name(vek), _common_name(intermediate)
+    got_leaf, got_issuer = common_name(vek), common_name(intermediate)
     if got_leaf != want_leaf or got_issuer != want_issuer:
         raise ChainError(
             f"SIGNING_KEY={parsed.signing_key} needs a {want_leaf} issued by {want_issuer}",
