@@ -9,6 +9,8 @@ the local worker keeps uid 0 without any capability; Landlock, seccomp and ``no_
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,3 +207,26 @@ def test_the_sandbox_keeps_the_ipython_experience(sim: LiveKernel) -> None:
     sim.ok("import os; os.remove('helper_mod_06.py')")
     assert sim.value("import numpy as np; int(np.arange(10).sum())") == "45"
     assert sim.value("import tempfile; f = tempfile.NamedTemporaryFile(); f.write(b'x'); f.flush(); 1") == "1"
+
+
+def test_multiprocessing_works_inside_the_sandbox(sim: LiveKernel) -> None:
+    """Pools and locks need POSIX semaphores in /dev/shm: granted (as root, a private tmpfs)."""
+    assert sim.value("import multiprocessing as mp\nwith mp.Pool(2) as p: r = p.map(abs, [-1, -2])\nr") == "[1, 2]"
+    code = ("import concurrent.futures as cf\n"
+            "with cf.ProcessPoolExecutor(2) as ex: r = sorted(ex.map(abs, [-3, 4]))\nr")
+    assert sim.value(code) == "[3, 4]"
+    assert sim.value("from multiprocessing import shared_memory as sm\n"
+                     "s = sm.SharedMemory(create=True, size=16); s.buf[0] = 7; v = s.buf[0]; s.close(); s.unlink()\n"
+                     "v") == "7"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private /dev/shm needs the worker to start as root")
+def test_a_root_workers_dev_shm_is_its_own(pool: KernelPool) -> None:
+    """What a cell leaves in /dev/shm reaches neither the host nor another session; it goes with the worker."""
+    name = f"cc-probe-{uuid.uuid4().hex}"
+    first = pool.get(SIM)
+    first.ok(f"open('/dev/shm/{name}', 'w').write('secret')")
+    assert first.value(f"import os; os.path.exists('/dev/shm/{name}')") == "True"
+    assert not (Path("/dev/shm") / name).exists()
+    with live_kernel(SIM) as second:
+        assert second.value(f"import os; os.path.exists('/dev/shm/{name}')") == "False"

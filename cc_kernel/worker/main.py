@@ -68,14 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     _no_core_files()
     tune_allocator()  # uploads arrive in 1 MiB chunks (cc_kernel.memory)
     sock = socket.socket(fileno=args.fd)
-    from cc_kernel.worker.sandbox import SandboxSpec, apply_sandbox, default_read_only, exposed
+    from cc_kernel.worker.sandbox import (
+        SandboxSpec,
+        apply_sandbox,
+        default_read_only,
+        exposed,
+        private_shared_memory,
+    )
     from cc_kernel.worker.serve import LinkClosed, MonitorLink, WorkerServer
 
     link = MonitorLink(sock)
     workdir = Path.cwd()
+    shared_memory, shared_detail = private_shared_memory()  # before the sandbox: mounting needs the capability
+    log.info("shared memory: %s", shared_detail)
     spec = SandboxSpec(
         workdir=workdir, private_dirs=(args.private_dir,), read_only=default_read_only(exclude=args.forbid),
         uid=args.uid, gid=args.gid, monitor_pid=args.monitor_pid, required=args.required,
+        shared_memory=shared_memory,
     )
     protections: dict[str, Any]
     try:

@@ -97,6 +97,9 @@ WRITABLE_DEVICES = frozenset({Path("/dev/null"), Path("/dev/full"), Path("/dev/t
 #: ioctls (IPython's ``!command`` and ``%%bash`` run children on a pty). A pty of another uid stays protected by
 #: its file mode; one of the worker's own uid is the worker's own.
 TERMINALS = frozenset({Path("/dev/tty"), Path("/dev/ptmx"), Path("/dev/pts")})
+#: POSIX shared memory and semaphores (``multiprocessing``'s locks, pools and ``shared_memory``): granted every
+#: right but execute. As root the worker first mounts a tmpfs of its own there (:func:`private_shared_memory`).
+SHARED_MEMORY = Path("/dev/shm")  # noqa: S108 - granted on purpose; private as root (see below)
 
 DENIED_SYSCALLS = (
     # other processes' memory and state
@@ -189,6 +192,8 @@ class SandboxSpec:
     gid: int | None
     monitor_pid: int
     required: bool
+    #: granted every right but execute when given (:data:`SHARED_MEMORY`); None: not granted
+    shared_memory: Path | None = None
 
     def __post_init__(self) -> None:
         for path in (self.workdir, *self.private_dirs, *self.read_only):
@@ -247,7 +252,8 @@ def exposed(spec: SandboxSpec, secrets: Iterable[Path]) -> dict[Path, Path]:
     worker whatever else is done. The monitor calls this before starting a worker: hardware refuses such a
     spec, simulation says it on the badge. Compares real paths. Pure apart from resolving symlinks.
     """
-    grants = [Path(os.path.realpath(p)) for p in (spec.workdir, *spec.private_dirs, *spec.read_only)]
+    shared = (spec.shared_memory,) if spec.shared_memory is not None else ()
+    grants = [Path(os.path.realpath(p)) for p in (spec.workdir, *spec.private_dirs, *shared, *spec.read_only)]
     found: dict[Path, Path] = {}
     for secret in secrets:
         real = Path(os.path.realpath(secret))
@@ -259,6 +265,35 @@ def exposed(spec: SandboxSpec, secrets: Iterable[Path]) -> dict[Path, Path]:
 
 
 # --- small syscall helpers -----------------------------------------------------------------------------------
+
+
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
+
+
+def private_shared_memory() -> tuple[Path | None, str]:
+    """Give this process a ``/dev/shm`` to grant, before the sandbox is applied; returns (path or None, detail).
+
+    With ``CAP_SYS_ADMIN`` (a worker started as root, before it drops its capabilities): a mount namespace of
+    its own, every mount made private (nothing propagates back to the host), and a fresh tmpfs
+    (``nosuid,nodev,noexec``, mode 1777) mounted on :data:`SHARED_MEMORY`, so no session sees another's
+    semaphores or segments and nothing is left behind: the tmpfs goes with the namespace's last process.
+    Without it (a user's own kernel): the host's ``/dev/shm``, as with the stock kernel; the kernel's file
+    modes separate users. None when there is no ``/dev/shm``.
+    """
+    if not SHARED_MEMORY.is_dir():
+        return None, f"{SHARED_MEMORY} does not exist: POSIX shared memory and semaphores are unavailable"
+    if os.geteuid() != 0:
+        return SHARED_MEMORY, f"the host's {SHARED_MEMORY} (this user's, as with the stock kernel)"
+    mount = _libc.mount
+    mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+    if _libc.unshare(ctypes.c_int(_CLONE_NEWNS)) != 0:
+        return None, f"{SHARED_MEMORY} not granted: {_errno_error('unshare(CLONE_NEWNS)')}"
+    if mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        return None, f"{SHARED_MEMORY} not granted: {_errno_error('mount(MS_PRIVATE)')}"
+    if mount(b"tmpfs", bytes(SHARED_MEMORY), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, b"mode=1777") != 0:
+        return None, f"{SHARED_MEMORY} not granted: {_errno_error('mount(tmpfs)')}"
+    return SHARED_MEMORY, f"a private tmpfs on {SHARED_MEMORY} (a mount namespace of the worker's own)"
 
 
 def _errno_error(what: str) -> OSError:
@@ -471,15 +506,17 @@ def _build_landlock(spec: SandboxSpec) -> _Ruleset:
             else:
                 access = _FS_READ_FILE | _FS_EXECUTE
             _landlock_add(ruleset_fd, path, access)
-        for path, access in ((spec.workdir, handled), *((p, handled & ~_FS_EXECUTE) for p in spec.private_dirs)):
+        shared = (spec.shared_memory,) if spec.shared_memory is not None else ()
+        for path, access in ((spec.workdir, handled),
+                             *((p, handled & ~_FS_EXECUTE) for p in (*spec.private_dirs, *shared))):
             if not path.is_dir():
                 raise OSError(errno.ENOTDIR, f"granted directory {path} does not exist")
             _landlock_add(ruleset_fd, path, access)
     except BaseException:
         os.close(ruleset_fd)
         raise
-    return _Ruleset(ruleset_fd, abi, scoped, len(spec.read_only) - len(skipped), 1 + len(spec.private_dirs),
-                    skipped)
+    return _Ruleset(ruleset_fd, abi, scoped, len(spec.read_only) - len(skipped),
+                    1 + len(spec.private_dirs) + len(shared), skipped)
 
 
 def _enforce_landlock(ruleset: _Ruleset) -> dict[str, object]:
