@@ -13,12 +13,13 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -26,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 from cc_kernel.attestation.envelope import MAX_ENVELOPE_SIZE, Endorsement, EvidenceEnvelope, encode_envelope
 from cc_kernel.attestation.platforms.sev_snp import LAYOUT as SNP_LAYOUT
 from cc_kernel.attestation.platforms.sev_snp import REPORT_SIZE as SNP_REPORT_SIZE
-from cc_kernel.errors import EvidenceUnavailable
+from cc_kernel.errors import ConfigError, EvidenceUnavailable
 
 __all__ = [
     "BUSY_ERRNOS",
@@ -38,11 +39,13 @@ __all__ = [
     "Transient",
     "TsmFilesystem",
     "check_evidence",
+    "check_privilege_level",
     "check_report_data",
     "errno_name",
     "iowr",
     "make_envelope",
     "now_ms",
+    "opened_device",
     "os_error_text",
     "system_ioctl",
 ]
@@ -94,6 +97,29 @@ def check_report_data(report_data: bytes) -> bytes:
     if len(data) != REPORT_DATA_SIZE:
         raise ValueError(f"report_data must be {REPORT_DATA_SIZE} bytes, got {len(data)}")
     return data
+
+
+def check_privilege_level(level: int, what: str) -> None:
+    """Raises ConfigError unless ``level`` is a VMPL / privilege level the hardware has (0..3); ``what`` names it."""
+    if not 0 <= level <= 3:
+        raise ConfigError(f"{what} must be 0..3, got {level}")
+
+
+@contextlib.contextmanager
+def opened_device(device: Path) -> Iterator[int]:
+    """A read-write descriptor on the TEE ``device`` for the ``with`` block; closed after it, whatever happened.
+
+    Raises:
+        EvidenceUnavailable: the device cannot be opened (the errno is named).
+    """
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise EvidenceUnavailable(f"cannot open {device}: {os_error_text(exc)}") from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 # --- bounded retries -----------------------------------------------------------------------------------------

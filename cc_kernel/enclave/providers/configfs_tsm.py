@@ -40,6 +40,7 @@ from cc_kernel.enclave.providers.base import (
     Transient,
     TsmFilesystem,
     check_evidence,
+    check_privilege_level,
     check_report_data,
     make_envelope,
     now_ms,
@@ -127,8 +128,8 @@ class ConfigfsTsm:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        if self.privlevel is not None and not 0 <= self.privlevel <= 3:
-            raise ConfigError(f"configfs-tsm privlevel must be 0..3, got {self.privlevel}")
+        if self.privlevel is not None:
+            check_privilege_level(self.privlevel, "configfs-tsm privlevel")
 
     def collect(
         self, report_data: bytes, *, audit_pub: bytes, session_id: bytes, nonce: bytes

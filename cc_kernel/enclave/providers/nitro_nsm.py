@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from cc_kernel.enclave.providers.base import (
     iowr,
     make_envelope,
     now_ms,
+    opened_device,
     os_error_text,
     system_ioctl,
 )
@@ -180,14 +180,8 @@ class NitroNsm:
         )
 
     def _attempt(self, request: bytes, report_data: bytes, nonce: bytes) -> bytes:
-        try:
-            fd = os.open(self.device, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise EvidenceUnavailable(f"cannot open {self.device}: {os_error_text(exc)}") from exc
-        try:
+        with opened_device(self.device) as fd:
             response = self._call(fd, request)
-        finally:
-            os.close(fd)
         document = _document_of(response)
         _check_document(document, report_data, nonce)
         return document

@@ -25,7 +25,6 @@ import ctypes
 import errno
 import logging
 import mmap
-import os
 import struct
 import threading
 import time
@@ -42,10 +41,12 @@ from cc_kernel.enclave.providers.base import (
     Retry,
     Transient,
     check_evidence,
+    check_privilege_level,
     check_report_data,
     iowr,
     make_envelope,
     now_ms,
+    opened_device,
     os_error_text,
     system_ioctl,
 )
@@ -204,8 +205,7 @@ class SevGuestIoctl:
     _ext_unsupported: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.vmpl <= 3:
-            raise ConfigError(f"VMPL must be 0..3, got {self.vmpl}")
+        check_privilege_level(self.vmpl, "VMPL")
         if not 1 <= self.cert_pages <= MAX_CERTS_LEN // _PAGE:
             raise ConfigError(f"cert_pages must be 1..{MAX_CERTS_LEN // _PAGE}, got {self.cert_pages}")
 
@@ -234,11 +234,7 @@ class SevGuestIoctl:
     # -- one attempt ---------------------------------------------------------------------------------------
 
     def _attempt(self, report_data: bytes) -> tuple[bytes, bytes]:
-        try:
-            fd = os.open(self.device, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise EvidenceUnavailable(f"cannot open {self.device}: {os_error_text(exc)}") from exc
-        try:
+        with opened_device(self.device) as fd:
             if self.extended and not self._ext_unsupported:
                 try:
                     return self._ext_report(fd, report_data)
@@ -251,8 +247,6 @@ class SevGuestIoctl:
                 return self._plain_report(fd, report_data), b""
             except _IoctlFailed as failed:
                 raise self._failure(failed, "SNP_GET_REPORT") from failed.os_error
-        finally:
-            os.close(fd)
 
     def _report_req(self, report_data: bytes) -> SnpReportReq:
         req = SnpReportReq()
