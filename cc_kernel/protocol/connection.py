@@ -202,46 +202,37 @@ def _common(live: tuple[State, ...], states: tuple[State, ...]) -> dict[_Key, St
     return table
 
 
-def _kernel_table() -> dict[_Key, State]:
-    t = _common(_LIVE_KERNEL, tuple(s for s in _OPEN if s is not State.HELLO_RECEIVED))
-    t[(State.HELLO, _S, Hello)] = State.HELLO_SENT
-    t[(State.HELLO_SENT, _R, Hello)] = State.ATTESTING
-    t[(State.ATTESTING, _S, AttestRequest)] = State.EVIDENCE_PENDING
-    t[(State.EVIDENCE_PENDING, _R, AttestResponse)] = State.AWAITING_VERIFICATION
-    t[(State.AWAITING_VERIFICATION, _L, AttestationVerified)] = State.READY
+def _table(role: Role) -> dict[_Key, State]:
+    """One role's transitions. Both roles walk the same conversation; ``k2e``/``e2k`` is the direction the
+    kernel's / the enclave's messages have from this role's side (send or receive)."""
+    kernel = role is Role.KERNEL
+    k2e, e2k = (_S, _R) if kernel else (_R, _S)
+    peer_hello = State.HELLO_SENT if kernel else State.HELLO_RECEIVED  # the one state where only the peer's is owed
+    not_ours = (State.HELLO_RECEIVED,) if kernel else (State.HELLO_SENT, State.AWAITING_VERIFICATION)
+    t = _common(_LIVE_KERNEL if kernel else _LIVE_ENCLAVE, tuple(s for s in _OPEN if s not in not_ours))
+    t[(State.HELLO, k2e, Hello)] = peer_hello
+    t[(peer_hello, e2k, Hello)] = State.ATTESTING
+    t[(State.ATTESTING, k2e, AttestRequest)] = State.EVIDENCE_PENDING
+    if kernel:  # the kernel must verify the evidence before anything else
+        t[(State.EVIDENCE_PENDING, e2k, AttestResponse)] = State.AWAITING_VERIFICATION
+        t[(State.AWAITING_VERIFICATION, _L, AttestationVerified)] = State.READY
+    else:
+        t[(State.EVIDENCE_PENDING, e2k, AttestResponse)] = State.READY
     for m in KERNEL_APP_MESSAGES:
-        t[(State.READY, _S, m)] = State.READY
+        t[(State.READY, k2e, m)] = State.READY
     for m in ENCLAVE_APP_MESSAGES:
-        t[(State.READY, _R, m)] = State.READY
-        t[(State.SHUTTING_DOWN, _R, m)] = State.SHUTTING_DOWN  # output still in flight
-    t[(State.READY, _S, Shutdown)] = State.SHUTTING_DOWN
-    t[(State.SHUTTING_DOWN, _S, Credit)] = State.SHUTTING_DOWN
-    t[(State.SHUTTING_DOWN, _R, ShutdownReply)] = State.CLOSED
-    return t
-
-
-def _enclave_table() -> dict[_Key, State]:
-    not_enclave = (State.HELLO_SENT, State.AWAITING_VERIFICATION)
-    t = _common(_LIVE_ENCLAVE, tuple(s for s in _OPEN if s not in not_enclave))
-    t[(State.HELLO, _R, Hello)] = State.HELLO_RECEIVED
-    t[(State.HELLO_RECEIVED, _S, Hello)] = State.ATTESTING
-    t[(State.ATTESTING, _R, AttestRequest)] = State.EVIDENCE_PENDING
-    t[(State.EVIDENCE_PENDING, _S, AttestResponse)] = State.READY
-    for m in KERNEL_APP_MESSAGES:
-        t[(State.READY, _R, m)] = State.READY
-    for m in ENCLAVE_APP_MESSAGES:
-        t[(State.READY, _S, m)] = State.READY
-        t[(State.SHUTTING_DOWN, _S, m)] = State.SHUTTING_DOWN  # drain output before the reply
-    t[(State.READY, _R, Shutdown)] = State.SHUTTING_DOWN
-    t[(State.SHUTTING_DOWN, _R, Credit)] = State.SHUTTING_DOWN
-    t[(State.SHUTTING_DOWN, _S, ShutdownReply)] = State.CLOSED
+        t[(State.READY, e2k, m)] = State.READY
+        t[(State.SHUTTING_DOWN, e2k, m)] = State.SHUTTING_DOWN  # the enclave drains output before its reply
+    t[(State.READY, k2e, Shutdown)] = State.SHUTTING_DOWN
+    t[(State.SHUTTING_DOWN, k2e, Credit)] = State.SHUTTING_DOWN
+    t[(State.SHUTTING_DOWN, e2k, ShutdownReply)] = State.CLOSED
     return t
 
 
 #: The whole state machine: role -> (state, direction, message type) -> next state. Absent key = violation.
 TRANSITIONS: Final[dict[Role, dict[_Key, State]]] = {
-    Role.KERNEL: _kernel_table(),
-    Role.ENCLAVE: _enclave_table(),
+    Role.KERNEL: _table(Role.KERNEL),
+    Role.ENCLAVE: _table(Role.ENCLAVE),
 }
 
 
@@ -334,6 +325,15 @@ class Connection:
         self._closed = ConnectionClosed(reason=reason, clean=clean)
         return self._closed
 
+    def _enter(self, new_state: State, msg: Message) -> None:
+        """Move to ``new_state`` after ``msg`` went out or came in; a message that closes says how."""
+        self._state = new_state
+        if new_state is State.CLOSED:
+            if isinstance(msg, Fatal):
+                self._close(msg.reason, clean=False)
+            else:
+                self._close("shutdown complete", clean=True)
+
     def send(self, msg: Message) -> bytes:
         """Check ``msg`` against the state machine and return the frame bytes to write.
 
@@ -402,15 +402,10 @@ class Connection:
             self._offered = tuple(msg.versions)
         elif isinstance(msg, Shutdown):
             self._shutdown_restart = msg.restart
-        self._state = new_state
         if new_state is State.READY and self._decoder.max_frame_size < self.max_frame_size:
             self._raise_limit_when_idle = True
             self._maybe_raise_limit()
-        if new_state is State.CLOSED:
-            if isinstance(msg, Fatal):
-                self._close(msg.reason, clean=False)
-            else:
-                self._close("shutdown complete", clean=True)
+        self._enter(new_state, msg)
 
     def attestation_verified(self) -> None:
         """Kernel only: the caller verified the AttestResponse's evidence; unlock application messages.
@@ -495,13 +490,8 @@ class Connection:
         except RemoteProtocolError as exc:
             raise self._fail(exc) from None
         self._last_frame_size = HEADER_SIZE + len(frame)
-        self._state = new_state
         self._maybe_raise_limit()
-        if new_state is State.CLOSED:
-            if isinstance(msg, Fatal):
-                self._close(msg.reason, clean=False)
-            else:
-                self._close("shutdown complete", clean=True)
+        self._enter(new_state, msg)
         return msg
 
     def _check_receive(self, msg: Message) -> None:
