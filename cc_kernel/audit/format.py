@@ -227,10 +227,7 @@ class OutputDigester:
         if isinstance(msg, m.Stream):
             self.add_stream(msg.name, msg.text)
         elif isinstance(msg, m.DisplayData | m.UpdateDisplayData | m.ExecuteResult):
-            kind = {m.DisplayData: "display_data", m.UpdateDisplayData: "update_display_data"}.get(
-                type(msg), "execute_result"
-            )
-            self.add_output(kind, {"data": msg.data, "metadata": msg.metadata})
+            self.add_output(msg.TYPE, {"data": msg.data, "metadata": msg.metadata})
         elif isinstance(msg, m.Error):
             self.add_output("error", {"ename": msg.ename, "evalue": msg.evalue, "traceback": msg.traceback})
         elif isinstance(msg, m.ClearOutput):
@@ -247,9 +244,8 @@ class OutputDigester:
                 },
             )
         elif isinstance(msg, m.CommMsg | m.CommClose):
-            kind = "comm_msg" if isinstance(msg, m.CommMsg) else "comm_close"
             self.add_output(
-                kind,
+                msg.TYPE,
                 {"comm_id": msg.comm_id, "data": msg.data, "metadata": msg.metadata, "buffers": list(msg.buffers)},
             )
         else:
