@@ -163,6 +163,8 @@ ENCLAVE_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
 OUTPUT_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
     {Stream, DisplayData, UpdateDisplayData, ExecuteResult, Error, ClearOutput, CommOpen, CommMsg, CommClose}
 )
+#: The wire type names of ``OUTPUT_MESSAGES``: the Jupyter IOPub message types a cell's output travels as.
+OUTPUT_TYPES: Final[frozenset[str]] = frozenset(msg.TYPE for msg in OUTPUT_MESSAGES)
 
 #: Largest frame the enclave accepts before READY. Everything a client may send before then (Hello,
 #: AttestRequest, Ping, Fatal) is a few hundred bytes, so a client that has not even been attested cannot make
