@@ -26,26 +26,22 @@ import errno
 import logging
 import mmap
 import struct
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cc_kernel.attestation.envelope import Endorsement, EvidenceEnvelope
+from cc_kernel.attestation.envelope import Endorsement
 from cc_kernel.attestation.platforms.sev_snp import REPORT_SIZE
 from cc_kernel.enclave.providers.amd_certs import snp_endorsements
 from cc_kernel.enclave.providers.base import (
     BUSY_ERRNOS,
+    Collected,
+    HardwareProvider,
     IoctlFn,
-    Retry,
     Transient,
     check_evidence,
     check_privilege_level,
-    check_report_data,
     iowr,
-    make_envelope,
-    now_ms,
     opened_device,
     os_error_text,
     system_ioctl,
@@ -183,7 +179,7 @@ class _IoctlFailed(Exception):  # noqa: N818 - internal, converted before it lea
 
 
 @dataclass
-class SevGuestIoctl:
+class SevGuestIoctl(HardwareProvider):
     """SEV-SNP reports from ``/dev/sev-guest``.
 
     ``extended`` asks SNP_GET_EXT_REPORT for the host's certificate table too (falling back to SNP_GET_REPORT
@@ -197,11 +193,8 @@ class SevGuestIoctl:
     extended: bool = True
     cert_pages: int = 4
     ioctl: IoctlFn = system_ioctl
-    retry: Retry = field(default_factory=Retry)
-    clock: Callable[[], float] = time.time
     snp_certificates: Sequence[Endorsement] = ()
     name: str = "sev-guest"
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _ext_unsupported: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -209,26 +202,21 @@ class SevGuestIoctl:
         if not 1 <= self.cert_pages <= MAX_CERTS_LEN // _PAGE:
             raise ConfigError(f"cert_pages must be 1..{MAX_CERTS_LEN // _PAGE}, got {self.cert_pages}")
 
-    def collect(
-        self, report_data: bytes, *, audit_pub: bytes, session_id: bytes, nonce: bytes
-    ) -> EvidenceEnvelope:
+    def _collect(self, report_data: bytes, nonce: bytes) -> Collected:
         """An SEV-SNP report with REPORT_DATA = ``report_data``, plus the host's certificates when available.
 
         Raises:
-            ValueError: report_data is not 64 bytes.
             EvidenceUnavailable: the device cannot be opened, the firmware or hypervisor refused (the message
                 names the firmware / hypervisor error code), the host stayed busy, or the response is unusable.
         """
-        data = check_report_data(report_data)
-        with self._lock:
-            report, certs = self.retry.run(lambda: self._attempt(data), what=f"requesting a report from {self.device}")
+        report, certs = self._serialised(
+            lambda: self._attempt(report_data), what=f"requesting a report from {self.device}"
+        )
         endorsements = snp_endorsements(certs, report, extra=self.snp_certificates)
         if not any(e.role in ("vcek", "vlek") for e in endorsements):
             log.warning("%s: no VCEK/VLEK certificate from the host; the verifier will need one", self.device)
-        return make_envelope(
-            platform="sev-snp", fmt="amd-snp-report", evidence=report, endorsements=endorsements,
-            audit_pub=audit_pub, session_id=session_id, nonce=nonce, collected_at_ms=now_ms(self.clock),
-            provider="sev-guest",
+        return Collected(
+            platform="sev-snp", fmt="amd-snp-report", evidence=report, endorsements=endorsements, provider="sev-guest"
         )
 
     # -- one attempt ---------------------------------------------------------------------------------------
