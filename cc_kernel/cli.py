@@ -663,14 +663,12 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _audit_sim_anchors(sim_dir: Path | None) -> Any:
     """The simulation anchors from a simulated authority directory (certificates only), or None if absent."""
-    from cc_kernel.attestation.anchors import simulation_anchors
     from cc_kernel.errors import ConfigError
-    from cc_kernel.simstore import simulation_dir
+    from cc_kernel.simstore import ANCHOR_FILES, read_simulation_anchors, simulation_dir
 
     directory = sim_dir or simulation_dir()
-    names = ("ark-cert.pem", "ask-cert.pem")
-    missing = [name for name in names if not (directory / name).is_file()]
-    if missing == list(names) and sim_dir is None:
+    missing = [name for name in ANCHOR_FILES if not (directory / name).is_file()]
+    if missing == list(ANCHOR_FILES) and sim_dir is None:
         return None  # this machine has no simulated authority: simulated evidence then verifies against nothing
     if missing:
         what = " and ".join(missing)
@@ -680,14 +678,7 @@ def _audit_sim_anchors(sim_dir: Path | None) -> Any:
             "ark-cert.pem (the simulated ARK, the root) and ask-cert.pem (the ASK it signed): the simulation "
             "anchors (docs/audit-log.md, 'Verifying simulated evidence')"
         )
-    try:
-        ark, ask = (directory / "ark-cert.pem").read_bytes(), (directory / "ask-cert.pem").read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the simulated TEE anchors in {directory}: {exc.strerror}") from exc
-    try:
-        return simulation_anchors(ark, ask)
-    except ValueError as exc:
-        raise ConfigError(f"simulated TEE anchors in {directory} are invalid: {exc}") from exc
+    return read_simulation_anchors(directory)
 
 
 def _audit_verify(args: argparse.Namespace, data: bytes) -> int:

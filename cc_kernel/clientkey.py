@@ -9,12 +9,8 @@ so two kernels starting at once agree on one key. Only the kernel side (the kern
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import getpass
-import os
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,7 +22,7 @@ from cc_kernel.crypto.clientcert import (
     new_client_key,
 )
 from cc_kernel.errors import ConfigError
-from cc_kernel.simstore import default_data_dir
+from cc_kernel.simstore import default_data_dir, locked_private_dir, write_private
 
 KEY_FILE = "client-key.pem"
 CERT_FILE = "client-cert.pem"
@@ -47,19 +43,6 @@ def default_comment() -> str:
     return f"{user}@{socket.gethostname()}"[:64] or "cc-kernel client"
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(directory, 0o700)
-    fd = os.open(directory / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 def load_or_create_client_identity(directory: Path | None = None, *, comment: str | None = None) -> ClientIdentity:
     """The user's client key and certificate from ``directory`` (default ``client_key_dir()``), created there
     (key 0600, directory 0700) if absent. ``comment`` names a new key (default ``user@host``); an existing
@@ -71,13 +54,13 @@ def load_or_create_client_identity(directory: Path | None = None, *, comment: st
     directory = directory or client_key_dir()
     key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
     try:
-        with _locked(directory):
+        with locked_private_dir(directory):
             if key_path.exists() or cert_path.exists():
                 return _load(key_path, cert_path)
             name = " ".join((comment or default_comment()).split())[:64] or "cc-kernel client"
             identity = make_client_identity(new_client_key(), now=datetime.now(UTC), name=name)
-            _write_private(key_path, identity.key_pem)
-            _write_private(cert_path, identity.cert_pem)
+            write_private(key_path, identity.key_pem)
+            write_private(cert_path, identity.cert_pem)
             return ClientIdentity(identity, name)
     except OSError as exc:
         raise ConfigError(f"cannot create or read the client key in {directory}: {exc.strerror or exc}") from exc
@@ -98,8 +81,3 @@ def _load(key_path: Path, cert_path: Path) -> ClientIdentity:
         raise ConfigError(f"the client certificate {cert_path} is unusable: {exc}") from exc
     return ClientIdentity(identity, name)
 
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)

@@ -4,6 +4,10 @@ Layout: ``<data dir>/cc_kernel/simulation/`` (mode 0700) holding the ``authority
 Creation is serialised with an exclusive lock so two kernels starting at once agree on one authority.
 Both sides use it: the enclave (simulated evidence provider) signs with the VCEK key, the kernel pins the
 ARK/ASK as the *simulation* trust anchors. The simulation protects nothing; the files say SIMULATION.
+
+It also owns the private-file primitives every store of secrets uses (the client key, the broker's key store):
+``locked_private_dir`` (a 0700 directory held under an exclusive lock) and ``write_private`` (a 0600 file
+written whole, synced and renamed into place, so nobody ever reads a half-written key).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from cc_kernel.errors import ConfigError
 
 ENV_DATA_DIR = "JUPYTER_DATA_DIR"
 _SUBDIR = ("cc_kernel", "simulation")
+#: The simulation trust anchors' certificates in the authority's directory: the ARK (the root), the ASK it signed.
+ANCHOR_FILES = ("ark-cert.pem", "ask-cert.pem")
 
 
 def default_data_dir() -> Path:
@@ -46,7 +52,11 @@ def simulation_dir(data_dir: Path | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def locked_private_dir(directory: Path) -> Iterator[None]:
+    """Create ``directory`` (mode 0700, also when it exists) and hold an exclusive lock on it while inside.
+
+    Raises OSError as the system calls do.
+    """
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
     fd = os.open(directory / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
@@ -56,6 +66,21 @@ def _locked(directory: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (mode 0600): into a new temporary file beside it, synced, then renamed over
+    ``path``, so a reader sees the old file or the whole new one, never a part.
+
+    Raises OSError as the system calls do (the temporary name already existing included).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _read(directory: Path) -> SimulationAuthority | None:
@@ -75,19 +100,13 @@ def load_or_create_authority(directory: Path | None = None, *, now: datetime | N
     """
     directory = directory or simulation_dir()
     try:
-        with _locked(directory):
+        with locked_private_dir(directory):
             existing = _read(directory)
             if existing is not None:
                 return existing
             authority = create_authority(now=now or datetime.now(UTC))
             for name, blob in authority_to_pem(authority).items():
-                tmp = directory / f".{name}.tmp"
-                fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(blob)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, directory / name)
+                write_private(directory / name, blob)
             return authority
     except ConfigError as exc:
         raise ConfigError(f"{exc} (simulated TEE files in {directory}; delete them to start afresh)") from exc
@@ -99,14 +118,27 @@ def load_simulation_anchors(directory: Path | None = None) -> TrustAnchors:
     """The simulation trust anchors (ARK and ASK certificates), creating the authority on first use.
 
     Reads only the two certificates: the verifier never needs the simulated private keys.
+
+    Raises:
+        ConfigError: the certificates cannot be read or are invalid, or the authority cannot be created.
     """
     directory = directory or simulation_dir()
-    try:
-        ark, ask = (directory / "ark-cert.pem").read_bytes(), (directory / "ask-cert.pem").read_bytes()
-    except FileNotFoundError:
+    if not all((directory / name).is_file() for name in ANCHOR_FILES):
         return load_or_create_authority(directory).anchors()
+    return read_simulation_anchors(directory)
+
+
+def read_simulation_anchors(directory: Path) -> TrustAnchors:
+    """The simulation trust anchors from the ``ANCHOR_FILES`` in ``directory`` (never creates anything).
+
+    Raises:
+        ConfigError: a certificate cannot be read (a missing one included) or the two are not valid anchors.
+    """
+    ark_file, ask_file = ANCHOR_FILES
+    try:
+        ark, ask = (directory / ark_file).read_bytes(), (directory / ask_file).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read the simulated TEE anchors in {directory}: {exc}") from exc
+        raise ConfigError(f"cannot read the simulated TEE anchors in {directory}: {exc.strerror or exc}") from exc
     try:
         return simulation_anchors(ark, ask)
     except ValueError as exc:

@@ -11,6 +11,8 @@ lp(requester_spki_sha256)).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from typing import Final, NamedTuple
 
 from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence, seal_bound
 from cc_kernel.crypto.hashing import TAG_DATASET_RELEASE, TAG_REPORT_DATA, constant_time_equal, tagged_hash
@@ -21,6 +23,26 @@ SESSION_ID_SIZE = 16
 AUDIT_PUB_SIZE = 32
 RELEASE_PUB_SIZE = 32
 DATASET_ID_SIZE = 16
+
+
+class _Kind(NamedTuple):
+    """What a binding is called in its errors: the check name, the replay text and the mismatch text."""
+
+    check: str
+    replayed: str
+    mismatch: str
+
+
+_CHANNEL: Final = _Kind(
+    "binding.report_data",
+    "the evidence answers a different nonce: it was replayed from an earlier connection",
+    "report_data does not bind this connection's TLS key, audit key, nonce and session id",
+)
+_RELEASE: Final = _Kind(
+    "binding.release",
+    "the evidence answers a different challenge: it was replayed from an earlier release exchange",
+    "report_data does not bind this release: its challenge, dataset id, release key and requester",
+)
 
 
 def expected_report_data(*, tls_spki: bytes, audit_pub: bytes, nonce: bytes, session_id: bytes) -> bytes:
@@ -51,29 +73,12 @@ def check_binding(
         StaleEvidence: the evidence answers another nonce.
         BindingMismatch: report_data does not bind this channel key / audit key / session.
     """
-    # 1. freshness: the evidence must answer the nonce we chose for this connection
-    if claimed_nonce is not None and not constant_time_equal(claimed_nonce, nonce):
-        raise StaleEvidence(
-            "the evidence answers a different nonce: it was replayed from an earlier connection",
-            check="freshness.nonce",
-            got=claimed_nonce,
-            expected=nonce,
-        )
-    # 2. binding: recompute report_data and compare in constant time
-    want = expected_report_data(tls_spki=tls_spki, audit_pub=audit_pub, nonce=nonce, session_id=session_id)
-    if not constant_time_equal(evidence.report_data, want):
-        raise BindingMismatch(
-            "report_data does not bind this connection's TLS key, audit key, nonce and session id",
-            check="binding.report_data",
-            got=evidence.report_data,
-            expected=want,
-        )
-    return seal_bound(
-        evidence=evidence,
-        tls_spki_sha256=hashlib.sha256(tls_spki).digest(),
-        audit_pub=audit_pub,
-        nonce=nonce,
-        session_id=session_id,
+    return _bind(
+        evidence, _CHANNEL, nonce=nonce, claimed_nonce=claimed_nonce,
+        expected=lambda: expected_report_data(
+            tls_spki=tls_spki, audit_pub=audit_pub, nonce=nonce, session_id=session_id
+        ),
+        tls_spki_sha256=hashlib.sha256(tls_spki).digest(), audit_pub=audit_pub, session_id=session_id,
     )
 
 
@@ -112,29 +117,38 @@ def check_release_binding(
         StaleEvidence: ``freshness.nonce``: the evidence answers another challenge (a replayed exchange).
         BindingMismatch: ``binding.release``: report_data binds another release key, dataset or requester.
     """
-    # 1. freshness: the evidence must answer this exchange's challenge
-    if claimed_nonce is not None and not constant_time_equal(claimed_nonce, nonce):
-        raise StaleEvidence(
-            "the evidence answers a different challenge: it was replayed from an earlier release exchange",
-            check="freshness.nonce",
-            got=claimed_nonce,
-            expected=nonce,
-        )
-    # 2. binding under the release tag
-    want = expected_release_report_data(
-        nonce=nonce, dataset_id=dataset_id, release_pub=release_pub, requester_spki_sha256=requester_spki_sha256
+    return _bind(
+        evidence, _RELEASE, nonce=nonce, claimed_nonce=claimed_nonce,
+        expected=lambda: expected_release_report_data(
+            nonce=nonce, dataset_id=dataset_id, release_pub=release_pub, requester_spki_sha256=requester_spki_sha256
+        ),
+        tls_spki_sha256=requester_spki_sha256, audit_pub=release_pub, session_id=dataset_id,
     )
+
+
+def _bind(
+    evidence: VerifiedEvidence,
+    kind: _Kind,
+    *,
+    expected: Callable[[], bytes],
+    nonce: bytes,
+    claimed_nonce: bytes | None,
+    tls_spki_sha256: bytes,
+    audit_pub: bytes,
+    session_id: bytes,
+) -> BoundEvidence:
+    """The two checks every binding makes, then the seal: ``expected()`` is the report_data the inputs demand
+    (computed after the freshness check, so a replay is reported as one).
+
+    Raises StaleEvidence (``freshness.nonce``) or BindingMismatch (``kind.check``), with ``kind``'s texts.
+    """
+    # 1. freshness: the evidence must answer the nonce (challenge) chosen for this exchange
+    if claimed_nonce is not None and not constant_time_equal(claimed_nonce, nonce):
+        raise StaleEvidence(kind.replayed, check="freshness.nonce", got=claimed_nonce, expected=nonce)
+    # 2. binding: the recomputed report_data, compared in constant time
+    want = expected()
     if not constant_time_equal(evidence.report_data, want):
-        raise BindingMismatch(
-            "report_data does not bind this release: its challenge, dataset id, release key and requester",
-            check="binding.release",
-            got=evidence.report_data,
-            expected=want,
-        )
+        raise BindingMismatch(kind.mismatch, check=kind.check, got=evidence.report_data, expected=want)
     return seal_bound(
-        evidence=evidence,
-        tls_spki_sha256=requester_spki_sha256,
-        audit_pub=release_pub,
-        nonce=nonce,
-        session_id=dataset_id,
+        evidence=evidence, tls_spki_sha256=tls_spki_sha256, audit_pub=audit_pub, nonce=nonce, session_id=session_id
     )

@@ -34,11 +34,11 @@ from cc_kernel.attestation.anchors import TrustAnchors
 from cc_kernel.attestation.evidence import VerifiedEvidence
 from cc_kernel.attestation.platforms import intel_dcap, nitro, ratls_interop, sev_snp
 from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
-from cc_kernel.attestation.platforms.simulation import describes_simulation
 from cc_kernel.attestation.policy import Policy, load_policy
 from cc_kernel.attestation.result import AttestationResult, iso_utc, jsonable
+from cc_kernel.attestation.verify import verify_snp_report
 from cc_kernel.crypto.x509load import certificate_der, load_amd_certificate, load_certificate_bundle
-from cc_kernel.errors import CertificateExpired, MalformedEvidence, UntrustedRoot, VerificationError
+from cc_kernel.errors import CertificateExpired, MalformedEvidence, VerificationError
 
 __all__ = [
     "COLLATERAL_FILE_PATTERNS",
@@ -264,19 +264,10 @@ def _verify_snp(
 ) -> OfflineEvidence:
     report, encoding = (data, "binary") if len(data) == sev_snp.REPORT_SIZE else _unarmour(data)
     ask_der, ark_der = _split_amd_chain(chain) if chain is not None else (None, None)
-    try:
-        ev = sev_snp.verify_report(report, vek_der=vek, ask_der=ask_der, ark_der=ark_der, anchors=anchors, now=now)
-    except UntrustedRoot as exc:
-        if describes_simulation(vek, ask_der, ark_der, report=report):
-            raise UntrustedRoot(
-                f"this is SIMULATED evidence (no hardware protection), which offline verification never accepts: "
-                f"{exc.message}",
-                check=exc.check,
-                got=exc.got,
-                expected=exc.expected,
-                index=exc.index,
-            ) from exc
-        raise
+    ev = verify_snp_report(
+        report, vek_der=vek, ask_der=ask_der, ark_der=ark_der, anchors=anchors, now=now,
+        simulation_hint="this is SIMULATED evidence (no hardware protection), which offline verification never accepts",
+    )
     return OfflineEvidence(ev, encoding)
 
 

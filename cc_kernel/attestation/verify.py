@@ -173,14 +173,36 @@ def _verify_snp(
     effective = anchors if simulation_anchors is None else anchors.merged(simulation_anchors)
 
     # 3. authenticity: the SNP verifier; the platform label comes from the root that verified it
+    return verify_snp_report(
+        env.evidence, vek_der=vek_der, ask_der=ask_der, ark_der=ark_der, anchors=effective, now=now,
+        simulation_hint=SIMULATION_HINT if simulation_anchors is None else None,
+    )
+
+
+def verify_snp_report(
+    report: bytes,
+    *,
+    vek_der: bytes,
+    ask_der: bytes | None,
+    ark_der: bytes | None,
+    anchors: TrustAnchors,
+    now: datetime,
+    simulation_hint: str | None,
+) -> VerifiedEvidence:
+    """``sev_snp.verify_report``, except that an UntrustedRoot for a chain that describes the simulated authority
+    says so: ``simulation_hint`` goes in front of its message (None: every UntrustedRoot as it is).
+
+    Raises:
+        VerificationError: as ``sev_snp.verify_report`` (the same check, got, expected and index).
+    """
     try:
         return sev_snp.verify_report(
-            env.evidence, vek_der=vek_der, ask_der=ask_der, ark_der=ark_der, anchors=effective, now=now
+            report, vek_der=vek_der, ask_der=ask_der, ark_der=ark_der, anchors=anchors, now=now
         )
     except UntrustedRoot as exc:
-        if simulation_anchors is None and describes_simulation(vek_der, ask_der, ark_der, report=env.evidence):
+        if simulation_hint is not None and describes_simulation(vek_der, ask_der, ark_der, report=report):
             raise UntrustedRoot(
-                f"{SIMULATION_HINT}: {exc.message}",
+                f"{simulation_hint}: {exc.message}",
                 check=exc.check,
                 got=exc.got,
                 expected=exc.expected,

@@ -35,6 +35,7 @@ from cc_kernel.crypto.keys import verify_ed25519
 from cc_kernel.errors import AuditError, LogVerificationError, RemoteProtocolError
 from cc_kernel.protocol import codec
 from cc_kernel.protocol import messages as m
+from cc_kernel.protocol.connection import OUTPUT_TYPES
 
 __all__ = [
     "ENTRY_TYPES",
@@ -103,18 +104,9 @@ KINDS: Final = ("cell", "silent", "comm", "complete", "inspect", "is_complete", 
 STATUSES: Final = ("ok", "error", "aborted", "interrupted")
 #: Why ``code`` is nil: ``none`` (it is not), ``config`` (redaction configured), ``size`` (too big to inline).
 REDACTIONS: Final = ("none", "config", "size")
-#: Rich output kinds listed in a receipt's ``outputs`` (``overflow`` folds the ones past the listing cap).
-OUTPUT_KINDS: Final = (
-    "display_data",
-    "update_display_data",
-    "execute_result",
-    "error",
-    "clear_output",
-    "comm_open",
-    "comm_msg",
-    "comm_close",
-    "overflow",
-)
+#: Rich output kinds listed in a receipt's ``outputs``: every output message type but ``stream`` (streams are
+#: digested by name), and ``overflow``, which folds the ones past the listing cap.
+OUTPUT_KINDS: Final = (*sorted(OUTPUT_TYPES - {"stream"}), "overflow")
 #: At most this many ``outputs`` items are listed one by one; the rest fold into one ``overflow`` item.
 MAX_LISTED_OUTPUTS: Final = 256
 #: Code longer than this (UTF-8 bytes) is hashed but not inlined (``redaction = "size"``), so a receipt always
@@ -227,10 +219,7 @@ class OutputDigester:
         if isinstance(msg, m.Stream):
             self.add_stream(msg.name, msg.text)
         elif isinstance(msg, m.DisplayData | m.UpdateDisplayData | m.ExecuteResult):
-            kind = {m.DisplayData: "display_data", m.UpdateDisplayData: "update_display_data"}.get(
-                type(msg), "execute_result"
-            )
-            self.add_output(kind, {"data": msg.data, "metadata": msg.metadata})
+            self.add_output(msg.TYPE, {"data": msg.data, "metadata": msg.metadata})
         elif isinstance(msg, m.Error):
             self.add_output("error", {"ename": msg.ename, "evalue": msg.evalue, "traceback": msg.traceback})
         elif isinstance(msg, m.ClearOutput):
@@ -247,9 +236,8 @@ class OutputDigester:
                 },
             )
         elif isinstance(msg, m.CommMsg | m.CommClose):
-            kind = "comm_msg" if isinstance(msg, m.CommMsg) else "comm_close"
             self.add_output(
-                kind,
+                msg.TYPE,
                 {"comm_id": msg.comm_id, "data": msg.data, "metadata": msg.metadata, "buffers": list(msg.buffers)},
             )
         else:

@@ -26,22 +26,12 @@ from cc_kernel.crypto.sealing import SigningKey, load_tls_key, tls_key_pem
 from cc_kernel.dataset.brokerlog import GENESIS, BrokerLogWriter, verify_broker_log
 from cc_kernel.dataset.release import DatasetRecord
 from cc_kernel.errors import ConfigError, RemoteProtocolError
+from cc_kernel.simstore import write_private
 
 TLS_KEY = "tls-key.pem"
 LOG_KEY = "log-key"
 LOG_PUB = "log-key.pub"
 LOG = "broker.log"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def iso_now() -> str:
@@ -65,7 +55,7 @@ class BrokerStore:
             raise ConfigError(f"{self.directory}: the key store must be private (mode 0700), not {mode:04o}")
         tls_path = self.directory / TLS_KEY
         if not tls_path.exists():
-            _write_private(tls_path, tls_key_pem(new_tls_key()))
+            write_private(tls_path, tls_key_pem(new_tls_key()))
         try:
             self._tls_key = load_tls_key(tls_path.read_bytes())
         except ValueError as exc:
@@ -73,8 +63,8 @@ class BrokerStore:
         log_path = self.directory / LOG_KEY
         if not log_path.exists():
             key = SigningKey()
-            _write_private(log_path, key.private_bytes())
-            _write_private(self.directory / LOG_PUB, key.public_bytes.hex().encode() + b"\n")
+            write_private(log_path, key.private_bytes())
+            write_private(self.directory / LOG_PUB, key.public_bytes.hex().encode() + b"\n")
         raw = log_path.read_bytes()
         if len(raw) != 32:
             raise ConfigError(f"{log_path}: not a broker log key (32 bytes)")
@@ -107,8 +97,8 @@ class BrokerStore:
         path = self._path(record.dataset_id, "record")
         if path.exists():
             raise ConfigError(f"{path}: a dataset with this id exists already")
-        _write_private(path, record.encode())
-        _write_private(self._path(record.dataset_id, "count"), b"0\n")
+        write_private(path, record.encode())
+        write_private(self._path(record.dataset_id, "count"), b"0\n")
 
     def get(self, dataset_id: bytes) -> DatasetRecord | None:
         """The record of ``dataset_id``, or None."""
@@ -132,7 +122,7 @@ class BrokerStore:
     def count_release(self, dataset_id: bytes) -> int:
         """Record one more release (durably, before the key is sent) and return the new count."""
         n = self.sessions_used(dataset_id) + 1
-        _write_private(self._path(dataset_id, "count"), f"{n}\n".encode())
+        write_private(self._path(dataset_id, "count"), f"{n}\n".encode())
         return n
 
     # --- log ------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Final
 
 from cc_kernel.errors import LocalProtocolError, MessageTooLarge, ProtocolError, RemoteProtocolError
 from cc_kernel.protocol import codec
+from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.framing import (
     DEFAULT_MAX_FRAME_SIZE,
     HEADER_SIZE,
@@ -25,55 +26,6 @@ from cc_kernel.protocol.framing import (
     NeedData,
     check_max_frame_size,
     encode_frame,
-)
-from cc_kernel.protocol.messages import (
-    REGISTRY,
-    SUPPORTED_VERSIONS,
-    AttestRequest,
-    AttestResponse,
-    AuditOff,
-    AuditReceipt,
-    AuditStart,
-    ClearOutput,
-    CommClose,
-    CommInfoReply,
-    CommInfoRequest,
-    CommMsg,
-    CommOpen,
-    CompleteReply,
-    CompleteRequest,
-    Credit,
-    DisplayData,
-    Error,
-    ExecuteReply,
-    ExecuteRequest,
-    ExecuteResult,
-    Fatal,
-    Hello,
-    HistoryReply,
-    HistoryRequest,
-    InputReply,
-    InputRequest,
-    InspectReply,
-    InspectRequest,
-    Interrupt,
-    IsCompleteReply,
-    IsCompleteRequest,
-    Message,
-    Ping,
-    Pong,
-    SessionInfo,
-    Shutdown,
-    ShutdownReply,
-    Stream,
-    UpdateDisplayData,
-    UploadChunk,
-    UploadEnd,
-    UploadReply,
-    UploadStart,
-    decode_message,
-    encode_message,
-    negotiate,
 )
 
 
@@ -112,57 +64,60 @@ class AttestationVerified:
 
 
 #: Kernel -> enclave application messages: only in READY, i.e. only after the kernel verified the evidence.
-KERNEL_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
+KERNEL_APP_MESSAGES: Final[frozenset[type[m.Message]]] = frozenset(
     {
-        AuditStart,
-        AuditOff,
-        ExecuteRequest,
-        CompleteRequest,
-        InspectRequest,
-        IsCompleteRequest,
-        HistoryRequest,
-        InputReply,
-        CommOpen,
-        CommMsg,
-        CommClose,
-        CommInfoRequest,
-        UploadStart,
-        UploadChunk,
-        UploadEnd,
-        Interrupt,
-        Credit,
+        m.AuditStart,
+        m.AuditOff,
+        m.ExecuteRequest,
+        m.CompleteRequest,
+        m.InspectRequest,
+        m.IsCompleteRequest,
+        m.HistoryRequest,
+        m.InputReply,
+        m.CommOpen,
+        m.CommMsg,
+        m.CommClose,
+        m.CommInfoRequest,
+        m.UploadStart,
+        m.UploadChunk,
+        m.UploadEnd,
+        m.Interrupt,
+        m.Credit,
     }
 )
 
 #: Enclave -> kernel application messages: only once the enclave sent its evidence (READY/SHUTTING_DOWN).
-ENCLAVE_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
+ENCLAVE_APP_MESSAGES: Final[frozenset[type[m.Message]]] = frozenset(
     {
-        ExecuteReply,
-        Stream,
-        DisplayData,
-        UpdateDisplayData,
-        ExecuteResult,
-        Error,
-        ClearOutput,
-        CompleteReply,
-        InspectReply,
-        IsCompleteReply,
-        HistoryReply,
-        InputRequest,
-        CommOpen,
-        CommMsg,
-        CommClose,
-        CommInfoReply,
-        UploadReply,
-        AuditReceipt,
-        SessionInfo,
+        m.ExecuteReply,
+        m.Stream,
+        m.DisplayData,
+        m.UpdateDisplayData,
+        m.ExecuteResult,
+        m.Error,
+        m.ClearOutput,
+        m.CompleteReply,
+        m.InspectReply,
+        m.IsCompleteReply,
+        m.HistoryReply,
+        m.InputRequest,
+        m.CommOpen,
+        m.CommMsg,
+        m.CommClose,
+        m.CommInfoReply,
+        m.UploadReply,
+        m.AuditReceipt,
+        m.SessionInfo,
     }
 )
 
 #: Enclave -> kernel messages a cell can emit without bound; their ``output_cost`` counts against ``OutputWindow``.
-OUTPUT_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
-    {Stream, DisplayData, UpdateDisplayData, ExecuteResult, Error, ClearOutput, CommOpen, CommMsg, CommClose}
+OUTPUT_MESSAGES: Final[frozenset[type[m.Message]]] = frozenset(
+    {m.Stream, m.DisplayData, m.UpdateDisplayData, m.ExecuteResult, m.Error, m.ClearOutput}
+    | {m.CommOpen, m.CommMsg, m.CommClose}
 )
+#: The wire type names of ``OUTPUT_MESSAGES``: the Jupyter IOPub message types a cell's output travels as.
+OUTPUT_TYPES: Final[frozenset[str]] = frozenset(msg.TYPE for msg in OUTPUT_MESSAGES)
 
 #: Largest frame the enclave accepts before READY. Everything a client may send before then (Hello,
 #: AttestRequest, Ping, Fatal) is a few hundred bytes, so a client that has not even been attested cannot make
@@ -194,54 +149,45 @@ def _common(live: tuple[State, ...], states: tuple[State, ...]) -> dict[_Key, St
     table: dict[_Key, State] = {}
     for state in (*live, State.SHUTTING_DOWN):
         for direction in (_S, _R):
-            table[(state, direction, Ping)] = state
-            table[(state, direction, Pong)] = state
+            table[(state, direction, m.Ping)] = state
+            table[(state, direction, m.Pong)] = state
     for state in states:
-        table[(state, _S, Fatal)] = State.CLOSED
-        table[(state, _R, Fatal)] = State.CLOSED
+        table[(state, _S, m.Fatal)] = State.CLOSED
+        table[(state, _R, m.Fatal)] = State.CLOSED
     return table
 
 
-def _kernel_table() -> dict[_Key, State]:
-    t = _common(_LIVE_KERNEL, tuple(s for s in _OPEN if s is not State.HELLO_RECEIVED))
-    t[(State.HELLO, _S, Hello)] = State.HELLO_SENT
-    t[(State.HELLO_SENT, _R, Hello)] = State.ATTESTING
-    t[(State.ATTESTING, _S, AttestRequest)] = State.EVIDENCE_PENDING
-    t[(State.EVIDENCE_PENDING, _R, AttestResponse)] = State.AWAITING_VERIFICATION
-    t[(State.AWAITING_VERIFICATION, _L, AttestationVerified)] = State.READY
-    for m in KERNEL_APP_MESSAGES:
-        t[(State.READY, _S, m)] = State.READY
-    for m in ENCLAVE_APP_MESSAGES:
-        t[(State.READY, _R, m)] = State.READY
-        t[(State.SHUTTING_DOWN, _R, m)] = State.SHUTTING_DOWN  # output still in flight
-    t[(State.READY, _S, Shutdown)] = State.SHUTTING_DOWN
-    t[(State.SHUTTING_DOWN, _S, Credit)] = State.SHUTTING_DOWN
-    t[(State.SHUTTING_DOWN, _R, ShutdownReply)] = State.CLOSED
-    return t
-
-
-def _enclave_table() -> dict[_Key, State]:
-    not_enclave = (State.HELLO_SENT, State.AWAITING_VERIFICATION)
-    t = _common(_LIVE_ENCLAVE, tuple(s for s in _OPEN if s not in not_enclave))
-    t[(State.HELLO, _R, Hello)] = State.HELLO_RECEIVED
-    t[(State.HELLO_RECEIVED, _S, Hello)] = State.ATTESTING
-    t[(State.ATTESTING, _R, AttestRequest)] = State.EVIDENCE_PENDING
-    t[(State.EVIDENCE_PENDING, _S, AttestResponse)] = State.READY
-    for m in KERNEL_APP_MESSAGES:
-        t[(State.READY, _R, m)] = State.READY
-    for m in ENCLAVE_APP_MESSAGES:
-        t[(State.READY, _S, m)] = State.READY
-        t[(State.SHUTTING_DOWN, _S, m)] = State.SHUTTING_DOWN  # drain output before the reply
-    t[(State.READY, _R, Shutdown)] = State.SHUTTING_DOWN
-    t[(State.SHUTTING_DOWN, _R, Credit)] = State.SHUTTING_DOWN
-    t[(State.SHUTTING_DOWN, _S, ShutdownReply)] = State.CLOSED
+def _table(role: Role) -> dict[_Key, State]:
+    """One role's transitions. Both roles walk the same conversation; ``k2e``/``e2k`` is the direction the
+    kernel's / the enclave's messages have from this role's side (send or receive)."""
+    kernel = role is Role.KERNEL
+    k2e, e2k = (_S, _R) if kernel else (_R, _S)
+    peer_hello = State.HELLO_SENT if kernel else State.HELLO_RECEIVED  # the one state where only the peer's is owed
+    not_ours = (State.HELLO_RECEIVED,) if kernel else (State.HELLO_SENT, State.AWAITING_VERIFICATION)
+    t = _common(_LIVE_KERNEL if kernel else _LIVE_ENCLAVE, tuple(s for s in _OPEN if s not in not_ours))
+    t[(State.HELLO, k2e, m.Hello)] = peer_hello
+    t[(peer_hello, e2k, m.Hello)] = State.ATTESTING
+    t[(State.ATTESTING, k2e, m.AttestRequest)] = State.EVIDENCE_PENDING
+    if kernel:  # the kernel must verify the evidence before anything else
+        t[(State.EVIDENCE_PENDING, e2k, m.AttestResponse)] = State.AWAITING_VERIFICATION
+        t[(State.AWAITING_VERIFICATION, _L, AttestationVerified)] = State.READY
+    else:
+        t[(State.EVIDENCE_PENDING, e2k, m.AttestResponse)] = State.READY
+    for kernel_msg in KERNEL_APP_MESSAGES:
+        t[(State.READY, k2e, kernel_msg)] = State.READY
+    for enclave_msg in ENCLAVE_APP_MESSAGES:
+        t[(State.READY, e2k, enclave_msg)] = State.READY
+        t[(State.SHUTTING_DOWN, e2k, enclave_msg)] = State.SHUTTING_DOWN  # the enclave drains output before its reply
+    t[(State.READY, k2e, m.Shutdown)] = State.SHUTTING_DOWN
+    t[(State.SHUTTING_DOWN, k2e, m.Credit)] = State.SHUTTING_DOWN
+    t[(State.SHUTTING_DOWN, e2k, m.ShutdownReply)] = State.CLOSED
     return t
 
 
 #: The whole state machine: role -> (state, direction, message type) -> next state. Absent key = violation.
 TRANSITIONS: Final[dict[Role, dict[_Key, State]]] = {
-    Role.KERNEL: _kernel_table(),
-    Role.ENCLAVE: _enclave_table(),
+    Role.KERNEL: _table(Role.KERNEL),
+    Role.ENCLAVE: _table(Role.ENCLAVE),
 }
 
 
@@ -334,7 +280,16 @@ class Connection:
         self._closed = ConnectionClosed(reason=reason, clean=clean)
         return self._closed
 
-    def send(self, msg: Message) -> bytes:
+    def _enter(self, new_state: State, msg: m.Message) -> None:
+        """Move to ``new_state`` after ``msg`` went out or came in; a message that closes says how."""
+        self._state = new_state
+        if new_state is State.CLOSED:
+            if isinstance(msg, m.Fatal):
+                self._close(msg.reason, clean=False)
+            else:
+                self._close("shutdown complete", clean=True)
+
+    def send(self, msg: m.Message) -> bytes:
         """Check ``msg`` against the state machine and return the frame bytes to write.
 
         In ERROR, only a ``Fatal`` may still be sent (the state stays ERROR); everything else raises.
@@ -346,11 +301,11 @@ class Connection:
             MessageTooLarge: the message is allowed now but encodes to more than ``max_frame_size`` bytes.
                 Nothing is sent or recorded: the state does not change (a LocalProtocolError subclass).
         """
-        if not isinstance(msg, Message) or REGISTRY.get(msg.TYPE) is not type(msg):
+        if not isinstance(msg, m.Message) or m.REGISTRY.get(msg.TYPE) is not type(msg):
             raise TypeError(f"not a protocol message: {type(msg).__name__}")
         if self._state is State.ERROR:
-            if isinstance(msg, Fatal):
-                return encode_frame(encode_message(msg), self.max_frame_size)
+            if isinstance(msg, m.Fatal):
+                return encode_frame(m.encode_message(msg), self.max_frame_size)
             raise LocalProtocolError(f"cannot send {type(msg).__name__}: connection is in ERROR ({self._error})")
         key = (self._state, Direction.SEND, type(msg))
         try:
@@ -358,7 +313,7 @@ class Connection:
             if new_state is None:
                 raise LocalProtocolError(self._refusal(msg))
             self._check_send(msg)
-            frame = encode_frame(encode_message(msg), self.max_frame_size)
+            frame = encode_frame(m.encode_message(msg), self.max_frame_size)
         except MessageTooLarge as exc:
             # A property of this one message, not of the conversation: nothing was sent or recorded, so the
             # connection stays as it was and the caller can fail just this request.
@@ -373,20 +328,20 @@ class Connection:
         self._commit_send(msg, new_state)
         return frame
 
-    def _refusal(self, msg: Message) -> str:
+    def _refusal(self, msg: m.Message) -> str:
         name = type(msg).__name__
         if self.role is Role.KERNEL and type(msg) in KERNEL_APP_MESSAGES and self._state in _BEFORE_READY:
             return f"cannot send {name} in state {self._state.value}: attestation_verified() was not called"
         return f"{self.role.value} cannot send {name} in state {self._state.value}"
 
-    def _check_send(self, msg: Message) -> None:
-        if isinstance(msg, Hello):
+    def _check_send(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Hello):
             if msg.role != self.role.value:
                 raise LocalProtocolError(f"our Hello must say role {self.role.value!r}, not {msg.role!r}")
             if len(set(msg.versions)) != len(msg.versions):
                 raise LocalProtocolError(f"Hello versions must be distinct, got {msg.versions}")
             if self.role is Role.KERNEL:
-                unsupported = set(msg.versions) - set(SUPPORTED_VERSIONS)
+                unsupported = set(msg.versions) - set(m.SUPPORTED_VERSIONS)
                 if unsupported:
                     raise LocalProtocolError(f"cannot offer versions we do not speak: {sorted(unsupported)}")
             elif msg.versions != [self._their_version]:
@@ -394,23 +349,18 @@ class Connection:
                     f"the enclave's Hello must carry exactly the negotiated version [{self._their_version}],"
                     f" not {msg.versions}"
                 )
-        elif isinstance(msg, ShutdownReply) and msg.restart != self._shutdown_restart:
+        elif isinstance(msg, m.ShutdownReply) and msg.restart != self._shutdown_restart:
             raise LocalProtocolError(f"ShutdownReply.restart must echo the request ({self._shutdown_restart})")
 
-    def _commit_send(self, msg: Message, new_state: State) -> None:
-        if isinstance(msg, Hello) and self.role is Role.KERNEL:
+    def _commit_send(self, msg: m.Message, new_state: State) -> None:
+        if isinstance(msg, m.Hello) and self.role is Role.KERNEL:
             self._offered = tuple(msg.versions)
-        elif isinstance(msg, Shutdown):
+        elif isinstance(msg, m.Shutdown):
             self._shutdown_restart = msg.restart
-        self._state = new_state
         if new_state is State.READY and self._decoder.max_frame_size < self.max_frame_size:
             self._raise_limit_when_idle = True
             self._maybe_raise_limit()
-        if new_state is State.CLOSED:
-            if isinstance(msg, Fatal):
-                self._close(msg.reason, clean=False)
-            else:
-                self._close("shutdown complete", clean=True)
+        self._enter(new_state, msg)
 
     def attestation_verified(self) -> None:
         """Kernel only: the caller verified the AttestResponse's evidence; unlock application messages.
@@ -464,7 +414,7 @@ class Connection:
         except RemoteProtocolError as exc:
             raise self._fail(exc) from None
 
-    def next_event(self) -> Message | NeedData | ConnectionClosed:
+    def next_event(self) -> m.Message | NeedData | ConnectionClosed:
         """The next message from the peer, ``NEED_DATA``, or ``ConnectionClosed`` (repeatedly) once CLOSED.
 
         Messages already buffered when the peer closed are still returned; EOF at a frame boundary then
@@ -485,7 +435,7 @@ class Connection:
                     return NEED_DATA
                 # receive_data(b"") already checked that the peer did not stop inside a frame
                 return self._close("peer closed the connection without Fatal or ShutdownReply", clean=False)
-            msg = decode_message(codec.unpackb(frame, max_size=self.max_frame_size))
+            msg = m.decode_message(codec.unpackb(frame, max_size=self.max_frame_size))
             new_state = self._table.get((self._state, Direction.RECEIVE, type(msg)))
             if new_state is None:
                 raise RemoteProtocolError(
@@ -495,23 +445,18 @@ class Connection:
         except RemoteProtocolError as exc:
             raise self._fail(exc) from None
         self._last_frame_size = HEADER_SIZE + len(frame)
-        self._state = new_state
         self._maybe_raise_limit()
-        if new_state is State.CLOSED:
-            if isinstance(msg, Fatal):
-                self._close(msg.reason, clean=False)
-            else:
-                self._close("shutdown complete", clean=True)
+        self._enter(new_state, msg)
         return msg
 
-    def _check_receive(self, msg: Message) -> None:
-        if isinstance(msg, Hello):
+    def _check_receive(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Hello):
             if msg.role != self._peer_role.value:
                 raise RemoteProtocolError(f"peer Hello says role {msg.role!r}, expected {self._peer_role.value!r}")
             if len(set(msg.versions)) != len(msg.versions):
                 raise RemoteProtocolError(f"peer Hello versions are not distinct: {msg.versions}")
             if self.role is Role.ENCLAVE:
-                self._their_version = negotiate(SUPPORTED_VERSIONS, msg.versions)
+                self._their_version = m.negotiate(m.SUPPORTED_VERSIONS, msg.versions)
             else:
                 if len(msg.versions) != 1 or msg.versions[0] not in self._offered:
                     raise RemoteProtocolError(
@@ -519,9 +464,9 @@ class Connection:
                         f"it answered {msg.versions}"
                     )
                 self._their_version = msg.versions[0]
-        elif isinstance(msg, Shutdown):
+        elif isinstance(msg, m.Shutdown):
             self._shutdown_restart = msg.restart
-        elif isinstance(msg, ShutdownReply) and msg.restart != self._shutdown_restart:
+        elif isinstance(msg, m.ShutdownReply) and msg.restart != self._shutdown_restart:
             raise RemoteProtocolError(
                 f"ShutdownReply.restart={msg.restart} does not echo Shutdown.restart={self._shutdown_restart}"
             )

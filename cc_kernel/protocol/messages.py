@@ -81,6 +81,9 @@ Name = Annotated[str, _Len(0, MAX_NAME)]
 JsonDict = Annotated[dict[str, Any], _JSON]
 JsonList = Annotated[list[Any], _JSON]
 ReplyStatus = Literal["ok", "error"]
+#: The Jupyter ``msg_id`` of the frontend's request (kernel -> enclave; "" otherwise): what ipykernel's
+#: ``get_parent()`` gives user code, e.g. ipywidgets' Output widget, which captures that request's output.
+ParentMsgId = Name
 
 
 # --- validation -------------------------------------------------------------------------------------------
@@ -354,9 +357,7 @@ class ExecuteRequest(Message):
     execution_count: Count
     cell_id: Name | None
     kind: Annotated[str, _Len(1, MAX_KIND)]
-    #: The Jupyter ``msg_id`` of the frontend's request (kernel -> enclave; "" otherwise): what ipykernel's
-    #: ``get_parent()`` gives user code, e.g. ipywidgets' Output widget, which captures that request's output.
-    parent_msg_id: Name = ""
+    parent_msg_id: ParentMsgId = ""
 
 
 @_message("execute_reply")
@@ -384,26 +385,26 @@ class Stream(Message):
     text: str
 
 
-@_message("display_data")
 @dataclass(frozen=True, slots=True)
-class DisplayData(Message):
-    """A mime bundle to display; ``transient`` may carry a ``display_id``."""
+class _DisplayBody(Message):
+    """The fields of a mime bundle to display (not a wire type itself)."""
 
     req_id: ReqId
     data: JsonDict
     metadata: JsonDict
     transient: JsonDict
+
+
+@_message("display_data")
+@dataclass(frozen=True, slots=True)
+class DisplayData(_DisplayBody):
+    """A mime bundle to display; ``transient`` may carry a ``display_id``."""
 
 
 @_message("update_display_data")
 @dataclass(frozen=True, slots=True)
-class UpdateDisplayData(Message):
+class UpdateDisplayData(_DisplayBody):
     """Replace the display named by ``transient["display_id"]``."""
-
-    req_id: ReqId
-    data: JsonDict
-    metadata: JsonDict
-    transient: JsonDict
 
 
 @_message("execute_result")
@@ -569,39 +570,31 @@ class CommOpen(Message):
     data: JsonDict
     metadata: JsonDict
     buffers: list[bytes]
-    #: The Jupyter ``msg_id`` of the frontend's request (kernel -> enclave; "" otherwise): what ipykernel's
-    #: ``get_parent()`` gives user code, e.g. ipywidgets' Output widget, which captures that request's output.
-    parent_msg_id: Name = ""
+    parent_msg_id: ParentMsgId = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _CommBody(Message):
+    """The fields of a message on an open comm (not a wire type itself)."""
+
+    req_id: ReqId
+    comm_id: Name
+    data: JsonDict
+    metadata: JsonDict
+    buffers: list[bytes]
+    parent_msg_id: ParentMsgId = ""
 
 
 @_message("comm_msg")
 @dataclass(frozen=True, slots=True)
-class CommMsg(Message):
+class CommMsg(_CommBody):
     """A message on an open comm (either direction)."""
-
-    req_id: ReqId
-    comm_id: Name
-    data: JsonDict
-    metadata: JsonDict
-    buffers: list[bytes]
-    #: The Jupyter ``msg_id`` of the frontend's request (kernel -> enclave; "" otherwise): what ipykernel's
-    #: ``get_parent()`` gives user code, e.g. ipywidgets' Output widget, which captures that request's output.
-    parent_msg_id: Name = ""
 
 
 @_message("comm_close")
 @dataclass(frozen=True, slots=True)
-class CommClose(Message):
+class CommClose(_CommBody):
     """Close a comm (either direction)."""
-
-    req_id: ReqId
-    comm_id: Name
-    data: JsonDict
-    metadata: JsonDict
-    buffers: list[bytes]
-    #: The Jupyter ``msg_id`` of the frontend's request (kernel -> enclave; "" otherwise): what ipykernel's
-    #: ``get_parent()`` gives user code, e.g. ipywidgets' Output widget, which captures that request's output.
-    parent_msg_id: Name = ""
 
 
 @_message("comm_info_request")

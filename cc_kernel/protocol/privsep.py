@@ -13,68 +13,38 @@ from typing import Final
 
 from cc_kernel.errors import RemoteProtocolError
 from cc_kernel.protocol import codec
+from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import OUTPUT_MESSAGES
 from cc_kernel.protocol.framing import DEFAULT_MAX_FRAME_SIZE, NEED_DATA, FrameDecoder, encode_frame
-from cc_kernel.protocol.messages import (
-    CommClose,
-    CommInfoReply,
-    CommInfoRequest,
-    CommMsg,
-    CommOpen,
-    CompleteReply,
-    CompleteRequest,
-    Credit,
-    ExecuteReply,
-    ExecuteRequest,
-    HistoryReply,
-    HistoryRequest,
-    InputReply,
-    InputRequest,
-    InspectReply,
-    InspectRequest,
-    IsCompleteReply,
-    IsCompleteRequest,
-    Message,
-    RequestDone,
-    Shutdown,
-    ShutdownReply,
-    UploadChunk,
-    UploadEnd,
-    UploadReply,
-    UploadStart,
-    WorkerReady,
-    decode_message,
-    encode_message,
-)
 
 #: Requests the monitor hands to the worker, one at a time, and the reply that finishes each.
-REPLY_FOR: Final[dict[type[Message], type[Message]]] = {
-    ExecuteRequest: ExecuteReply,
-    CompleteRequest: CompleteReply,
-    InspectRequest: InspectReply,
-    IsCompleteRequest: IsCompleteReply,
-    HistoryRequest: HistoryReply,
-    CommInfoRequest: CommInfoReply,
-    CommOpen: RequestDone,
-    CommMsg: RequestDone,
-    CommClose: RequestDone,
-    UploadStart: UploadReply,
+REPLY_FOR: Final[dict[type[m.Message], type[m.Message]]] = {
+    m.ExecuteRequest: m.ExecuteReply,
+    m.CompleteRequest: m.CompleteReply,
+    m.InspectRequest: m.InspectReply,
+    m.IsCompleteRequest: m.IsCompleteReply,
+    m.HistoryRequest: m.HistoryReply,
+    m.CommInfoRequest: m.CommInfoReply,
+    m.CommOpen: m.RequestDone,
+    m.CommMsg: m.RequestDone,
+    m.CommClose: m.RequestDone,
+    m.UploadStart: m.UploadReply,
 }
 
 #: Everything the monitor may send the worker.
-MONITOR_TO_WORKER: Final[frozenset[type[Message]]] = frozenset(
-    {*REPLY_FOR, UploadChunk, UploadEnd, InputReply, Credit, Shutdown}
+MONITOR_TO_WORKER: Final[frozenset[type[m.Message]]] = frozenset(
+    {*REPLY_FOR, m.UploadChunk, m.UploadEnd, m.InputReply, m.Credit, m.Shutdown}
 )
 
 #: Everything the worker may send the monitor: outputs, replies, input prompts, its start report, its goodbye.
-WORKER_TO_MONITOR: Final[frozenset[type[Message]]] = frozenset(
-    {*OUTPUT_MESSAGES, *REPLY_FOR.values(), InputRequest, WorkerReady, ShutdownReply}
+WORKER_TO_MONITOR: Final[frozenset[type[m.Message]]] = frozenset(
+    {*OUTPUT_MESSAGES, *REPLY_FOR.values(), m.InputRequest, m.WorkerReady, m.ShutdownReply}
 )
 
 
-def encode(msg: Message) -> bytes:
+def encode(msg: m.Message) -> bytes:
     """One frame carrying ``msg``. Raises LocalProtocolError if it cannot be encoded or exceeds the cap."""
-    return encode_frame(encode_message(msg))
+    return encode_frame(m.encode_message(msg))
 
 
 class LinkDecoder:
@@ -84,7 +54,7 @@ class LinkDecoder:
     this direction does not carry (named). After an error the decoder is unusable: the caller ends the link.
     """
 
-    def __init__(self, allowed: frozenset[type[Message]], *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(self, allowed: frozenset[type[m.Message]], *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self._allowed = allowed
         self._frames = FrameDecoder(max_frame_size)
 
@@ -95,11 +65,11 @@ class LinkDecoder:
         """The peer closed; raises RemoteProtocolError if it closed in the middle of a frame."""
         self._frames.eof()
 
-    def next_message(self) -> Message | None:
+    def next_message(self) -> m.Message | None:
         frame = self._frames.next_frame()
         if frame is NEED_DATA:
             return None
-        msg = decode_message(codec.unpackb(frame))
+        msg = m.decode_message(codec.unpackb(frame))
         if type(msg) not in self._allowed:
             raise RemoteProtocolError(f"{msg.TYPE} is not allowed in this direction of the monitor <-> worker link")
         return msg

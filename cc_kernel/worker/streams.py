@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final, Literal, Protocol, TextIO
 
+from cc_kernel.protocol.connection import OUTPUT_TYPES
+
 __all__ = [
     "OUTPUT_KINDS",
     "FdCapture",
@@ -42,20 +44,9 @@ __all__ = [
     "StreamName",
 ]
 
-#: The ``kind`` values an :class:`OutputSink` receives; each mirrors the Jupyter IOPub message of that name.
-OUTPUT_KINDS: Final = frozenset(
-    {
-        "stream",
-        "display_data",
-        "update_display_data",
-        "execute_result",
-        "error",
-        "clear_output",
-        "comm_open",
-        "comm_msg",
-        "comm_close",
-    }
-)
+#: The ``kind`` values an :class:`OutputSink` receives: the protocol's output message types, each mirroring the
+#: Jupyter IOPub message of that name.
+OUTPUT_KINDS: Final = OUTPUT_TYPES
 
 StreamName = Literal["stdout", "stderr"]
 

@@ -1,5 +1,6 @@
-"""Enclave: what the hardware evidence providers share — file and ioctl access, bounded retries, sanity checks
-of the evidence a TEE returned, and the envelope they all produce.
+"""Enclave: what the hardware evidence providers share — file, device and ioctl access, bounded retries, sanity
+checks of the evidence a TEE returned, and the collection itself (``HardwareProvider.collect``: check the
+report_data, collect one provider at a time, put the evidence into the envelope they all produce).
 
 Invariants:
 
@@ -13,12 +14,15 @@ Invariants:
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import errno
 import fcntl
 import os
 import struct
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -26,23 +30,27 @@ from typing import Any, Protocol, TypeVar
 from cc_kernel.attestation.envelope import MAX_ENVELOPE_SIZE, Endorsement, EvidenceEnvelope, encode_envelope
 from cc_kernel.attestation.platforms.sev_snp import LAYOUT as SNP_LAYOUT
 from cc_kernel.attestation.platforms.sev_snp import REPORT_SIZE as SNP_REPORT_SIZE
-from cc_kernel.errors import EvidenceUnavailable
+from cc_kernel.errors import ConfigError, EvidenceUnavailable
 
 __all__ = [
     "BUSY_ERRNOS",
     "MAX_EVIDENCE_SIZE",
     "REPORT_DATA_SIZE",
+    "Collected",
+    "HardwareProvider",
     "IoctlFn",
     "OsFilesystem",
     "Retry",
     "Transient",
     "TsmFilesystem",
     "check_evidence",
+    "check_privilege_level",
     "check_report_data",
     "errno_name",
     "iowr",
     "make_envelope",
     "now_ms",
+    "opened_device",
     "os_error_text",
     "system_ioctl",
 ]
@@ -94,6 +102,29 @@ def check_report_data(report_data: bytes) -> bytes:
     if len(data) != REPORT_DATA_SIZE:
         raise ValueError(f"report_data must be {REPORT_DATA_SIZE} bytes, got {len(data)}")
     return data
+
+
+def check_privilege_level(level: int, what: str) -> None:
+    """Raises ConfigError unless ``level`` is a VMPL / privilege level the hardware has (0..3); ``what`` names it."""
+    if not 0 <= level <= 3:
+        raise ConfigError(f"{what} must be 0..3, got {level}")
+
+
+@contextlib.contextmanager
+def opened_device(device: Path) -> Iterator[int]:
+    """A read-write descriptor on the TEE ``device`` for the ``with`` block; closed after it, whatever happened.
+
+    Raises:
+        EvidenceUnavailable: the device cannot be opened (the errno is named).
+    """
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise EvidenceUnavailable(f"cannot open {device}: {os_error_text(exc)}") from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 # --- bounded retries -----------------------------------------------------------------------------------------
@@ -311,6 +342,61 @@ def make_envelope(
             f"({MAX_ENVELOPE_SIZE} bytes): {exc}"
         ) from exc
     return env
+
+
+# --- the collection every hardware provider makes ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What one collection produced, before it is put into an envelope (see ``make_envelope``)."""
+
+    platform: str
+    fmt: str
+    evidence: bytes
+    endorsements: tuple[Endorsement, ...]
+    provider: str
+
+
+@dataclass(kw_only=True)
+class HardwareProvider(abc.ABC):
+    """The part of an ``EvidenceSource`` every hardware provider shares: ``collect`` checks the report_data,
+    lets the provider's ``_collect`` produce the evidence and puts it into an envelope stamped by ``clock``.
+
+    ``retry`` and ``clock`` are injectable for tests; ``_serialised`` runs one provider's attempts one
+    collection at a time (the TEE interfaces are process-wide).
+    """
+
+    retry: Retry = field(default_factory=Retry)
+    clock: Callable[[], float] = time.time
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def collect(
+        self, report_data: bytes, *, audit_pub: bytes, session_id: bytes, nonce: bytes
+    ) -> EvidenceEnvelope:
+        """Evidence binding ``report_data`` (64 bytes), in an envelope with the audit key, session id and nonce.
+
+        Raises:
+            ValueError: report_data is not 64 bytes.
+            EvidenceUnavailable: the TEE interface is missing, refused (named), stayed busy, or answered
+                with unusable bytes; each provider's ``_collect`` lists its causes.
+            ConfigError: the TEE refused the provider's configuration.
+        """
+        got = self._collect(check_report_data(report_data), bytes(nonce))
+        return make_envelope(
+            platform=got.platform, fmt=got.fmt, evidence=got.evidence, endorsements=got.endorsements,
+            audit_pub=audit_pub, session_id=session_id, nonce=nonce, collected_at_ms=now_ms(self.clock),
+            provider=got.provider,
+        )
+
+    @abc.abstractmethod
+    def _collect(self, report_data: bytes, nonce: bytes) -> Collected:
+        """The evidence for ``report_data`` (checked: 64 bytes) and the kernel's ``nonce``."""
+
+    def _serialised(self, attempt: Callable[[], _T], *, what: str) -> _T:
+        """``retry.run(attempt, what=what)`` while no other collection of this provider runs."""
+        with self._lock:
+            return self.retry.run(attempt, what=what)
 
 
 def now_ms(clock: Callable[[], float]) -> int:

@@ -24,25 +24,22 @@ from __future__ import annotations
 import errno
 import logging
 import secrets
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cc_kernel.attestation.envelope import Endorsement, EvidenceEnvelope
+from cc_kernel.attestation.envelope import Endorsement
 from cc_kernel.enclave.providers.amd_certs import snp_endorsements
 from cc_kernel.enclave.providers.base import (
     BUSY_ERRNOS,
     MAX_EVIDENCE_SIZE,
+    Collected,
+    HardwareProvider,
     OsFilesystem,
-    Retry,
     Transient,
     TsmFilesystem,
     check_evidence,
-    check_report_data,
-    make_envelope,
-    now_ms,
+    check_privilege_level,
     os_error_text,
 )
 from cc_kernel.errors import ConfigError, EvidenceUnavailable
@@ -107,7 +104,7 @@ def _remove(fs: TsmFilesystem, entry: Path) -> None:
 
 
 @dataclass
-class ConfigfsTsm:
+class ConfigfsTsm(HardwareProvider):
     """SEV-SNP reports / TDX quotes through configfs-tsm.
 
     ``privlevel``: SNP VMPL to request (written to ``privlevel``; None = the kernel default). ``root``, ``fs``,
@@ -120,41 +117,32 @@ class ConfigfsTsm:
     root: Path = CONFIGFS_TSM_ROOT
     privlevel: int | None = None
     fs: TsmFilesystem = field(default_factory=OsFilesystem)
-    retry: Retry = field(default_factory=Retry)
-    clock: Callable[[], float] = time.time
     snp_certificates: Sequence[Endorsement] = ()
     name: str = "configfs-tsm"
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        if self.privlevel is not None and not 0 <= self.privlevel <= 3:
-            raise ConfigError(f"configfs-tsm privlevel must be 0..3, got {self.privlevel}")
+        if self.privlevel is not None:
+            check_privilege_level(self.privlevel, "configfs-tsm privlevel")
 
-    def collect(
-        self, report_data: bytes, *, audit_pub: bytes, session_id: bytes, nonce: bytes
-    ) -> EvidenceEnvelope:
-        """Evidence binding ``report_data`` (64 bytes) from the kernel's TSM.
+    def _collect(self, report_data: bytes, nonce: bytes) -> Collected:
+        """Evidence binding ``report_data`` from the kernel's TSM.
 
         Raises:
-            ValueError: report_data is not 64 bytes.
             ConfigError: the configured privlevel is below the TSM's ``privlevel_floor``.
             EvidenceUnavailable: configfs-tsm is missing or refuses (the message names the step and errno),
                 stayed busy, kept racing with another writer, or answered with unusable bytes.
         """
-        data = check_report_data(report_data)
-        with self._lock:
-            provider, evidence, auxblob = self.retry.run(
-                lambda: self._attempt(data), what=f"collecting evidence through configfs-tsm at {self.root}"
-            )
+        provider, evidence, auxblob = self._serialised(
+            lambda: self._attempt(report_data), what=f"collecting evidence through configfs-tsm at {self.root}"
+        )
         platform, fmt = TSM_PROVIDERS[provider]
         endorsements: tuple[Endorsement, ...] = ()
         if provider == "sev_guest":
             endorsements = snp_endorsements(auxblob, evidence, extra=self.snp_certificates)
             if not any(e.role in ("vcek", "vlek") for e in endorsements):
                 log.warning("configfs-tsm: the host delivered no VCEK/VLEK certificate; the verifier will need one")
-        return make_envelope(
-            platform=platform, fmt=fmt, evidence=evidence, endorsements=endorsements, audit_pub=audit_pub,
-            session_id=session_id, nonce=nonce, collected_at_ms=now_ms(self.clock),
+        return Collected(
+            platform=platform, fmt=fmt, evidence=evidence, endorsements=endorsements,
             provider=f"configfs-tsm/{provider}",
         )
 

@@ -11,24 +11,18 @@ retried.
 from __future__ import annotations
 
 import errno
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cc_kernel.attestation.envelope import EvidenceEnvelope
 from cc_kernel.enclave.providers.base import (
     BUSY_ERRNOS,
     MAX_EVIDENCE_SIZE,
+    Collected,
+    HardwareProvider,
     OsFilesystem,
-    Retry,
     Transient,
     TsmFilesystem,
     check_evidence,
-    check_report_data,
-    make_envelope,
-    now_ms,
     os_error_text,
 )
 from cc_kernel.errors import EvidenceUnavailable
@@ -64,32 +58,23 @@ def probe_gramine(root: Path = GRAMINE_ATTESTATION_ROOT, fs: TsmFilesystem | Non
 
 
 @dataclass
-class GramineDevAttestation:
+class GramineDevAttestation(HardwareProvider):
     """SGX DCAP quotes inside a Gramine enclave; the 64-byte report_data becomes the quote's REPORT_DATA."""
 
     root: Path = GRAMINE_ATTESTATION_ROOT
     fs: TsmFilesystem = field(default_factory=OsFilesystem)
-    retry: Retry = field(default_factory=Retry)
-    clock: Callable[[], float] = time.time
     name: str = "gramine"
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def collect(
-        self, report_data: bytes, *, audit_pub: bytes, session_id: bytes, nonce: bytes
-    ) -> EvidenceEnvelope:
+    def _collect(self, report_data: bytes, nonce: bytes) -> Collected:
         """A DCAP quote whose REPORT_DATA is ``report_data``.
 
         Raises:
-            ValueError: report_data is not 64 bytes.
             EvidenceUnavailable: not a Gramine DCAP enclave (``attestation_type`` missing or not ``dcap``), a
                 pseudo-file refused (errno named), or the quote is not an SGX quote for our report_data.
         """
-        data = check_report_data(report_data)
-        with self._lock:
-            quote = self.retry.run(lambda: self._attempt(data), what=f"getting a quote from {self.root}")
-        return make_envelope(
-            platform="sgx-dcap", fmt="intel-dcap-quote", evidence=quote, endorsements=(), audit_pub=audit_pub,
-            session_id=session_id, nonce=nonce, collected_at_ms=now_ms(self.clock), provider="gramine",
+        quote = self._serialised(lambda: self._attempt(report_data), what=f"getting a quote from {self.root}")
+        return Collected(
+            platform="sgx-dcap", fmt="intel-dcap-quote", evidence=quote, endorsements=(), provider="gramine"
         )
 
     def _attempt(self, report_data: bytes) -> bytes:

@@ -19,26 +19,20 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cbor2
 
-from cc_kernel.attestation.envelope import EvidenceEnvelope
 from cc_kernel.enclave.providers.base import (
     BUSY_ERRNOS,
+    Collected,
+    HardwareProvider,
     IoctlFn,
-    Retry,
     Transient,
-    check_report_data,
     iowr,
-    make_envelope,
-    now_ms,
+    opened_device,
     os_error_text,
     system_ioctl,
 )
@@ -143,7 +137,7 @@ def _check_document(document: bytes, report_data: bytes, nonce: bytes) -> None:
 
 
 @dataclass
-class NitroNsm:
+class NitroNsm(HardwareProvider):
     """Attestation documents from ``/dev/nsm`` (see the module docstring for the binding).
 
     ``device``, ``ioctl``, ``retry`` and ``clock`` are injectable for tests.
@@ -151,43 +145,28 @@ class NitroNsm:
 
     device: Path = NSM_DEVICE
     ioctl: IoctlFn = system_ioctl
-    retry: Retry = field(default_factory=Retry)
-    clock: Callable[[], float] = time.time
     name: str = "nitro-nsm"
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def collect(
-        self, report_data: bytes, *, audit_pub: bytes, session_id: bytes, nonce: bytes
-    ) -> EvidenceEnvelope:
+    def _collect(self, report_data: bytes, nonce: bytes) -> Collected:
         """A COSE_Sign1 attestation document with ``user_data`` = report_data and ``nonce`` = nonce.
 
         Raises:
-            ValueError: report_data is not 64 bytes.
             EvidenceUnavailable: the device cannot be opened, the ioctl fails (errno named), the NSM answers
                 an error code, or the answer is not an attestation document for this request.
         """
-        data = check_report_data(report_data)
-        request = attestation_request(data, nonce)
+        request = attestation_request(report_data, nonce)
         if len(request) > NSM_REQUEST_MAX_SIZE:
             raise EvidenceUnavailable(f"the NSM request is {len(request)} bytes, above {NSM_REQUEST_MAX_SIZE}")
-        with self._lock:
-            document = self.retry.run(
-                lambda: self._attempt(request, data, bytes(nonce)), what=f"requesting an attestation from {self.device}"
-            )
-        return make_envelope(
-            platform="nitro", fmt="aws-nitro-cose-sign1", evidence=document, endorsements=(), audit_pub=audit_pub,
-            session_id=session_id, nonce=nonce, collected_at_ms=now_ms(self.clock), provider="nitro-nsm",
+        document = self._serialised(
+            lambda: self._attempt(request, report_data, nonce), what=f"requesting an attestation from {self.device}"
+        )
+        return Collected(
+            platform="nitro", fmt="aws-nitro-cose-sign1", evidence=document, endorsements=(), provider="nitro-nsm"
         )
 
     def _attempt(self, request: bytes, report_data: bytes, nonce: bytes) -> bytes:
-        try:
-            fd = os.open(self.device, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise EvidenceUnavailable(f"cannot open {self.device}: {os_error_text(exc)}") from exc
-        try:
+        with opened_device(self.device) as fd:
             response = self._call(fd, request)
-        finally:
-            os.close(fd)
         document = _document_of(response)
         _check_document(document, report_data, nonce)
         return document

@@ -25,27 +25,24 @@ import ctypes
 import errno
 import logging
 import mmap
-import os
 import struct
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cc_kernel.attestation.envelope import Endorsement, EvidenceEnvelope
+from cc_kernel.attestation.envelope import Endorsement
 from cc_kernel.attestation.platforms.sev_snp import REPORT_SIZE
 from cc_kernel.enclave.providers.amd_certs import snp_endorsements
 from cc_kernel.enclave.providers.base import (
     BUSY_ERRNOS,
+    Collected,
+    HardwareProvider,
     IoctlFn,
-    Retry,
     Transient,
     check_evidence,
-    check_report_data,
+    check_privilege_level,
     iowr,
-    make_envelope,
-    now_ms,
+    opened_device,
     os_error_text,
     system_ioctl,
 )
@@ -182,7 +179,7 @@ class _IoctlFailed(Exception):  # noqa: N818 - internal, converted before it lea
 
 
 @dataclass
-class SevGuestIoctl:
+class SevGuestIoctl(HardwareProvider):
     """SEV-SNP reports from ``/dev/sev-guest``.
 
     ``extended`` asks SNP_GET_EXT_REPORT for the host's certificate table too (falling back to SNP_GET_REPORT
@@ -196,49 +193,36 @@ class SevGuestIoctl:
     extended: bool = True
     cert_pages: int = 4
     ioctl: IoctlFn = system_ioctl
-    retry: Retry = field(default_factory=Retry)
-    clock: Callable[[], float] = time.time
     snp_certificates: Sequence[Endorsement] = ()
     name: str = "sev-guest"
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _ext_unsupported: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.vmpl <= 3:
-            raise ConfigError(f"VMPL must be 0..3, got {self.vmpl}")
+        check_privilege_level(self.vmpl, "VMPL")
         if not 1 <= self.cert_pages <= MAX_CERTS_LEN // _PAGE:
             raise ConfigError(f"cert_pages must be 1..{MAX_CERTS_LEN // _PAGE}, got {self.cert_pages}")
 
-    def collect(
-        self, report_data: bytes, *, audit_pub: bytes, session_id: bytes, nonce: bytes
-    ) -> EvidenceEnvelope:
+    def _collect(self, report_data: bytes, nonce: bytes) -> Collected:
         """An SEV-SNP report with REPORT_DATA = ``report_data``, plus the host's certificates when available.
 
         Raises:
-            ValueError: report_data is not 64 bytes.
             EvidenceUnavailable: the device cannot be opened, the firmware or hypervisor refused (the message
                 names the firmware / hypervisor error code), the host stayed busy, or the response is unusable.
         """
-        data = check_report_data(report_data)
-        with self._lock:
-            report, certs = self.retry.run(lambda: self._attempt(data), what=f"requesting a report from {self.device}")
+        report, certs = self._serialised(
+            lambda: self._attempt(report_data), what=f"requesting a report from {self.device}"
+        )
         endorsements = snp_endorsements(certs, report, extra=self.snp_certificates)
         if not any(e.role in ("vcek", "vlek") for e in endorsements):
             log.warning("%s: no VCEK/VLEK certificate from the host; the verifier will need one", self.device)
-        return make_envelope(
-            platform="sev-snp", fmt="amd-snp-report", evidence=report, endorsements=endorsements,
-            audit_pub=audit_pub, session_id=session_id, nonce=nonce, collected_at_ms=now_ms(self.clock),
-            provider="sev-guest",
+        return Collected(
+            platform="sev-snp", fmt="amd-snp-report", evidence=report, endorsements=endorsements, provider="sev-guest"
         )
 
     # -- one attempt ---------------------------------------------------------------------------------------
 
     def _attempt(self, report_data: bytes) -> tuple[bytes, bytes]:
-        try:
-            fd = os.open(self.device, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise EvidenceUnavailable(f"cannot open {self.device}: {os_error_text(exc)}") from exc
-        try:
+        with opened_device(self.device) as fd:
             if self.extended and not self._ext_unsupported:
                 try:
                     return self._ext_report(fd, report_data)
@@ -251,8 +235,6 @@ class SevGuestIoctl:
                 return self._plain_report(fd, report_data), b""
             except _IoctlFailed as failed:
                 raise self._failure(failed, "SNP_GET_REPORT") from failed.os_error
-        finally:
-            os.close(fd)
 
     def _report_req(self, report_data: bytes) -> SnpReportReq:
         req = SnpReportReq()
