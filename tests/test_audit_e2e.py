@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -348,6 +349,36 @@ def test_redaction_keeps_the_hash_and_drops_the_code(jupyter_env: JupyterEnv, tm
         assert receipt["code"] is None and receipt["redaction"] == "config"
         assert receipt["code_sha256"] == code_hash(code).hex()
     assert result.doc["timeline"][0]["settings"] == {"redact_code": True}
+
+
+def test_output_a_thread_prints_between_cells_is_in_a_background_receipt(
+    jupyter_env: JupyterEnv, tmp_path: Path
+) -> None:
+    """A thread a cell started prints after the cell ended (here: when the test sends it a byte): the output
+    reaches the notebook, and the log, which verifies, holds it in a ``background`` receipt."""
+    audit_dir = tmp_path / "logs"
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            live_kernel(SIM, env=jupyter_env.kernel_env(CC_KERNEL_AUDIT_DIR=str(audit_dir))) as k:
+        port = server.getsockname()[1]
+        k.ok("import socket, threading\n"
+             f"conn = socket.create_connection(('127.0.0.1', {port}))\n"
+             "t = threading.Thread(target=lambda: print('after the cell:', conn.recv(1).decode()))\n"
+             "t.start()", timeout=60)
+        peer, _ = server.accept()
+        with peer:
+            peer.sendall(b"!")
+            assert k.wait_iopub(lambda msg: msg["msg_type"] == "stream"
+                                and "after the cell: !" in msg["content"].get("text", ""), timeout=30)
+        k.ok("t.join(); conn.close()")
+        clean_shutdown(k)
+    [log] = logs_in(audit_dir)
+    result = verify(jupyter_env, log, "--json")
+    assert result.code == 0, result.out
+    assert kinds(result.doc) == ["opening", "cell", "background", "cell", "closing"]
+    background = result.doc["timeline"][2]
+    expected = OutputDigester()
+    expected.add_stream("stdout", "after the cell: !\n")
+    assert background["code"] == "" and background["streams"] == {n: h.hex() for n, h in expected.result().streams}
 
 
 def test_audit_disabled_writes_no_log_and_cells_still_run(jupyter_env: JupyterEnv, tmp_path: Path) -> None:

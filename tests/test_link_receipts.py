@@ -356,23 +356,62 @@ def test_every_receipted_kind_in_order_gives_a_valid_log(env: Fixture, redact: b
     assert "closed cleanly (shutdown)" in report_lines(report)[0]
 
 
-def test_an_output_of_an_earlier_request_is_not_a_missing_receipt(env: Fixture) -> None:
-    """Output a cell's background thread prints later carries that cell's (earlier) request id: fine."""
+def test_output_after_a_receipt_gets_a_background_receipt(env: Fixture) -> None:
+    """Output a cell's thread prints after the cell's receipt carries that cell's request id; the enclave signs
+    it into a ``background`` receipt before the next request's receipt, and the log verifies."""
     async def body(s: Session) -> None:
         async def first(req_id: int) -> None:
             await s.enclave.send(reply(req_id))
             await s.enclave.send(m.AuditReceipt(req_id=req_id, receipt=receipt_bytes(s, 1)))
+            await s.enclave.send(m.Stream(req_id=req_id, name="stdout", text="from a thread\n"))
 
         async def second(req_id: int) -> None:
-            await s.enclave.send(m.Stream(req_id=req_id - 1, name="stdout", text="from a thread\n"))
+            await s.enclave.send(m.AuditReceipt(req_id=req_id - 1, receipt=s.sign("background", "", count=1)))
             await s.enclave.send(reply(req_id))
             await s.enclave.send(m.AuditReceipt(req_id=req_id, receipt=receipt_bytes(s, 2)))
 
         await run_cell(s, first)
         assert isinstance(await run_cell(s, second), m.ExecuteReply)
         await s.link.send(request(s.link.next_request_id))  # checks what arrived, then sends
-        assert s.link.stop_reason is None and s.closed == [] and len(s.log) == 3
+        assert s.link.stop_reason is None and s.closed == [] and len(s.log) == 4
         assert [type(o) for o in s.outputs] == [m.Stream]
+        assert [r.kind for _i, r in s.report().receipts()] == ["cell", "background", "cell"]
+
+    run(env, body)
+
+
+def test_output_after_a_receipt_without_its_background_receipt_stops_the_session(env: Fixture) -> None:
+    async def body(s: Session) -> None:
+        async def first(req_id: int) -> None:
+            await s.enclave.send(reply(req_id))
+            await s.enclave.send(m.AuditReceipt(req_id=req_id, receipt=receipt_bytes(s, 1)))
+            await s.enclave.send(m.Stream(req_id=req_id, name="stdout", text="unlogged?\n"))
+
+        async def second(req_id: int) -> None:  # no background receipt: straight to the next reply
+            await s.enclave.send(reply(req_id))
+
+        await run_cell(s, first)
+        assert isinstance(await run_cell(s, second), EnclaveError)
+        reason = await stopped(s)
+        assert reason == "missing audit receipt: request 1 (background) got no receipt before the reply of request 2"
+
+    run(env, body)
+
+
+def test_output_of_a_request_older_than_the_last_receipt_stops_the_session(env: Fixture) -> None:
+    """Once a later request was receipted, an earlier one's output is in no receipt: the enclave never sends
+    that (it signs a background receipt before it hands in the next request)."""
+    async def body(s: Session) -> None:
+        async def answer(req_id: int) -> None:
+            await s.enclave.send(reply(req_id))
+            await s.enclave.send(m.AuditReceipt(req_id=req_id, receipt=receipt_bytes(s, req_id)))
+
+        await run_cell(s, answer)
+        await run_cell(s, answer)
+        await s.enclave.send(m.Stream(req_id=1, name="stdout", text="late\n"))
+        reason = await stopped(s)
+        assert reason == "unreceipted output: an output of request 1 arrived after the receipt of request 2"
+        assert s.outputs == []
 
     run(env, body)
 

@@ -446,3 +446,46 @@ def test_no_worker_when_no_evidence_can_be_produced(monkeypatch: pytest.MonkeyPa
         a.close()
         b.close()
     assert spawned == []
+
+
+def test_output_while_no_request_is_in_hand_gets_a_background_receipt(sim_authority: SimulationAuthority) -> None:
+    """A thread a cell started prints after the cell's reply: the output is forwarded under that cell's id and
+    signed into a ``background`` receipt before the next request reaches the worker (or the log closes)."""
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        await h.kernel_says(_execute(1))
+        await h.worker_says(_reply(1))
+        await h.worker_says(m.Stream(req_id=0, name="stdout", text="late\n"))
+        late = h.kernel.sent[-1]
+        assert isinstance(late, m.Stream) and late.req_id == 1
+        assert len(_receipts(h.kernel.sent)) == 1  # nothing signed yet: more may come
+        await h.kernel_says(_execute(2))
+        background = h.kernel.sent[-1]
+        assert isinstance(background, m.AuditReceipt) and background.req_id == 1
+        assert isinstance(h.worker[-1], m.ExecuteRequest) and h.worker[-1].req_id == 2  # handed in after it
+        entry = _receipts(h.kernel.sent)[-1]
+        assert entry.kind == "background" and entry.code == "" and entry.status == "ok"
+        assert dict(entry.streams) == {"stdout": stream_digest("stdout", hashlib.sha256(b"late\n").digest())}
+        await h.worker_says(_reply(2))
+        await h.worker_says(m.Stream(req_id=0, name="stderr", text="later\n"))
+        await h.monitor._close_log("shutdown")  # type: ignore[attr-defined]
+        *_, last, closing = _receipts(h.kernel.sent)
+        assert last.kind == "background" and dict(last.streams).keys() == {"stderr"}
+        assert isinstance(closing, ClosingEntry)
+
+    run(main())
+
+
+def test_without_a_log_output_between_requests_is_forwarded_and_not_signed(sim_authority: SimulationAuthority) -> None:
+    async def main() -> None:
+        h = Harness(sim_authority, audit=False)
+        await h.start()
+        await h.kernel_says(_execute(1))
+        await h.worker_says(_reply(1))
+        await h.worker_says(m.Stream(req_id=0, name="stdout", text="late\n"))
+        await h.kernel_says(_execute(2))
+        assert isinstance(h.kernel.sent[-1], m.Stream) and h.kernel.sent[-1].req_id == 1
+        assert _receipts(h.kernel.sent) == []
+
+    run(main())

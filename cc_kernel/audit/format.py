@@ -98,8 +98,9 @@ ENTRY_TYPES: Final = ("opening", "receipt", "closing")
 #: What a receipt is for. ``cell``: execute_request with silent=false; ``silent``: silent=true (variable
 #: viewers); ``comm``: a comm_open/msg/close from the frontend ran a handler; ``complete``/``inspect``/
 #: ``is_complete``/``history``: those requests (they run user code such as ``__getattr__`` or properties);
-#: ``upload``: data bound into the namespace by ``%cc_upload``.
-KINDS: Final = ("cell", "silent", "comm", "complete", "inspect", "is_complete", "history", "upload")
+#: ``upload``: data bound into the namespace by ``%cc_upload``; ``background``: output forwarded while no request
+#: was in hand (from a thread a cell started), for the id of the request receipted last; its code is "".
+KINDS: Final = ("cell", "silent", "comm", "complete", "inspect", "is_complete", "history", "upload", "background")
 #: ``ok``/``error``/``aborted`` as in execute_reply; ``interrupted``: stopped by an interrupt (KeyboardInterrupt).
 STATUSES: Final = ("ok", "error", "aborted", "interrupted")
 #: Why ``code`` is nil: ``none`` (it is not), ``config`` (redaction configured), ``size`` (too big to inline).

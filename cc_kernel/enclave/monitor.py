@@ -10,7 +10,9 @@ between the two. Invariants:
 * **Receipts over what the monitor relayed.** The monitor hands the worker one request at a time and signs
   each receipt over the code *it* handed in and the digests of the outputs *it* forwarded, with the status of
   the reply it forwarded; a cell can neither choose nor suppress its receipt. Every receipted request gets
-  exactly one receipt, also when it fails, is refused or its worker dies.
+  exactly one receipt, also when it fails, is refused or its worker dies. Output forwarded while no request
+  is in hand (a thread a cell started) is signed into a ``background`` receipt before the next request is
+  handed in, or before the closing entry: nothing leaves the monitor outside a receipt.
 * **Audit fails closed.** No application request is handed to the worker before the kernel said AuditStart
   or AuditOff.
 * **The worker is untrusted input.** Each worker message is decoded under the frame cap and the strict schema,
@@ -145,6 +147,12 @@ class Monitor:
         self._queue: collections.deque[_Request] = collections.deque()
         self._head: _Request | None = None
         self._last_req = 0
+        # output while no request is in hand (a thread a cell started): forwarded with the id of the last
+        # receipted request, digested here and signed into a "background" receipt before the next request is
+        # handed in (or before the closing entry)
+        self._last_receipted = 0
+        self._background: OutputDigester | None = None
+        self._background_started = 0
         self._window = OutputWindow(OUTPUT_WINDOW)
         self._worker: WorkerProcess | None = worker_process
         self._wreader: asyncio.StreamReader | None = None
@@ -378,6 +386,7 @@ class Monitor:
                 assert self._shutdown_due is not None
                 self._shutdown_due.set()
                 return
+            await self._receipt_background()
             req = self._queue.popleft()
             self._head = req
             req.started_ms = _now_ms()
@@ -466,10 +475,18 @@ class Monitor:
                 raise RemoteProtocolError(
                     f"output beyond the window ({self._window.outstanding} + {cost} > {OUTPUT_WINDOW} units "
                     "uncredited): the worker ignored flow control")
-            req_id = head.req_id if head is not None else self._last_req
+            if head is not None:
+                req_id = head.req_id
+            elif self._receipting() and self._last_receipted:
+                req_id = self._last_receipted
+                if self._background is None:
+                    self._background, self._background_started = OutputDigester(), _now_ms()
+            else:
+                req_id = self._last_req
             msg = _with_req_id(msg, req_id)
-            if head is not None and head.digester is not None:
-                head.digester.add(msg)
+            digester = head.digester if head is not None else self._background
+            if digester is not None:
+                digester.add(msg)
             if channel is not None:
                 await channel.send(msg)
             return
@@ -508,10 +525,27 @@ class Monitor:
             self._head = None
         await self._pump()
 
+    def _receipting(self) -> bool:
+        signer = self._signer
+        return bool(self._audit) and signer is not None and signer.started and not signer.closed
+
+    async def _receipt_background(self) -> None:
+        """Sign the output forwarded while no request was in hand (``background``, for the last receipted
+        request's id), if there was any."""
+        digester, self._background = self._background, None
+        if digester is None or not self._receipting() or self._channel is None:
+            return
+        assert self._signer is not None
+        receipt = self._signer.sign_receipt(
+            kind="background", execution_count=self._execution_count, code="", outputs=digester.result(),
+            status="ok", started_ms=self._background_started, ended_ms=_now_ms(),
+        )
+        await self._channel.send(m.AuditReceipt(req_id=self._last_receipted, receipt=receipt))
+
     async def _receipt(self, req: _Request, status: str) -> None:
         signer = self._signer
         msg = req.msg
-        if not self._audit or signer is None or not signer.started or signer.closed:
+        if not self._receipting() or signer is None:
             return
         upload: UploadInfo | None = None
         execution_count = self._execution_count
@@ -541,10 +575,12 @@ class Monitor:
         )
         if self._channel is not None:
             await self._channel.send(m.AuditReceipt(req_id=req.req_id, receipt=receipt))
+            self._last_receipted = req.req_id
 
     # -- the end ------------------------------------------------------------------------------------------
 
     async def _close_log(self, reason: str) -> None:
+        await self._receipt_background()
         signer = self._signer
         if self._audit and signer is not None and signer.started and not signer.closed and self._channel:
             closing = signer.sign_closing(ended_ms=_now_ms(), reason=reason)

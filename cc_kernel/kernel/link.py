@@ -166,6 +166,9 @@ class EnclaveLink:
         self._last_receipted = 0
         self._receipts: list[_Arrival] = []
         self._receipt_check_due = False
+        # the request id of the last receipt that arrived, and whether a "background" receipt for it is due
+        self._last_arrived = 0
+        self._background_due = False
         #: Why the kernel stopped the session (a receipt check failed); sent as ``Shutdown.reason``.
         self.stop_reason: str | None = None
         self._stop_sent = False
@@ -404,6 +407,7 @@ class EnclaveLink:
                     msg = await channel.receive()
                     if type(msg) in OUTPUT_MESSAGES:
                         self._check_order(getattr(msg, "req_id", 0), "an output")
+                        self._check_background(getattr(msg, "req_id", 0))
                         try:
                             if self.stop_reason is None:
                                 self._on_output(msg)
@@ -463,6 +467,19 @@ class EnclaveLink:
         if self.stop_reason is None and self._expected:
             self._stop(self._missing(self._expected[0], f"{what} of request {req_id}"))
 
+    def _check_background(self, req_id: int) -> None:
+        """An output of a request whose receipt already arrived was forwarded while no request was in hand (a
+        thread the request started): the enclave owes a ``background`` receipt for it, before any later
+        request's receipt. An output of a request older than the last receipt is in no receipt at all."""
+        if self._audit is None or self.stop_reason is not None or not self._last_arrived:
+            return
+        if req_id < self._last_arrived:
+            self._stop(f"unreceipted output: an output of request {req_id} arrived after the receipt of request "
+                       f"{self._last_arrived}")
+        elif req_id == self._last_arrived and not self._background_due:
+            self._expected.appendleft(Expectation(req_id, "background", code_hash("")))
+            self._background_due = True
+
     def _arrive(self, msg: m.AuditReceipt) -> None:
         """Pair an arriving receipt with the oldest expectation (in arrival order); check it next loop turn."""
         if self.stop_reason is not None:
@@ -475,7 +492,11 @@ class EnclaveLink:
             self._receipts.append(_Arrival(msg, None, tuple(self._expected)))
             self._expected.clear()
         else:
-            self._receipts.append(_Arrival(msg, self._expected.popleft() if self._expected else None))
+            expected = self._expected.popleft() if self._expected else None
+            if expected is not None and expected.kind == "background":
+                self._background_due = False
+            self._last_arrived = msg.req_id
+            self._receipts.append(_Arrival(msg, expected))
         if not self._receipt_check_due:
             self._receipt_check_due = True
             asyncio.get_running_loop().call_soon(self._flush_receipts)
