@@ -1,9 +1,9 @@
 """The layer rules of docs/architecture.md, checked on every module's direct imports and calls (with ast).
 
 Every import form counts: ``import cc_kernel.x``, ``from cc_kernel.x import y``, ``from cc_kernel import x`` and
-relative imports (``from ..x import y``), each resolved to the module it names. The pure layers (``PURE``) may not
-import I/O modules, call ``open()`` or read the clock (``datetime.now()`` and friends). An intended exception is
-listed in ``EXCEPTIONS`` with its reason, and must still be needed.
+relative imports (``from ..x import y``), each resolved to the module it names. The pure layers (``CORE`` and
+``PURE_MODULES``) may not import I/O modules, call ``open()`` or read the clock (``datetime.now()`` and friends).
+An intended exception is listed in ``EXCEPTIONS`` with its reason, and must still be needed.
 """
 
 from __future__ import annotations
