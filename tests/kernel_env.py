@@ -381,6 +381,16 @@ class LiveKernel:
         assert pid is not None, "the kernel is not running"
         return int(pid)
 
+    def shut_down_by_request(self, grace: float = 120.0) -> None:
+        """Shut down as a frontend does (``shutdown_request``) and check that the kernel process exited by itself,
+        with status 0. jupyter_client sends SIGTERM, then SIGKILL, once half of its grace time has passed; the
+        grace is long here, so a loaded machine cannot make the kernel look as if it needed them."""
+        process = self.km.provisioner.process  # type: ignore[union-attr]
+        assert process is not None, "the kernel is not running"
+        self.km.shutdown_wait_time = grace
+        self.km.shutdown_kernel(now=False)
+        assert process.returncode == 0, f"the kernel did not exit by itself: status {process.returncode}"
+
     def shutdown(self) -> None:
         with contextlib.suppress(Exception):
             self.km.shutdown_kernel(now=False)

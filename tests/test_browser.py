@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from kernel_env import BADGE_MIME, SIM, STOCK, JupyterEnv
 
-from cc_kernel.testing.enclaves import wait_until
+from cc_kernel.testing.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -352,21 +352,22 @@ def test_an_interrupt_only_hits_a_request_allocated_before_it(
             channel = attested.channel
             try:
                 # issued while idle (next id was 2), delivered after request 2 started: no effect
-                cell = "import time; time.sleep(1.5); print('done')"
+                cell = "print('started', flush=True); import time; time.sleep(1.5); print('done')"
                 await channel.send(m.ExecuteRequest(
                     req_id=2, code=cell, silent=False, store_history=True, user_expressions={}, allow_stdin=False,
                     execution_count=2, cell_id=None, kind="cell",
                 ))
-                await asyncio.sleep(0.3)
+                await _until_output(channel, 2, "started\n")
                 await channel.send(m.Interrupt(before=2))
                 out, reply = await _collect(channel, 2)
                 assert (out, reply.status) == ("done\n", "ok")
                 # issued while request 3 runs: it is interrupted
                 await channel.send(m.ExecuteRequest(
-                    req_id=3, code="import time; time.sleep(20)", silent=False, store_history=True,
-                    user_expressions={}, allow_stdin=False, execution_count=3, cell_id=None, kind="cell",
+                    req_id=3, code="print('started', flush=True); import time; time.sleep(20)", silent=False,
+                    store_history=True, user_expressions={}, allow_stdin=False, execution_count=3, cell_id=None,
+                    kind="cell",
                 ))
-                await asyncio.sleep(0.3)
+                await _until_output(channel, 3, "started\n")
                 await channel.send(m.Interrupt(before=4))
                 _out, reply = await _collect(channel, 3)
                 assert (reply.status, reply.ename) == ("error", "KeyboardInterrupt")
@@ -374,6 +375,17 @@ def test_an_interrupt_only_hits_a_request_allocated_before_it(
                 await channel.aclose()
 
     asyncio.run(main())
+
+
+async def _until_output(channel: FramedChannel, req_id: int, text: str) -> None:
+    """Receive until request ``req_id`` has printed ``text`` (so it is running); nothing else may come first."""
+    out = ""
+    async with asyncio.timeout(15):
+        while out != text:
+            msg = await channel.receive()
+            assert isinstance(msg, m.Stream) and msg.req_id == req_id, msg
+            out += msg.text
+            assert text.startswith(out), out
 
 
 async def _collect(channel: FramedChannel, req_id: int) -> tuple[str, m.ExecuteReply]:

@@ -26,7 +26,8 @@ from cc_kernel.channel.client import connect_attested
 from cc_kernel.errors import BrokenChannelError
 from cc_kernel.measure import enclave_measurement
 from cc_kernel.simstore import load_simulation_anchors, simulation_dir
-from cc_kernel.testing.enclaves import SupervisorProcess, enclave_env, start_supervisor, wait_until
+from cc_kernel.testing.enclaves import SupervisorProcess, enclave_env, start_supervisor
+from cc_kernel.testing.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 

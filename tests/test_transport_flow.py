@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -29,6 +28,7 @@ from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import Connection, Role, State
 from cc_kernel.protocol.framing import encode_frame
 from cc_kernel.testing.enclaves import raw_tls_server
+from cc_kernel.testing.waiting import wait_until_async
 
 
 async def _ready_pair() -> tuple[FramedChannel, FramedChannel]:
@@ -52,12 +52,6 @@ async def _ready_pair() -> tuple[FramedChannel, FramedChannel]:
     return kernel, enclave
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
 def test_a_slow_consumer_pauses_reading_and_the_sender_waits() -> None:
     """The receiver buffers at most about RECEIVE_HIGH_WATER of undelivered messages; the sender is held back
     by TLS backpressure; once the consumer reads, everything arrives, in order."""
@@ -76,10 +70,13 @@ def test_a_slow_consumer_pauses_reading_and_the_sender_waits() -> None:
 
         producer = asyncio.ensure_future(produce())
         protocol = enclave._protocol
-        await _until(lambda: protocol.reading_paused)
+        await wait_until_async(lambda: protocol.reading_paused, timeout=10, what="the receiver pausing")
         stalled_at = sent
-        await asyncio.sleep(0.3)
-        assert not producer.done()  # the sender is held back: only socket and TLS buffers in between
+        # the sender is held back: only socket and TLS buffers in between
+        await wait_until_async(lambda: kernel._protocol._writing_paused, timeout=10, what="the sender pausing")
+        for _ in range(10):  # a few loop turns: nothing the receiver does lets the sender go on
+            await asyncio.sleep(0)
+        assert not producer.done()
         assert sent - stalled_at < 64
         assert protocol.reading_paused
         assert protocol.backlog <= RECEIVE_HIGH_WATER + READ_CHUNK
@@ -132,7 +129,8 @@ def test_whole_messages_are_delivered_before_the_end_is_reported(how: str) -> No
         ping = encode_frame(m.encode_message(m.Ping(seq=1)))
         writer.write(hello + ping + ping[:3])
         await writer.drain()
-        await _until(lambda: channel.bytes_received == len(hello) + len(ping) + 3)
+        await wait_until_async(lambda: channel.bytes_received == len(hello) + len(ping) + 3, timeout=10,
+                               what="the frames and a half arriving")
         if how == "abort":
             writer.transport.abort()
         else:
@@ -151,7 +149,7 @@ def test_closing_fails_a_waiting_receive_and_a_blocked_send() -> None:
     async def main() -> None:
         kernel, enclave = await _ready_pair()
         waiting = asyncio.ensure_future(kernel.receive())  # the enclave sends nothing
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: kernel._protocol._waiter is not None, timeout=10, what="the receive waiting")
         assert not waiting.done()
         with pytest.raises(RuntimeError, match="another task is already waiting"):
             await kernel.receive()
@@ -162,7 +160,8 @@ def test_closing_fails_a_waiting_receive_and_a_blocked_send() -> None:
                 await kernel.send(m.UploadChunk(req_id=1, data=data))
 
         blocked = asyncio.ensure_future(send_forever())  # the enclave does not read: the sends end up blocked
-        await _until(lambda: kernel._protocol._writing_paused and enclave._protocol.reading_paused, timeout=20)
+        await wait_until_async(lambda: kernel._protocol._writing_paused and enclave._protocol.reading_paused,
+                               timeout=20, what="the sender blocked")
         await kernel.aclose()
         async with asyncio.timeout(5):
             with pytest.raises(ClosedChannelError, match="the channel was closed"):

@@ -161,7 +161,8 @@ def test_two_sessions_on_one_server_cannot_reach_each_other(jupyter_env: Jupyter
     """Two kernels on one ``cc-kernel enclave serve``: each session's worker has a private working directory
     and its own sandbox domain; the other session can neither read its files nor trace, read or signal it,
     and the directory is gone when the session ends."""
-    from cc_kernel.testing.enclaves import start_supervisor, wait_until
+    from cc_kernel.testing.enclaves import start_supervisor
+    from cc_kernel.testing.waiting import wait_until
 
     with start_supervisor(jupyter_env.data_dir) as sup:
         env = jupyter_env.kernel_env(CC_KERNEL_ENCLAVE=f"tcp://{sup.address.host}:{sup.address.port}")

@@ -16,9 +16,23 @@ from pathlib import Path
 KERNEL_NAMES = ("confidential-python-sim", "confidential-python")
 
 
+#: The kernelspecs in a source tree (a checkout, or an editable install): ``kernelspec/`` beside the package.
+SOURCE_DIR = Path(__file__).resolve().parents[2] / "kernelspec"
+
+
 def spec_dir(name: str) -> Path:
-    """The packaged kernelspec directory for ``name``."""
-    return Path(str(resources.files("cc_kernel.kernel").joinpath("kernelspecs", name)))
+    """The kernelspec directory for ``name``: the copy a wheel carries in the package
+    (``cc_kernel/kernel/kernelspecs/<name>``, built from ``kernelspec/``), else ``kernelspec/<name>`` of the source
+    tree this package runs from.
+
+    Raises:
+        FileNotFoundError: neither holds a ``kernel.json`` for ``name``.
+    """
+    packaged = Path(str(resources.files("cc_kernel.kernel").joinpath("kernelspecs", name)))
+    for candidate in (packaged, SOURCE_DIR / name):
+        if (candidate / "kernel.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"no kernelspec {name!r} in {packaged} or {SOURCE_DIR / name}")
 
 
 def install(*, user: bool = False, prefix: str | None = None, names: tuple[str, ...] = KERNEL_NAMES) -> list[str]:

@@ -9,7 +9,6 @@ does not build the message registry and the state machine, which keeps the encla
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -158,9 +157,16 @@ _OWNER = {
 
 def __getattr__(name: str) -> Any:
     owner = _OWNER.get(name)
-    if owner is None:
+    module: Any
+    if owner == "connection":
+        from cc_kernel.protocol import connection as module
+    elif owner == "framing":
+        from cc_kernel.protocol import framing as module
+    elif owner == "messages":
+        from cc_kernel.protocol import messages as module
+    else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{owner}"), name)
+    value = getattr(module, name)
     globals()[name] = value
     return value
 

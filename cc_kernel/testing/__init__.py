@@ -2,4 +2,5 @@
 
 ``cc_kernel.testing.enclaves``: real enclave processes on a socketpair or behind a supervisor, an in-process
 simulated enclave, a recording / byte-flipping TCP relay, raw TLS clients and pinned simulation policies.
+``cc_kernel.testing.waiting``: the one way tests wait for a condition (``wait_until``, ``wait_until_async``).
 """

@@ -19,7 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +52,7 @@ from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import Connection, ConnectionClosed, Role
 from cc_kernel.protocol.framing import NEED_DATA
 from cc_kernel.simstore import simulation_dir
+from cc_kernel.testing.waiting import wait_until
 
 __all__ = [
     "Direction",
@@ -70,7 +71,6 @@ __all__ = [
     "simulation_policy_text",
     "start_enclave",
     "start_supervisor",
-    "wait_until",
     "write_simulation_policy",
 ]
 
@@ -78,18 +78,6 @@ __all__ = [
 Direction = Literal["c2s", "s2c"]
 _TLS_HEADER = 5  # TLS record header: content type (1), legacy version (2), length (2)
 _M = TypeVar("_M", bound=m.Message)
-
-
-# --- waiting --------------------------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.01) -> None:
-    """Poll ``predicate`` until it is true; raise ``TimeoutError(what)`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(interval)
 
 
 # --- simulated authority and policies -------------------------------------------------------------------------
