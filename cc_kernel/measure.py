@@ -25,7 +25,7 @@ from cc_kernel.attestation.measurement import measurement_of_manifest
 ENCLAVE_DISTRIBUTIONS = ("ipython", "msgpack", "cryptography", "numpy", "cbor2", "matplotlib-inline", "comm")
 #: cc_kernel parts that never run in the enclave (the Jupyter side, the browser extension, test helpers, the
 #: teaching lab and the relay tools it shares with the tests).
-_NOT_ENCLAVE = ("kernel", "testing", "labextension", "cli.py", "__main__.py", "teaching.py", "labkit")
+_NOT_ENCLAVE = ("kernel", "testing", "labextension", "cli.py", "__main__.py", "teaching", "labkit")
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 
