@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,8 +10,12 @@ from pathlib import Path
 import pytest
 
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority, sign_report
+from cc_kernel.attestation.result import REPIN_HINT
+from cc_kernel.errors import PolicyViolation, VerificationError
+from cc_kernel.kernel.advice import advice_for
 from cc_kernel.teaching import (
     FAULTS,
+    AttestOutcome,
     Flip,
     Relay,
     Table,
@@ -85,6 +90,24 @@ def test_describe_report_decodes_the_fields_that_matter(sim_authority: Simulatio
     assert rows["policy"][3] == "0xb0000 (debug=ON)"
     assert rows["reported_tcb"][3] == "bl=4 tee=0 snp=24 ucode=219"
     assert rows["chip_id"][3].startswith("'CC-SIMULATION' + ")
+
+
+# -- refusals are explained with the kernel's advice ----------------------------------------------------------------
+
+
+def test_a_refusal_shows_what_failed_then_the_kernels_advice_once() -> None:
+    # as the appraisal words a measurement refusal: its re-pin hint in the message and in the failure
+    error = PolicyViolation(f"refused. {REPIN_HINT}", failures=[
+        VerificationError(f"not pinned. {REPIN_HINT}", check="policy.measurement", got=b"\x5a", expected=b"\x11"),
+    ])
+    outcome = AttestOutcome("tcp://127.0.0.1:9", "modified code", error=error)
+    assert REPIN_HINT not in outcome.message and "[policy.measurement] not pinned" in outcome.message
+    assert outcome.advice == advice_for(error, "simulation") and "policy init --simulation" in outcome.advice
+    assert outcome.text().count("re-pin") == 1 and f"what to do: {outcome.advice}" in outcome.text()
+    assert html.escape(outcome.advice) in outcome._repr_html_()
+    hardware = AttestOutcome("tcp://127.0.0.1:9", "modified code", error=error, mode="hardware")
+    assert hardware.advice == advice_for(error, "hardware") != outcome.advice
+    assert AttestOutcome("tcp://127.0.0.1:9", "healthy").advice == ""
 
 
 # -- the tampering rule ------------------------------------------------------------------------------------------
@@ -163,6 +186,11 @@ def test_each_fault_is_caught_by_its_check(lab: TeachingLab, fault: str | None, 
         assert outcome.result is not None and outcome.result.status == "simulation"
     else:
         assert check in outcome.text() and check in outcome._repr_html_()
+        # what to do: the kernel's own advice for a simulation kernel, said once
+        assert outcome.advice == advice_for(outcome.error, "simulation")
+        assert outcome.text().count(outcome.advice) == 1
+        if fault == "modified-code":
+            assert outcome.text().count("re-pin") == 1
 
 
 def test_faults_list_matches_the_parametrisation() -> None:

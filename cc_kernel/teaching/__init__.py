@@ -13,8 +13,8 @@ concept:
 - ``display``: hex dumps, panels, tables;
 - ``loop``: the background event loop the lab's relays and kernel clients run on.
 
-Invariants: nothing is mocked (see ``lab``); the relay, the TLS-record walker and the process stopper are
-``labkit``'s, shared with the test harness.
+Invariants: nothing is mocked (see ``lab``); refusals carry the kernel's own advice (``kernel.advice``); the
+relay, the TLS-record walker and the process stopper are ``labkit``'s, shared with the test harness.
 
 Typical use in a notebook::
 
@@ -22,7 +22,7 @@ Typical use in a notebook::
     lab = TeachingLab()
     policy = lab.policy(min_tcb=lab.tcb)        # pin the real measurement and today's TCB
     address = lab.start_enclave(fault="debug")  # a real enclave server with one fault switched on
-    lab.attest(address, policy=policy)          # the refusal: exception, check, message, got/expected
+    lab.attest(address, policy=policy)          # the refusal: exception, check, message, got/expected, advice
 """
 
 from __future__ import annotations

@@ -5,12 +5,13 @@ Layer: I/O (processes, sockets, temporary files), part of ``cc_kernel.teaching``
 
 Invariants: nothing is mocked. Enclaves are real ``cc-kernel enclave serve`` processes (with the enclave's own
 teaching faults, or launched from a modified copy of the package); verdicts come from ``connect_attested``, the
-function the kernel itself calls; relays forward and record the real bytes; kernels are real Jupyter kernels
-driven with jupyter_client. Everything a ``TeachingLab`` creates (a private simulated authority, Jupyter
-directories, processes, sockets) lives under one temporary directory and is gone after ``close()``. Child
-processes never inherit the caller's stdout/stderr (a notebook kernel captures them): their output is piped
-into the lab's logs. The lab's enclave servers authorise only the lab's own client key (in its private data
-directory), which its kernels and ``attest`` present, as a real deployment would.
+function the kernel itself calls, and are explained with the kernel's own advice (``kernel.advice``); relays
+forward and record the real bytes; kernels are real Jupyter kernels driven with jupyter_client. Everything a
+``TeachingLab`` creates (a private simulated authority, Jupyter directories, processes, sockets) lives under one
+temporary directory and is gone after ``close()``. Child processes never inherit the caller's stdout/stderr (a
+notebook kernel captures them): their output is piped into the lab's logs. The lab's enclave servers authorise
+only the lab's own client key (in its private data directory), which its kernels and ``attest`` present, as a
+real deployment would.
 """
 
 from __future__ import annotations
@@ -270,7 +271,8 @@ class TeachingLab:
 
     def attest(self, address: str | Address, *, policy: Policy | None = None, timeout: float = 20.0) -> AttestOutcome:
         """Connect to ``address`` and verify it exactly as the kernel does (``connect_attested``): TLS 1.3,
-        challenge, authenticity, freshness, binding, policy. Returns the verified result or the refusal.
+        challenge, authenticity, freshness, binding, policy. Returns the verified result or the refusal, with the
+        advice a simulation kernel gives.
 
         ``policy`` defaults to ``self.policy()`` (the real measurement, simulation accepted).
         """

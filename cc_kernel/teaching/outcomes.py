@@ -1,9 +1,10 @@
 """Outcomes the teaching lab shows: an attestation verdict (``AttestOutcome``), raw evidence fetched for manual
 verification (``EvidenceExchange``), and one cell run in a real kernel (``CellRun``).
 
-Layer: pure values with text and HTML views, part of ``cc_kernel.teaching``. Invariants: a refusal keeps the
-exception and every failed check with got/expected; an exchange's material is labelled NOT verified; a cell run
-keeps every output the kernel sent, and the badge's latest version.
+Layer: pure values with text and HTML views, part of ``cc_kernel.teaching``. Invariants: a refusal is shown as
+the kernel shows it — what failed (``kernel.advice.refusal_text``) and, once, what to do
+(``kernel.advice.advice_for``, for the kernel's mode); an exchange's material is labelled NOT verified; a cell
+run keeps every output the kernel sent, and the badge's latest version.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Final
 
 from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.errors import PolicyViolation, VerificationError
+from cc_kernel.kernel.advice import advice_for, refusal_text
 from cc_kernel.teaching.display import Shown, pre, short
 from cc_kernel.teaching.recording import Recording
 
@@ -49,6 +51,8 @@ class AttestOutcome(Shown):
     result: AttestationResult | None = None
     error: BaseException | None = None
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    #: The mode of the kernel whose verdict this is ("simulation": the lab's kernels), for its advice.
+    mode: str = "simulation"
 
     @property
     def verified(self) -> bool:
@@ -60,8 +64,13 @@ class AttestOutcome(Shown):
 
     @property
     def message(self) -> str:
-        """The message the kernel shows for this refusal (``str`` of the exception), or '' if verified."""
-        return "" if self.error is None else str(self.error)
+        """What the kernel shows as refused (``refusal_text``: the failed checks), or '' if verified."""
+        return "" if self.error is None else refusal_text(self.error)
+
+    @property
+    def advice(self) -> str:
+        """What the kernel advises doing about this refusal (``advice_for`` in this mode), or '' if verified."""
+        return "" if self.error is None else advice_for(self.error, self.mode)
 
     @property
     def check(self) -> str:
@@ -88,6 +97,7 @@ class AttestOutcome(Shown):
             )
         lines = [f"REFUSED — {self.error_class} — {where}", "  no code would be sent; the kernel says:"]
         lines += [f"  {line}" for line in self.message.splitlines()]
+        lines.append(f"  what to do: {self.advice}")
         for check, _message, got, expected in self.failures:
             if got or expected:
                 lines.append(f"  check {check}: got {got}, expected {expected}")
@@ -108,6 +118,7 @@ class AttestOutcome(Shown):
             )
             body = (
                 f"<div>the kernel's message:</div>{pre(self.message)}"
+                f"<div>what to do: {html.escape(self.advice)}</div>"
                 '<table style="border-collapse:collapse;font-size:12px;margin-top:4px"><tr>'
                 + "".join(f'<th style="text-align:left;padding:2px 6px">{h}</th>'
                           for h in ("check", "message", "got", "expected"))
