@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = ["APPLICATION_DATA", "HEADER_SIZE", "TLS_CONTENT_TYPES", "RecordHeader", "TlsRecord", "TlsRecordWalker",
-           "record_kind", "tls_records"]
+           "tls_records"]
 
 #: TLS record content types (RFC 8446 §5.1).
 TLS_CONTENT_TYPES: Final[Mapping[int, str]] = {
@@ -29,11 +29,6 @@ APPLICATION_DATA: Final = 23
 HEADER_SIZE: Final = 5
 
 
-def record_kind(content_type: int) -> str:
-    """The name of a record content type (``"type N"`` for one RFC 8446 does not name)."""
-    return TLS_CONTENT_TYPES.get(content_type, f"type {content_type}")
-
-
 @dataclass(frozen=True)
 class RecordHeader:
     """One record's header: its index in the direction (from 0), content type, payload length, and the stream
@@ -46,21 +41,15 @@ class RecordHeader:
 
     @property
     def kind(self) -> str:
-        return record_kind(self.content_type)
+        """The content type's name (``"type N"`` for one RFC 8446 does not name)."""
+        return TLS_CONTENT_TYPES.get(self.content_type, f"type {self.content_type}")
 
 
 @dataclass(frozen=True)
-class TlsRecord:
-    """One whole TLS record seen on the wire: its content type, length, where it starts, and its payload."""
+class TlsRecord(RecordHeader):
+    """One whole TLS record seen on the wire: its header and its payload."""
 
-    content_type: int
-    length: int
-    offset: int
     body: bytes = field(repr=False)
-
-    @property
-    def kind(self) -> str:
-        return record_kind(self.content_type)
 
 
 class TlsRecordWalker:
@@ -110,4 +99,7 @@ def tls_records(stream: bytes) -> list[TlsRecord]:
     walker = TlsRecordWalker()
     walker.feed(stream)
     whole = [h for h in walker.headers if h.offset + HEADER_SIZE + h.length <= len(stream)]
-    return [TlsRecord(h.content_type, h.length, h.offset, stream[h.offset + HEADER_SIZE :][: h.length]) for h in whole]
+    return [
+        TlsRecord(h.index, h.content_type, h.length, h.offset, stream[h.offset + HEADER_SIZE :][: h.length])
+        for h in whole
+    ]
