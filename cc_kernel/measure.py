@@ -1,8 +1,9 @@
 """I/O: collect the manifest of the enclave's trusted files and compute the simulated measurement.
 
 What is measured (see docs/architecture.md, "Measurement"):
-- every file of the enclave-side cc_kernel code (all subpackages except ``kernel``, ``testing`` and the built
-  browser extension ``labextension``, plus the top-level modules the enclave imports), hashed in full;
+- every file of the enclave-side cc_kernel code (all subpackages except ``kernel``, ``testing``, ``teaching``,
+  ``labkit`` and the built browser extension ``labextension``, plus the top-level modules the enclave imports),
+  hashed in full;
 - every distribution the enclave imports (IPython, msgpack, cryptography, numpy, ... and their requirements,
   transitively), by name, version and the SHA-256 of its installed RECORD file (which lists the SHA-256 of
   every file pip installed);
@@ -22,8 +23,9 @@ from cc_kernel.attestation.measurement import measurement_of_manifest
 
 #: Distributions the enclave imports directly; their requirements are followed transitively.
 ENCLAVE_DISTRIBUTIONS = ("ipython", "msgpack", "cryptography", "numpy", "cbor2", "matplotlib-inline", "comm")
-#: cc_kernel parts that never run in the enclave (the Jupyter side, the browser extension, test helpers).
-_NOT_ENCLAVE = ("kernel", "testing", "labextension", "cli.py", "__main__.py", "teaching.py")
+#: cc_kernel parts that never run in the enclave (the Jupyter side, the browser extension, test helpers, the
+#: teaching lab and the relay tools it shares with the tests).
+_NOT_ENCLAVE = ("kernel", "testing", "labextension", "cli.py", "__main__.py", "teaching", "labkit")
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 

@@ -41,6 +41,9 @@ ALLOWED: dict[str, set[str]] = {
     "broker": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "dataset", "broker", "simstore"},
     "cli_data": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "dataset", "broker",
                  "simstore"},
+    # tools on the untrusted path (relay, TLS-record walker, process stopper) for the teaching lab and the test
+    # harness only: no other part lists it
+    "labkit": {"errors", "channel", "labkit"},
 }
 # Modules that touch sockets, files, processes, threads, the clock or Jupyter: the pure layers never import them.
 IO_MODULES = {"socket", "ssl", "asyncio", "subprocess", "selectors", "threading", "zmq", "jupyter_client",
@@ -193,6 +196,28 @@ def test_worker_rule_fires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sour
     root = tmp_path / "cc_kernel"
     (root / "worker").mkdir(parents=True)
     probe = root / "worker" / "probe.py"
+    probe.write_text(source)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", root)
+    with pytest.raises(AssertionError, match=expect):
+        test_layer_rules(probe)
+
+
+@pytest.mark.parametrize(
+    ("part", "source", "expect"),
+    [
+        ("labkit", "from cc_kernel.teaching import TeachingLab\n", "labkit may import only"),
+        ("kernel", "from cc_kernel.labkit.relay import Relay\n", "kernel may import only"),
+        ("enclave", "import cc_kernel.labkit.processes\n", "enclave may import only"),
+    ],
+)
+def test_labkit_rule_fires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, part: str, source: str, expect: str
+) -> None:
+    """The relay and its kin serve the teaching lab and the tests: labkit imports neither, and neither the kernel
+    nor the enclave imports labkit."""
+    root = tmp_path / "cc_kernel"
+    (root / part).mkdir(parents=True)
+    probe = root / part / "probe.py"
     probe.write_text(source)
     monkeypatch.setattr(sys.modules[__name__], "ROOT", root)
     with pytest.raises(AssertionError, match=expect):

@@ -54,6 +54,7 @@ from cc_kernel.protocol.framing import NEED_DATA, FrameDecoder
 from cc_kernel.testing.enclaves import (
     Direction,
     EnclaveProcess,
+    Flip,
     Relay,
     SupervisorProcess,
     install_authority,
@@ -519,7 +520,7 @@ def test_relay_sees_no_planted_secret_in_either_direction(
                 assert msg.status == "ok"
             finally:
                 await attested.channel.aclose()
-            return "".join(out), relay.recorded("c2s"), relay.recorded("s2c"), relay.connections
+            return "".join(out), relay.data("c2s"), relay.data("s2c"), relay.connections
 
     text, c2s, s2c, connections = asyncio.run(main())
     assert text == f"{sent}\n{derived}\n"  # the client has both secrets in plaintext
@@ -601,7 +602,7 @@ def test_one_flipped_byte_during_the_handshake_fails_to_connect(
     """ClientHello / ServerHello random (offset 20) or the encrypted certificate (s2c 3000)."""
 
     async def main(enclave: EnclaveProcess) -> tuple[BaseException, tuple[Direction, int] | None]:
-        async with Relay(enclave.sock, flip=(direction, offset)) as relay:
+        async with Relay(enclave.sock, flip=Flip(direction, offset)) as relay:
             assert relay.address is not None
             with pytest.raises(ConnectError) as info:
                 attested = await _attest(relay.address, policy, sim_anchors)

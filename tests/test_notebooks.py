@@ -139,7 +139,7 @@ def test_01_the_relay_sees_ciphertext_of_the_confidential_kernel_and_plaintext_o
     confidential = nb.text(nb.cell("enclave = lab.start_enclave()"))
     assert "SIMULATION — not hardware-protected" in confidential  # the nested kernel's own badge
     assert SECRET.upper() in confidential  # the cell ran in the enclave and its output came back
-    side = nb.text(nb.cell('title, recorded = confidential.wiretap.excerpt(SECRET, "up")'))
+    side = nb.text(nb.cell('title, recorded = confidential.wiretap.excerpt(SECRET, "c2s")'))
     assert "TLS application_data record" in side and "the secret does not appear anywhere" in side
     hexdump_part, received = side.split("== what the notebook received", 1)
     assert SECRET not in hexdump_part and "Patient" not in hexdump_part

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,11 +10,16 @@ from pathlib import Path
 import pytest
 
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority, sign_report
+from cc_kernel.attestation.result import REPIN_HINT
+from cc_kernel.errors import PolicyViolation, VerificationError
+from cc_kernel.kernel.advice import advice_for
 from cc_kernel.teaching import (
     FAULTS,
+    AttestOutcome,
+    Flip,
     Relay,
+    Table,
     TeachingLab,
-    _Tamperer,
     attestation_diagram,
     describe_report,
     hexdump,
@@ -54,6 +60,15 @@ def test_side_by_side_renders_both_panels_escaped() -> None:
     assert panels.text() == "== left <1> ==\na & b\n\n== right ==\nc"
 
 
+def test_print_and_ipython_show_the_same_text() -> None:
+    from IPython.lib.pretty import pretty
+
+    shown = [side_by_side("a", "1", "b", "2"), attestation_diagram(), Table("t", ("c",), (("v",),)),
+             Relay("tcp://127.0.0.1:9")]
+    for widget in shown:
+        assert pretty(widget) == str(widget) == widget.text(), type(widget).__name__
+
+
 def test_attestation_diagram_is_valid_svg_with_a_text_twin() -> None:
     diagram = attestation_diagram()
     root = ET.fromstring(diagram._repr_svg_())
@@ -77,31 +92,49 @@ def test_describe_report_decodes_the_fields_that_matter(sim_authority: Simulatio
     assert rows["chip_id"][3].startswith("'CC-SIMULATION' + ")
 
 
+# -- refusals are explained with the kernel's advice ----------------------------------------------------------------
+
+
+def test_a_refusal_shows_what_failed_then_the_kernels_advice_once() -> None:
+    # as the appraisal words a measurement refusal: its re-pin hint in the message and in the failure
+    error = PolicyViolation(f"refused. {REPIN_HINT}", failures=[
+        VerificationError(f"not pinned. {REPIN_HINT}", check="policy.measurement", got=b"\x5a", expected=b"\x11"),
+    ])
+    outcome = AttestOutcome("tcp://127.0.0.1:9", "modified code", error=error)
+    assert REPIN_HINT not in outcome.message and "[policy.measurement] not pinned" in outcome.message
+    assert outcome.advice == advice_for(error, "simulation") and "policy init --simulation" in outcome.advice
+    assert outcome.text().count("re-pin") == 1 and f"what to do: {outcome.advice}" in outcome.text()
+    assert html.escape(outcome.advice) in outcome._repr_html_()
+    hardware = AttestOutcome("tcp://127.0.0.1:9", "modified code", error=error, mode="hardware")
+    assert hardware.advice == advice_for(error, "hardware") != outcome.advice
+    assert AttestOutcome("tcp://127.0.0.1:9", "healthy").advice == ""
+
+
 # -- the tampering rule ------------------------------------------------------------------------------------------
 
 
 def test_tamperer_flips_one_bit_in_the_first_server_record_after_the_handshake() -> None:
-    relay = Relay("127.0.0.1", 9, tamper=True)
-    tamperer = _Tamperer(relay, conn=0)
+    relay = Relay("tcp://127.0.0.1:9", flip=Flip.after_handshake())
+    tamperer = relay.new_connection()
     server_flight = _record(22, b"server hello") + _record(20, b"\x01") + _record(23, b"encrypted handshake")
     # before the client's first application-data record, nothing from the server is touched
-    assert tamperer.feed("down", server_flight) == server_flight
+    assert tamperer.feed("s2c", server_flight) == server_flight
     client_flight = _record(22, b"client hello") + _record(20, b"\x01") + _record(23, b"client finished")
-    assert tamperer.feed("up", client_flight) == client_flight
-    assert tamperer.feed("up", _record(23, b"kernel hello")) == _record(23, b"kernel hello")
+    assert tamperer.feed("c2s", client_flight) == client_flight
+    assert tamperer.feed("c2s", _record(23, b"kernel hello")) == _record(23, b"kernel hello")
     # the server's answer arrives in two pieces: the record is re-framed, then exactly one bit changes
     answer = _record(23, b"enclave hello, encrypted")
-    out = tamperer.feed("down", answer[:7]) + tamperer.feed("down", answer[7:])
+    out = tamperer.feed("s2c", answer[:7]) + tamperer.feed("s2c", answer[7:])
     assert len(out) == len(answer)
     diff = [i for i in range(len(out)) if out[i] != answer[i]]
     assert len(diff) == 1 and diff[0] >= 5  # inside the body, never the header
     assert bin(out[diff[0]] ^ answer[diff[0]]).count("1") == 1
     assert [(t.direction, t.record_index, t.stream_offset) for t in relay.tampered] == [
-        ("down", 3, len(server_flight) + diff[0])
+        ("s2c", 3, len(server_flight) + diff[0])
     ]
     # only once
     later = _record(23, b"evidence")
-    assert tamperer.feed("down", later) == later
+    assert tamperer.feed("s2c", later) == later
 
 
 # -- a real lab (processes, TLS, kernels' verifier) ----------------------------------------------------------------
@@ -153,6 +186,11 @@ def test_each_fault_is_caught_by_its_check(lab: TeachingLab, fault: str | None, 
         assert outcome.result is not None and outcome.result.status == "simulation"
     else:
         assert check in outcome.text() and check in outcome._repr_html_()
+        # what to do: the kernel's own advice for a simulation kernel, said once
+        assert outcome.advice == advice_for(outcome.error, "simulation")
+        assert outcome.text().count(outcome.advice) == 1
+        if fault == "modified-code":
+            assert outcome.text().count("re-pin") == 1
 
 
 def test_faults_list_matches_the_parametrisation() -> None:
@@ -165,7 +203,7 @@ def test_tampering_relay_breaks_the_channel_and_says_where(lab: TeachingLab) -> 
     outcome = lab.attest(relay.address)
     assert outcome.error_class == "BrokenChannelError", outcome.text() + "\n" + relay.summary()
     assert "DECRYPTION_FAILED_OR_BAD_RECORD_MAC" in outcome.message
-    assert len(relay.tampered) == 1 and relay.tampered[0].direction == "down"
+    assert len(relay.tampered) == 1 and relay.tampered[0].direction == "s2c"
 
 
 @pytest.mark.slow
@@ -175,7 +213,7 @@ def test_relay_sees_only_ciphertext_of_a_confidential_cell_and_plaintext_of_a_pl
     confidential = lab.run_cell(cell, enclave=lab.start_enclave(), wiretap=True)
     assert confidential.status == "ok" and secret.upper() in confidential.text
     assert confidential.badge is not None and confidential.badge["state"] == "simulation"
-    assert confidential.wiretap is not None and confidential.wiretap.data("up")
+    assert confidential.wiretap is not None and confidential.wiretap.data("c2s")
     assert not confidential.wiretap.contains(secret) and not confidential.wiretap.contains(secret.upper())
     plain = lab.run_cell(cell, kernel="python3", wiretap=True)
     assert plain.status == "ok" and secret.upper() in plain.text

@@ -63,7 +63,7 @@ def test_the_relay_forwards_to_a_unix_address_given_as_text() -> None:
 
     echoed, relay = asyncio.run(main())
     assert echoed == b"to the enclave"
-    assert relay.recorded("c2s") == relay.recorded("s2c") == b"to the enclave"
+    assert relay.data("c2s") == relay.data("s2c") == b"to the enclave"
     assert relay.connections == 1
 
 
@@ -78,4 +78,4 @@ def test_the_relay_forwards_to_a_tcp_address_given_as_text() -> None:
 
     echoed, relay = asyncio.run(main())
     assert echoed == b"over tcp"
-    assert relay.recorded("c2s") == relay.recorded("s2c") == b"over tcp"
+    assert relay.data("c2s") == relay.data("s2c") == b"over tcp"

@@ -1,4 +1,5 @@
-"""Testing helpers: real and in-process enclaves, a tampering relay, raw TLS clients, pinned policies.
+"""Testing helpers: real and in-process enclaves, raw TLS clients, pinned policies; the tampering relay
+(``cc_kernel.labkit.relay``, shared with the teaching lab) is re-exported here.
 
 Layer: testing (may import any part of cc_kernel; nothing in cc_kernel imports it; it is not measured).
 Invariants: every process a helper starts runs in its own session and is stopped by the helper's ``close()``
@@ -12,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, TypeVar
+from typing import Literal, Self, TypeVar
 
 from cc_kernel.attestation.anchors import TrustAnchors
 from cc_kernel.attestation.binding import expected_report_data
@@ -47,6 +46,8 @@ from cc_kernel.clientkey import client_key_dir, load_or_create_client_identity
 from cc_kernel.crypto.keys import AuditKey, TlsIdentity, make_tls_identity, new_tls_key, spki_der_of_key
 from cc_kernel.enclave.evidence import EvidenceSource
 from cc_kernel.errors import RemoteProtocolError
+from cc_kernel.labkit.processes import serving_address, stop_process
+from cc_kernel.labkit.relay import Direction, Flip, Relay, dialable
 from cc_kernel.measure import enclave_measurement
 from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import Connection, ConnectionClosed, Role
@@ -57,6 +58,7 @@ from cc_kernel.testing.waiting import wait_until
 __all__ = [
     "Direction",
     "EnclaveProcess",
+    "Flip",
     "InProcessEnclave",
     "Relay",
     "SupervisorProcess",
@@ -74,9 +76,6 @@ __all__ = [
     "write_simulation_policy",
 ]
 
-#: Byte streams of a relayed connection: kernel (client) -> enclave (server), and back.
-Direction = Literal["c2s", "s2c"]
-_TLS_HEADER = 5  # TLS record header: content type (1), legacy version (2), length (2)
 _M = TypeVar("_M", bound=m.Message)
 
 
@@ -135,21 +134,29 @@ def enclave_env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str
     return env
 
 
-def _stop_process(process: subprocess.Popen[bytes], *, sig: int, timeout: float) -> int:
-    """Send ``sig`` to ``process`` (if running), wait; SIGKILL its process group after ``timeout``."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, sig)
-        try:
-            return process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # its own session: pgid == pid
-    return process.wait()
+class _StartedProcess:
+    """A process a helper started: ``log()`` is what it wrote to ``log_path`` so far (an enclave server's log
+    includes its enclaves'); as a context manager it is closed on the way out."""
+
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def close(self, timeout: float = 5.0) -> int:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 @dataclass
-class EnclaveProcess:
+class EnclaveProcess(_StartedProcess):
     """``python -m cc_kernel.enclave --fd N`` serving one session on a socketpair; ``sock`` is our end."""
 
     process: subprocess.Popen[bytes]
@@ -157,10 +164,6 @@ class EnclaveProcess:
     log_path: Path
     #: The working directory of its cells (the one directory besides their private HOME they may write).
     workdir: Path | None = None
-
-    def log(self) -> str:
-        """Everything the enclave wrote to its stdout/stderr so far."""
-        return self.log_path.read_text(errors="replace")
 
     def wait(self, timeout: float) -> int:
         """Wait for the process to exit by itself; its exit status.
@@ -180,15 +183,8 @@ class EnclaveProcess:
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            return _stop_process(self.process, sig=signal.SIGTERM, timeout=timeout)
+            return stop_process(self.process, timeout=timeout)
 
-    def __enter__(self) -> EnclaveProcess:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def start_enclave(
@@ -241,11 +237,8 @@ def _fresh_path(directory: Path, stem: str, suffix: str) -> Path:
     raise RuntimeError(f"no free {stem}-N{suffix} name in {directory}")  # pragma: no cover
 
 
-_SERVING = re.compile(rb"serving on (\S+)")
-
-
 @dataclass
-class SupervisorProcess:
+class SupervisorProcess(_StartedProcess):
     """``cc-kernel enclave serve``: one fresh enclave process (a warm spare) per accepted connection."""
 
     process: subprocess.Popen[bytes]
@@ -255,10 +248,6 @@ class SupervisorProcess:
     #: The client key it authorised (the data directory's, which its kernels and ``cc-kernel attest`` present);
     #: None when it serves any client or was given another file.
     client_identity: ClientIdentity | None = None
-
-    def log(self) -> str:
-        """The supervisor's stderr (and its enclaves' logs) so far."""
-        return self.log_path.read_text(errors="replace")
 
     def stdout(self) -> str:
         """What the supervisor printed (its address line)."""
@@ -283,15 +272,8 @@ class SupervisorProcess:
 
         SIGTERM rather than SIGINT: a process started from a background job inherits SIGINT ignored.
         """
-        return _stop_process(self.process, sig=signal.SIGTERM, timeout=timeout)
+        return stop_process(self.process, timeout=timeout)
 
-    def __enter__(self) -> SupervisorProcess:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def start_supervisor(
@@ -336,12 +318,12 @@ def start_supervisor(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=enclave_env(data_dir),
             start_new_session=True,
         )
-    found: list[bytes] = []
+    found: list[str] = []
 
     def listening() -> bool:
-        match = _SERVING.search(stdout_path.read_bytes())
-        if match:
-            found.append(match.group(1))
+        address = serving_address(stdout_path.read_text(errors="replace"))
+        if address is not None:
+            found.append(address)
             return True
         if process.poll() is not None:
             raise RuntimeError(
@@ -353,10 +335,10 @@ def start_supervisor(
     try:
         wait_until(listening, timeout=timeout, what="cc-kernel enclave serve printing its address")
     except BaseException:
-        _stop_process(process, sig=signal.SIGTERM, timeout=5.0)
+        stop_process(process, timeout=5.0)
         raise
     return SupervisorProcess(
-        process=process, address=parse_address(found[0].decode()), log_path=log_path, stdout_path=stdout_path,
+        process=process, address=parse_address(found[0]), log_path=log_path, stdout_path=stdout_path,
         client_identity=identity,
     )
 
@@ -450,214 +432,6 @@ async def attested_pair(
     return attested, await server
 
 
-# --- a relay on the untrusted path ---------------------------------------------------------------------------
-
-
-class _Records:
-    """Follows TLS record boundaries in one direction: which bytes of a chunk are record payload."""
-
-    def __init__(self) -> None:
-        self._header = bytearray()
-        self._left = 0  # payload bytes of the current record still to come
-        self.count = 0  # records seen (headers complete)
-
-    def payload_ranges(self, data: bytes | bytearray) -> list[tuple[int, int]]:
-        """Half-open index ranges of ``data`` (the next bytes of the stream) that are record payload."""
-        out: list[tuple[int, int]] = []
-        i = 0
-        while i < len(data):
-            if self._left == 0:
-                take = min(_TLS_HEADER - len(self._header), len(data) - i)
-                self._header += data[i : i + take]
-                i += take
-                if len(self._header) == _TLS_HEADER:
-                    self._left = int.from_bytes(self._header[3:5], "big")
-                    self._header.clear()
-                    self.count += 1
-            else:
-                take = min(self._left, len(data) - i)
-                out.append((i, i + take))
-                i += take
-                self._left -= take
-        return out
-
-
-@dataclass
-class _Flip:
-    direction: Direction
-    at: int  # stream offset at or after which the first record-payload byte is flipped
-    done_at: int | None = None
-
-
-#: Address kinds the relay and the raw TLS client can dial (vsock is tested with its own sockets: test_vsock.py).
-_DIALABLE_KINDS = ("unix", "tcp")
-
-
-def _dialable(target: Address | str | socket.socket, who: str) -> Address | socket.socket:
-    """``target`` as an Address (text is parsed by ``channel.transport.parse_address``) or the socket itself.
-
-    Raises:
-        ConfigError: ``target`` is text that is not an address.
-        ValueError: an address of a kind ``who`` cannot dial (vsock).
-        TypeError: ``target`` is neither an Address, text nor a socket.
-    """
-    if isinstance(target, socket.socket):
-        return target
-    if isinstance(target, str):
-        target = parse_address(target)
-    if not isinstance(target, Address):
-        raise TypeError(f"{who} target must be an Address, an address string or a socket, not {type(target).__name__}")
-    if target.kind not in _DIALABLE_KINDS:
-        raise ValueError(
-            f"{who} cannot dial {target}: only {' and '.join(_DIALABLE_KINDS)} addresses are supported, "
-            f"not {target.kind}"
-        )
-    return target
-
-
-class Relay:
-    """A TCP relay on 127.0.0.1 in front of ``target`` (a unix or TCP address, as an ``Address`` or as text for
-    ``parse_address``, or one already connected socket): the untrusted host or network between kernel and enclave.
-
-    It records every byte it forwards in each direction (``recorded("c2s")``: kernel -> enclave,
-    ``recorded("s2c")``: enclave -> kernel) and can flip one byte (XOR 0xFF) of one direction: the first byte
-    at stream offset ``>= at`` that lies inside a TLS record's payload (headers are left alone, so the damage
-    is always to authenticated data, never to the record framing). Runs on the caller's event loop.
-
-    Raises:
-        ConfigError: ``target`` is text that is not an address.
-        ValueError: ``target`` is a vsock address (the relay dials unix and TCP addresses only).
-    """
-
-    def __init__(self, target: Address | str | socket.socket, *, flip: tuple[Direction, int] | None = None) -> None:
-        self.target = _dialable(target, "the relay")
-        self._flip = _Flip(flip[0], flip[1]) if flip else None
-        self._recorded: dict[Direction, bytearray] = {"c2s": bytearray(), "s2c": bytearray()}
-        self._records: dict[Direction, _Records] = {"c2s": _Records(), "s2c": _Records()}
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-        self._used_socket = False
-        self.connections = 0
-        self.address: Address | None = None
-
-    async def start(self) -> Address:
-        """Listen on 127.0.0.1 (a free port); return the address kernels should dial."""
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=STREAM_LIMIT)
-        host, port = self._server.sockets[0].getsockname()[:2]
-        self.address = Address("tcp", host=host, port=port)
-        return self.address
-
-    async def __aenter__(self) -> Relay:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    def recorded(self, direction: Direction) -> bytes:
-        """Every byte forwarded so far in ``direction`` (after any flip), over all connections."""
-        return bytes(self._recorded[direction])
-
-    def forwarded(self, direction: Direction) -> int:
-        """How many bytes were forwarded so far in ``direction``."""
-        return len(self._recorded[direction])
-
-    def records(self, direction: Direction) -> int:
-        """TLS records seen so far in ``direction``."""
-        return self._records[direction].count
-
-    def arm_flip(self, direction: Direction, *, after: int = 0) -> None:
-        """Flip the first record-payload byte at least ``after`` bytes beyond what ``direction`` forwarded."""
-        self._flip = _Flip(direction, self.forwarded(direction) + after)
-
-    @property
-    def flipped_at(self) -> tuple[Direction, int] | None:
-        """(direction, stream offset) of the byte that was flipped, or None (not armed, or not reached)."""
-        if self._flip is None or self._flip.done_at is None:
-            return None
-        return self._flip.direction, self._flip.done_at
-
-    async def aclose(self) -> None:
-        """Stop listening and cut every relayed connection."""
-        if self._server is not None:
-            self._server.close()
-        for writer in self._writers:
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            self._server = None
-
-    async def _handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.append(c_writer)
-        try:
-            if isinstance(self.target, socket.socket):
-                if self._used_socket:
-                    raise ConnectionRefusedError("the relay's target socket was already used")
-                self._used_socket = True
-                s_reader, s_writer = await asyncio.open_connection(sock=self.target, limit=STREAM_LIMIT)
-            elif self.target.kind == "unix":
-                s_reader, s_writer = await asyncio.open_unix_connection(self.target.path, limit=STREAM_LIMIT)
-            elif self.target.kind == "tcp":
-                s_reader, s_writer = await asyncio.open_connection(
-                    self.target.host, self.target.port, limit=STREAM_LIMIT
-                )
-            else:  # pragma: no cover - refused by _dialable in __init__
-                raise AssertionError(f"unreachable: relay target kind {self.target.kind!r}")
-        except OSError:
-            c_writer.close()
-            return
-        self._writers.append(s_writer)
-        up = asyncio.ensure_future(self._pump(c_reader, s_writer, "c2s"))
-        down = asyncio.ensure_future(self._pump(s_reader, c_writer, "s2c"))
-        self._tasks.update((up, down))
-        try:
-            await asyncio.gather(up, down, return_exceptions=True)
-        finally:
-            self._tasks.difference_update((up, down))
-            for writer in (c_writer, s_writer):
-                writer.close()
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: Direction) -> None:
-        try:
-            while True:
-                data = await reader.read(64 * 1024)
-                if not data:
-                    if writer.can_write_eof():
-                        writer.write_eof()  # half-close, as TCP would carry it
-                    return
-                data = self._tamper(direction, data)
-                self._recorded[direction] += data
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            writer.close()
-
-    def _tamper(self, direction: Direction, data: bytes) -> bytes:
-        start = len(self._recorded[direction])
-        ranges = self._records[direction].payload_ranges(data)  # always track, to know record boundaries
-        flip = self._flip
-        if flip is None or flip.direction != direction or flip.done_at is not None:
-            return data
-        for lo, hi in ranges:
-            index = max(lo, flip.at - start)
-            if index < hi:
-                out = bytearray(data)
-                out[index] ^= 0xFF
-                flip.done_at = start + index
-                return bytes(out)
-        return data
-
-
 # --- raw TLS clients (no protocol library between the test and the enclave) ----------------------------------
 
 
@@ -672,7 +446,7 @@ def raw_tls_client(
         ValueError: ``target`` is a vsock address (not supported here).
         OSError: the connection or the handshake failed.
     """
-    target = _dialable(target, "raw_tls_client")
+    target = dialable(target, "raw_tls_client")
     if isinstance(target, socket.socket):
         sock = target
     elif target.kind == "unix":
@@ -681,7 +455,7 @@ def raw_tls_client(
         sock.connect(target.path)
     elif target.kind == "tcp":
         sock = socket.create_connection((target.host, target.port), timeout=timeout)
-    else:  # pragma: no cover - refused by _dialable
+    else:  # pragma: no cover - refused by dialable
         raise AssertionError(f"unreachable: raw_tls_client target kind {target.kind!r}")
     sock.settimeout(timeout)
     return client_context(client_identity).wrap_socket(sock, server_hostname=None)
