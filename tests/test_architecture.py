@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "worker": {"errors", "protocol", "worker", "logsetup"},
     "clientkey": {"errors", "crypto", "channel", "simstore"},
     "enclave": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "enclave", "simstore", "measure",
-                "logsetup"},
+                "logsetup", "dataset", "broker"},
     "kernel": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "kernel", "simstore", "measure",
                "clientkey"},
     # a data owner's sealed files, rules, release exchange and broker log: pure, like audit

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
 from collections.abc import Awaitable, Callable
 
 from cc_kernel.broker.wire import receive, send
@@ -37,19 +38,25 @@ async def request_key(
     collect: Collect,
     requester_spki_sha256: bytes,
     timeout: float = 30.0,
+    sock: socket.socket | None = None,
 ) -> ReleasedKey:
     """Run one release exchange with the broker at ``address`` (``HOST:PORT``; a relay may stand in for it).
+
+    ``sock``: an already connected stream socket to run the TLS connection over instead of dialling
+    ``address`` (the monitor's end of a relay the kernel carries); ``address`` then only names the broker.
 
     Raises:
         ConnectError: nothing answers or TLS fails. WrongBroker: the broker's key is not the pinned one.
         ReleaseRefused / DatasetExpired / TamperedDataset: from ``ReleaseClient.open``.
         BrokenChannelError, RemoteProtocolError: the connection broke or the broker broke the protocol.
     """
-    addr = parse_address(address)
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(addr.host, addr.port, ssl=client_context(), server_hostname=None), timeout
-        )
+        if sock is not None:
+            opening = asyncio.open_connection(sock=sock, ssl=client_context(), server_hostname="")
+        else:
+            addr = parse_address(address)
+            opening = asyncio.open_connection(addr.host, addr.port, ssl=client_context(), server_hostname=None)
+        reader, writer = await asyncio.wait_for(opening, timeout)
     except (OSError, TimeoutError) as exc:
         raise ConnectError(f"cannot reach the broker at {address}: {exc}") from exc
     try:

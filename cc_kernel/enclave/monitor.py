@@ -53,6 +53,7 @@ from cc_kernel.channel.clients import AuthorizedClients
 from cc_kernel.channel.ratls import STARTUP_NONCE, STARTUP_SESSION_ID
 from cc_kernel.channel.transport import FramedChannel
 from cc_kernel.crypto.keys import AuditKey, TlsIdentity, make_tls_identity, new_tls_key, spki_der_of_key
+from cc_kernel.enclave.datasets import Datasets
 from cc_kernel.enclave.evidence import EvidenceSource
 from cc_kernel.errors import CCKernelError, ChannelError, ProtocolError, RemoteProtocolError
 from cc_kernel.protocol import messages as m
@@ -175,6 +176,10 @@ class Monitor:
         self._workdir: Path | None = None
         self._shutdown_due: asyncio.Event | None = None
         self.stop_reason = ""
+        # sealed datasets (%cc_dataset) and the owners' rules: cc_kernel.enclave.datasets
+        self.datasets = Datasets(source=source, spki_der=self._spki, to_kernel=self._to_kernel,
+                                 to_worker=lambda msg: self._to_worker(msg), emit=self._emit,
+                                 reply=lambda req, msg, status: self._reply(req, msg, status=status))
 
     # -- the worker process -------------------------------------------------------------------------------
 
@@ -302,6 +307,7 @@ class Monitor:
             self.stop_reason = self.stop_reason or await self._why_closed(exc)
             log.info("session over: %s", self.stop_reason)
         finally:
+            await self.datasets.aclose()
             if worker_task is not None:
                 worker_task.cancel()
                 with contextlib.suppress(BaseException):
@@ -418,6 +424,8 @@ class Monitor:
             self._audit = isinstance(msg, m.AuditStart)
         elif isinstance(msg, m.UploadChunk | m.UploadEnd):
             await self._upload_part(msg)
+        elif isinstance(msg, m.RelayData | m.RelayEnd):
+            await self.datasets.relay(msg)
         else:
             if self._audit is None:
                 reason = (f"{msg.TYPE} before AuditStart or AuditOff: this enclave runs nothing the kernel "
@@ -461,6 +469,10 @@ class Monitor:
             msg = req.msg
             if isinstance(msg, m.ExecuteRequest):
                 self._execution_count = msg.execution_count
+            refusal = self.datasets.refusal(msg)
+            if refusal is not None:  # an open dataset's rules forbid it: it never reaches the worker
+                await self.datasets.refuse(req, refusal)
+                continue
             if isinstance(msg, m.UploadStart):
                 if not await self._upload_start(req, msg):
                     continue
@@ -479,6 +491,9 @@ class Monitor:
                                   f"{MAX_UPLOAD} bytes")
             await self._reply(req, m.UploadReply(req_id=msg.req_id, status="error", message=req.upload_refused))
             return False
+        if msg.fmt == "ccdata":  # sealed: the monitor opens it and hands the worker the plaintext
+            await self.datasets.start(req, msg)
+            return True
         await self._to_worker(msg)
         return True
 
@@ -499,6 +514,9 @@ class Monitor:
                 await self._reply(head, m.UploadReply(req_id=head.req_id, status="error", message=(
                     "upload arrived altered: its SHA-256 is not the one the kernel announced; nothing was bound")))
                 return  # the worker never gets the end: it binds nothing, and drops the parts at the next upload
+        if self.datasets.owns(head):
+            await self.datasets.part(head, msg)
+            return
         await self._to_worker(msg)
 
     # -- worker -> monitor --------------------------------------------------------------------------------
@@ -567,9 +585,22 @@ class Monitor:
             if head.upload_ended is not True or head.upload_size != announced:
                 msg = m.UploadReply(req_id=head.req_id, status="error", message=(
                     f"upload arrived incomplete ({head.upload_size} of {announced} bytes)"))
+        if isinstance(msg, m.UploadReply):
+            msg = await self.datasets.bound(head, msg)
 
         await self._reply(head, None if isinstance(msg, m.RequestDone) else msg,
                           status=msg.status if isinstance(msg, m.RequestDone) else None)
+
+    async def _to_kernel(self, msg: m.Message) -> None:
+        if self._channel is not None:
+            await self._channel.send(msg)
+
+    async def _emit(self, req: _Request, output: m.Message) -> None:
+        """Show an output of the monitor's own for ``req`` (charged to the window, in its receipt)."""
+        self._window.charge(output_cost(output))
+        if req.digester is not None:
+            req.digester.add(output)
+        await self._to_kernel(output)
 
     async def _reply(self, req: _Request, reply: m.Message | None, *, status: str | None = None) -> None:
         """Forward ``req``'s reply (if it has one), sign its receipt, and hand the worker the next request."""

@@ -62,6 +62,9 @@ from cc_kernel.protocol.messages import (
     Message,
     Ping,
     Pong,
+    RelayData,
+    RelayEnd,
+    RelayOpen,
     SessionInfo,
     Shutdown,
     ShutdownReply,
@@ -129,6 +132,8 @@ KERNEL_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
         UploadStart,
         UploadChunk,
         UploadEnd,
+        RelayData,
+        RelayEnd,
         Interrupt,
         Credit,
     }
@@ -154,6 +159,9 @@ ENCLAVE_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
         CommClose,
         CommInfoReply,
         UploadReply,
+        RelayOpen,
+        RelayData,
+        RelayEnd,
         AuditReceipt,
         SessionInfo,
     }

@@ -637,7 +637,9 @@ class UploadStart(Message):
     req_id: ReqId
     name: Annotated[str, _Len(1, MAX_NAME)]
     size: Count
-    fmt: Literal["bytes", "text", "npy"]
+    #: ``ccdata``: a sealed dataset (``%cc_dataset``): the monitor obtains its key from the owner's broker over a
+    #: relay (``RelayOpen``...), decrypts it and hands the worker the plaintext as the format its header names.
+    fmt: Literal["bytes", "text", "npy", "ccdata"]
     code: str
     execution_count: Count
     cell_id: Name | None
@@ -669,6 +671,38 @@ class UploadReply(Message):
     req_id: ReqId
     status: ReplyStatus
     message: Annotated[str, _Len(0, MAX_REASON)]
+
+
+# --- relay: the monitor's own end-to-end TLS connection to a data owner's broker, carried by the kernel -------
+
+
+@_message("relay_open")
+@dataclass(frozen=True, slots=True)
+class RelayOpen(Message):
+    """Enclave -> kernel: open a TCP connection to ``address`` (``HOST:PORT``) for the sealed dataset of upload
+    ``req_id`` and carry its bytes both ways. The bytes are the monitor's TLS with the broker: the kernel sees
+    only ciphertext and neither end trusts it."""
+
+    req_id: ReqId
+    address: Annotated[str, _Len(1, MAX_NAME)]
+
+
+@_message("relay_data")
+@dataclass(frozen=True, slots=True)
+class RelayData(Message):
+    """Bytes of relay ``req_id``, in either direction (opaque TLS records)."""
+
+    req_id: ReqId
+    data: Annotated[bytes, _Len(1, 1024 * 1024)]
+
+
+@_message("relay_end")
+@dataclass(frozen=True, slots=True)
+class RelayEnd(Message):
+    """Relay ``req_id`` is over, in either direction; ``reason`` is empty for a clean end."""
+
+    req_id: ReqId
+    reason: Annotated[str, _Len(0, MAX_REASON)] = ""
 
 
 # --- control, audit, liveness -----------------------------------------------------------------------------

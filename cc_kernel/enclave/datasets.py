@@ -1,0 +1,362 @@
+"""Monitor: sealed datasets (``%cc_dataset``) — the key release over the kernel's relay, decryption, the rules.
+
+Layer: runs inside the TEE, in the monitor (never in the worker). The kernel streams a sealed file as an upload
+with ``fmt = "ccdata"``; the monitor, not the kernel and not the worker:
+
+1. reads the header from the stream (``dataset.format.Unsealer``) and asks the kernel to relay a TCP connection
+   to the broker the header names (``RelayOpen``); over it, the monitor runs its own TLS 1.3 connection to the
+   broker, authenticated by the broker key the header pins (``broker.client.request_key``), and the release
+   exchange: its evidence binds the broker's nonce, the dataset and a fresh release key, so the data key is
+   readable only here (the kernel carries ciphertext and is trusted by neither end);
+2. decrypts each chunk once it authenticated and hands the worker only plaintext, as an ordinary upload in the
+   format the header names (the worker binds it as for ``%cc_upload``), then records the dataset as open under
+   the owner's rules;
+3. enforces those rules on every later request (``refusal``): under ``approved-code`` only cells whose code
+   digest (``audit.format.code_hash``, what ``cc-kernel data approve`` prints) the owner approved reach the
+   worker; completions, inspections, comm messages and plain uploads are refused too (they run or change code
+   the owner did not approve); an approved-code dataset is bound only into a session in which no unapproved
+   code ran before.
+
+Invariants: the kernel's honest order is the header, then (after ``RelayEnd``) the rest; ciphertext sent
+before the key was released is buffered up to ``MAX_AHEAD`` and refused beyond; a sealed file that fails any
+check (``TamperedDataset``), a refusal by the broker, a wrong broker key or a broken relay ends the upload with
+an error reply naming the check, and nothing of the dataset is bound (the worker gets no ``UploadEnd``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from cc_kernel.attestation.envelope import encode_envelope
+from cc_kernel.audit.format import code_hash
+from cc_kernel.broker.client import request_key
+from cc_kernel.dataset.format import NEED_DATA, ChunkData, DatasetHeader, Unsealer
+from cc_kernel.dataset.release import ReleasedKey
+from cc_kernel.dataset.rules import Rules
+from cc_kernel.enclave.evidence import EvidenceSource
+from cc_kernel.errors import CCKernelError, DatasetError
+from cc_kernel.protocol import messages as m
+
+log = logging.getLogger("cc_kernel.enclave")
+
+#: Sealed bytes the monitor buffers while it waits for the key (an honest kernel sends only the header first).
+MAX_AHEAD: Final = 64 * 1024 * 1024
+#: Largest plaintext piece handed to the worker in one message.
+WORKER_PIECE: Final = 1024 * 1024
+#: Seconds the broker has for each message of the release exchange (the relay included).
+RELEASE_TIMEOUT: Final = 30.0
+
+#: ``reply(req, msg, status)``: the monitor forwards ``msg`` (None: none), receipts ``req`` and goes on.
+Reply = Callable[[Any, m.Message | None, str | None], Awaitable[None]]
+Send = Callable[[m.Message], Awaitable[None]]
+#: ``emit(req, output)``: an output the monitor shows for ``req`` (charged, digested, forwarded).
+Emit = Callable[[Any, m.Message], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class OpenDataset:
+    """A dataset bound in this session: the name it has there, what its header says and the owner's rules."""
+
+    name: str
+    owner: str
+    dataset_id: bytes
+    broker: str
+    rules: Rules
+    session: int
+    plaintext_size: int
+
+    def describe(self) -> dict[str, Any]:
+        """JSON for the badge: name, owner, id, broker, mode, expiry, session number."""
+        return {
+            "name": self.name, "owner": self.owner, "dataset_id": self.dataset_id.hex(), "broker": self.broker,
+            "mode": self.rules.mode, "not_after": self.rules.not_after.isoformat(), "session": self.session,
+            "max_sessions": self.rules.max_sessions, "rules_sha256": self.rules.sha256.hex(),
+            "size": self.plaintext_size,
+        }
+
+
+@dataclass
+class _Pending:
+    """The sealed upload in the monitor's hands (at most one: the monitor hands in one request at a time)."""
+
+    req: Any
+    start: m.UploadStart
+    unsealer: Unsealer = field(default_factory=Unsealer)
+    header: DatasetHeader | None = None
+    released: ReleasedKey | None = None
+    release_task: asyncio.Task[None] | None = None
+    relay_writer: asyncio.StreamWriter | None = None
+    relay_task: asyncio.Task[None] | None = None
+    ahead: int = 0
+    worker_started: bool = False
+    plain_hash: Any = field(default_factory=hashlib.sha256)
+    ended: bool = False
+    done: bool = False
+
+
+class Datasets:
+    """The monitor's datasets: one pending sealed upload, the open datasets and their rules."""
+
+    def __init__(self, *, source: EvidenceSource, spki_der: bytes, to_kernel: Send, to_worker: Send,
+                 reply: Reply, emit: Emit) -> None:
+        self._source = source
+        self._requester = hashlib.sha256(spki_der).digest()
+        self._to_kernel = to_kernel
+        self._to_worker = to_worker
+        self._reply = reply
+        self._emit = emit
+        self._pending: _Pending | None = None
+        self.open: list[OpenDataset] = []
+        #: Digests of code that ran in this session before and while datasets were open (cells, silent ones).
+        self._ran: set[bytes] = set()
+        #: Something other than a cell ran user-controlled input (a comm, a plain upload).
+        self._ran_other = False
+
+    # -- the rules, on every request ----------------------------------------------------------------------
+
+    def _approved_code(self) -> list[OpenDataset]:
+        return [d for d in self.open if d.rules.mode == "approved-code"]
+
+    def refusal(self, msg: m.Message) -> str | None:
+        """Why the open datasets' rules forbid handing ``msg`` to the worker, or None (then it is noted as run)."""
+        strict = self._approved_code()
+        if isinstance(msg, m.ExecuteRequest):
+            digest = code_hash(msg.code)
+            unapproved = [d for d in strict if not d.rules.approves(digest)]
+            if unapproved:
+                names = ", ".join(f"{d.name!r} ({d.owner})" for d in unapproved)
+                return (f"refused by the data owner's rules: dataset {names} is open in approved-code mode and "
+                        f"this cell's code digest is not approved. Send its owner the digest {digest.hex()} "
+                        "(`cc-kernel data approve NOTEBOOK.ipynb` prints it) to have the cell approved")
+            self._ran.add(digest)
+            return None
+        if isinstance(msg, m.UploadStart) and msg.fmt == "ccdata":
+            return None
+        if strict and isinstance(msg, m.CompleteRequest | m.InspectRequest | m.CommOpen | m.CommMsg |
+                                  m.CommClose | m.UploadStart):
+            names = ", ".join(repr(d.name) for d in strict)
+            return (f"refused by the data owner's rules: dataset {names} is open in approved-code mode, where "
+                    f"only approved cells run ({msg.TYPE} is not one)")
+        if isinstance(msg, m.CommOpen | m.CommMsg | m.CommClose | m.UploadStart):
+            self._ran_other = True
+        return None
+
+    async def refuse(self, req: Any, reason: str) -> None:
+        """Answer ``req`` with an error naming ``reason``; it never reaches the worker (it is receipted)."""
+        msg = req.msg
+        if isinstance(msg, m.ExecuteRequest):
+            if not msg.silent:
+                await self._emit(req, m.Error(req_id=req.req_id, ename="DatasetRules", evalue=reason,
+                                              traceback=[f"DatasetRules: {reason}"]))
+            await self._reply(req, m.ExecuteReply(
+                req_id=req.req_id, status="error", execution_count=msg.execution_count, user_expressions={},
+                payload=[], ename="DatasetRules", evalue=reason, traceback=[f"DatasetRules: {reason}"]), None)
+        elif isinstance(msg, m.CompleteRequest):
+            await self._reply(req, m.CompleteReply(req_id=req.req_id, status="error", matches=[],
+                                                   cursor_start=msg.cursor_pos, cursor_end=msg.cursor_pos,
+                                                   metadata={}), None)
+        elif isinstance(msg, m.InspectRequest):
+            await self._reply(req, m.InspectReply(req_id=req.req_id, status="error", found=False,
+                                                  data={"text/plain": reason}, metadata={}), None)
+        elif isinstance(msg, m.UploadStart):
+            await self._reply(req, m.UploadReply(req_id=req.req_id, status="error", message=reason), None)
+        else:
+            await self._reply(req, None, "error")
+
+    # -- a sealed upload ----------------------------------------------------------------------------------
+
+    def owns(self, req: Any) -> bool:
+        """``req`` is the sealed upload in hand."""
+        return self._pending is not None and self._pending.req is req
+
+    async def start(self, req: Any, msg: m.UploadStart) -> None:
+        """A sealed upload begins (the monitor checked its name and size): nothing reaches the worker yet."""
+        await self._drop()
+        self._pending = _Pending(req=req, start=msg)
+
+    async def part(self, req: Any, msg: m.UploadChunk | m.UploadEnd) -> None:
+        """The next sealed bytes (the monitor counted and hashed them), or their end (its digest checked)."""
+        p = self._pending
+        if p is None or p.req is not req or p.done:
+            return
+        try:
+            if isinstance(msg, m.UploadChunk):
+                if p.released is None:
+                    p.ahead += len(msg.data)
+                    if p.ahead > MAX_AHEAD:
+                        raise DatasetError(
+                            f"the kernel sent more than {MAX_AHEAD} sealed bytes before the key was released",
+                            check="dataset.ahead")
+                p.unsealer.feed(msg.data)
+                await self._drain(p)
+            else:
+                p.ended = True
+                await self._finish(p)
+        except CCKernelError as exc:
+            await self._fail(p, str(exc))
+
+    async def _drain(self, p: _Pending) -> None:
+        while True:
+            event = p.unsealer.next_event()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, DatasetHeader):
+                p.header = event
+                await self._begin_release(p, event)
+            elif isinstance(event, ChunkData):
+                await self._hand_in(p, event)
+
+    async def _hand_in(self, p: _Pending, chunk: ChunkData) -> None:
+        header = p.header
+        assert header is not None
+        start = p.start
+        if not p.worker_started:
+            p.worker_started = True
+            await self._to_worker(m.UploadStart(
+                req_id=start.req_id, name=start.name, size=header.plaintext_size, fmt=header.format,
+                code=start.code, execution_count=start.execution_count, cell_id=start.cell_id))
+        p.plain_hash.update(chunk.data)
+        view = memoryview(chunk.data)
+        for i in range(0, len(view), WORKER_PIECE):
+            await self._to_worker(m.UploadChunk(req_id=start.req_id, data=bytes(view[i : i + WORKER_PIECE])))
+
+    async def _finish(self, p: _Pending) -> None:
+        if p.ended and p.header is None:
+            p.unsealer.end()  # raises TamperedDataset: the file ends inside its header
+        if not p.ended or p.released is None or p.done:
+            return
+        p.unsealer.end()  # raises TamperedDataset for a file cut short
+        p.done = True
+        await self._to_worker(m.UploadEnd(req_id=p.start.req_id, sha256=p.plain_hash.digest()))
+
+    async def _fail(self, p: _Pending, reason: str) -> None:
+        if p.done:
+            return
+        p.done = True
+        log.warning("dataset upload %d refused: %s", p.start.req_id, reason)
+        await self._close_relay(p, reason)
+        await self._reply(p.req, m.UploadReply(req_id=p.start.req_id, status="error", message=(
+            f"the sealed dataset was not opened, nothing was bound: {reason}")[: m.MAX_REASON]), None)
+
+    async def bound(self, req: Any, reply: m.UploadReply) -> m.UploadReply:
+        """The worker answered the sealed upload: record the dataset as open (if bound) and say so."""
+        p = self._pending
+        if p is None or p.req is not req:
+            return reply
+        self._pending = None
+        if reply.status != "ok" or p.released is None or p.header is None:
+            return reply
+        dataset = OpenDataset(
+            name=p.start.name, owner=p.header.owner, dataset_id=p.header.dataset_id, broker=p.header.broker,
+            rules=p.released.rules, session=p.released.session, plaintext_size=p.header.plaintext_size)
+        self.open = [d for d in self.open if d.name != dataset.name] + [dataset]
+        rules = dataset.rules
+        return m.UploadReply(req_id=reply.req_id, status="ok", message=(
+            f"{reply.message}; dataset of {dataset.owner!r} under the owner's rules: mode {rules.mode}, "
+            f"release {dataset.session} of {rules.max_sessions}, until {rules.not_after.isoformat()}"))
+
+    # -- the release, over the kernel's relay ---------------------------------------------------------------
+
+    async def _begin_release(self, p: _Pending, header: DatasetHeader) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        reader, writer = await asyncio.open_unix_connection(sock=theirs)
+        p.relay_writer = writer
+        p.relay_task = asyncio.create_task(self._relay_out(p, reader))
+        await self._to_kernel(m.RelayOpen(req_id=p.start.req_id, address=header.broker))
+        p.release_task = asyncio.create_task(self._release(p, header, ours))
+
+    async def _relay_out(self, p: _Pending, reader: asyncio.StreamReader) -> None:
+        """The monitor's TLS bytes to the kernel, which carries them to the broker."""
+        with contextlib.suppress(CCKernelError, OSError):
+            while data := await reader.read(64 * 1024):
+                await self._to_kernel(m.RelayData(req_id=p.start.req_id, data=data))
+
+    async def relay(self, msg: m.RelayData | m.RelayEnd) -> None:
+        """Bytes from the broker (or its end), carried by the kernel: into the monitor's TLS connection."""
+        p = self._pending
+        if p is None or p.start.req_id != msg.req_id or p.relay_writer is None:
+            return  # a relay that ended already: late bytes are dropped
+        writer = p.relay_writer
+        with contextlib.suppress(OSError):
+            if isinstance(msg, m.RelayData):
+                writer.write(msg.data)
+                await writer.drain()
+            elif writer.can_write_eof():
+                writer.write_eof()
+
+    async def _release(self, p: _Pending, header: DatasetHeader, sock: socket.socket) -> None:
+        async def collect(report_data: bytes, release_pub: bytes, dataset_id: bytes, nonce: bytes) -> bytes:
+            env = self._source.collect(report_data, audit_pub=release_pub, session_id=dataset_id, nonce=nonce)
+            return encode_envelope(env)
+
+        try:
+            released = await request_key(
+                header.broker, header, p.unsealer.header_sha256, collect=collect,
+                requester_spki_sha256=self._requester, timeout=RELEASE_TIMEOUT, sock=sock)
+        except (CCKernelError, OSError) as exc:
+            sock.close()
+            await self._fail(p, f"the owner's broker did not release the key: {exc}")
+            return
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        await self._close_relay(p, "")
+        if p.done:
+            return
+        unapproved = self.unapproved_before(released.rules) if released.rules.mode == "approved-code" else []
+        if unapproved:
+            await self._fail(p, (
+                "its owner's rules (approved-code) allow it only into a session in which no unapproved code ran "
+                f"before, and this one ran {', '.join(unapproved)}: restart the kernel and open the dataset first"))
+            return
+        p.released = released
+        p.unsealer.set_key(released.data_key)
+        try:
+            await self._drain(p)
+            await self._finish(p)
+        except CCKernelError as exc:
+            await self._fail(p, str(exc))
+
+    async def _close_relay(self, p: _Pending, reason: str) -> None:
+        writer, p.relay_writer = p.relay_writer, None
+        if writer is None:
+            return
+        writer.close()
+        if p.relay_task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(p.relay_task, 1.0)
+        with contextlib.suppress(CCKernelError, OSError):
+            await self._to_kernel(m.RelayEnd(req_id=p.start.req_id, reason=reason[: m.MAX_REASON]))
+
+    async def _drop(self) -> None:
+        p, self._pending = self._pending, None
+        if p is None:
+            return
+        for task in (p.release_task, p.relay_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        if p.relay_writer is not None:
+            p.relay_writer.close()
+
+    async def aclose(self) -> None:
+        """Stop a release in progress (the session ends)."""
+        await self._drop()
+
+    def unapproved_before(self, rules: Rules) -> list[str]:
+        """Digests of code that ran in this session and that ``rules`` do not approve (hex)."""
+        found = sorted(d.hex() for d in self._ran if not rules.approves(d))
+        if self._ran_other and rules.mode == "approved-code":
+            found.append("a comm message or a plain upload")
+        return found
+
+
+__all__ = ["MAX_AHEAD", "Datasets", "OpenDataset"]

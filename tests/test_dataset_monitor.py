@@ -1,0 +1,426 @@
+"""``%cc_dataset`` in the monitor: the sealed file streamed in, the key released by a real broker (in-process, over
+TLS) through the kernel's relay (``kernel.relay.Relays``), the plaintext handed to the worker, the owner's rules
+enforced on later requests, and each attack refused with its message. The worker and the kernel's channel are
+recorders, as in test_monitor.py; the broker, the relay and the monitor's TLS are real."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import os
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cc_kernel.attestation.platforms.simulation import SimulationAuthority
+from cc_kernel.attestation.policy import load_policy
+from cc_kernel.audit.format import ReceiptEntry, code_hash, decode_body_unverified, decode_payload_unverified
+from cc_kernel.audit.receipts import ReceiptSigner
+from cc_kernel.broker.server import serve
+from cc_kernel.broker.store import BrokerStore
+from cc_kernel.dataset.format import DatasetHeader, Sealer
+from cc_kernel.dataset.release import DatasetRecord
+from cc_kernel.dataset.rules import load_rules
+from cc_kernel.enclave import datasets as ds_mod
+from cc_kernel.enclave.evidence import SimulatedSource
+from cc_kernel.enclave.monitor import Monitor, WorkerSpec
+from cc_kernel.kernel.relay import Relays
+from cc_kernel.measure import enclave_measurement
+from cc_kernel.protocol import messages as m
+from cc_kernel.testing.enclaves import simulation_policy_text
+
+SESSION = b"s" * 16
+INSPECT = 'version = 1\nmode = "inspect"\nnot_after = 2099-01-01T00:00:00Z\nmax_sessions = 5\n'
+RECORDS = b"patient,age\n" + b"".join(b"%d,%d\n" % (i, i % 90) for i in range(3000))
+APPROVED_CELL = "print(len(records))"
+
+
+def approved_rules(*codes: str, max_sessions: int = 5) -> str:
+    listed = ", ".join(f'"{code_hash(c).hex()}"' for c in codes)
+    return (f'version = 1\nmode = "approved-code"\napproved_code_sha256 = [{listed}]\n'
+            f"not_after = 2099-01-01T00:00:00Z\nmax_sessions = {max_sessions}\n")
+
+
+@dataclass
+class Sealed:
+    data: bytes
+    data_key: bytes
+    header: DatasetHeader
+
+
+def seal_into(store: BrokerStore, broker: str, *, rules: str = INSPECT, policy: str | None = None,
+              plaintext: bytes = RECORDS, chunk_size: int = 4096) -> Sealed:
+    """What ``cc-kernel data seal`` does, in-process: a sealed file and its record in the broker's store."""
+    policy_text = policy if policy is not None else simulation_policy_text([enclave_measurement()])
+    header = DatasetHeader(
+        owner="St Example", dataset_id=os.urandom(16), broker=broker, broker_spki_sha256=store.spki_sha256,
+        policy_sha256=load_policy(policy_text).sha256, rules_sha256=load_rules(rules).sha256, format="text",
+        plaintext_size=len(plaintext), chunk_size=chunk_size)
+    key = os.urandom(32)
+    sealer = Sealer(header, key)
+    data = sealer.header_bytes + sealer.feed(plaintext) + sealer.finish()
+    store.put(DatasetRecord(dataset_id=header.dataset_id, owner=header.owner, header_sha256=sealer.header_sha256,
+                            data_key=key, policy=policy_text.encode(), rules=rules.encode()))
+    return Sealed(data, key, header)
+
+
+class Session:
+    """A monitor (recorded worker), the kernel's relay, and what crossed each link."""
+
+    def __init__(self, authority: SimulationAuthority, *, measurement: bytes | None = None,
+                 tamper: Callable[[bytes], bytes] | None = None) -> None:
+        source = SimulatedSource(authority=authority, measurement=measurement or enclave_measurement())
+        self.monitor = Monitor(source=source, worker=WorkerSpec())
+        self.to_kernel: list[m.Message] = []
+        self.to_worker: list[m.Message] = []
+        self.relayed_in: list[bytes] = []  # what the kernel carried from the broker to the monitor
+        self.changed = asyncio.Event()
+        self.tamper = tamper
+        self.relays = Relays(self._kernel_sends)
+        mon: Any = self.monitor
+        loop = asyncio.get_running_loop()
+        mon._ready = loop.create_future()
+        mon._ready.set_result(m.WorkerReady(pid=1, protections={}))
+        mon._shutdown_due = asyncio.Event()
+        mon._worker_done = asyncio.Event()
+        mon._channel = self
+        mon._signer = ReceiptSigner(mon._audit_key, SESSION)
+
+        async def to_worker(msg: m.Message) -> None:
+            self.to_worker.append(msg)
+            self.changed.set()
+
+        mon._to_worker = to_worker
+
+    async def _kernel_sends(self, msg: m.Message) -> None:
+        """The kernel's relay sends to the enclave (a relaying kernel may change bytes: ``tamper``)."""
+        if isinstance(msg, m.RelayData):
+            if self.tamper is not None:
+                msg = m.RelayData(req_id=msg.req_id, data=self.tamper(msg.data))
+            self.relayed_in.append(msg.data)
+        await self.monitor._from_kernel(msg)  # type: ignore[attr-defined]
+
+    async def send(self, msg: m.Message) -> None:
+        """The monitor's channel to the kernel."""
+        self.to_kernel.append(msg)
+        if isinstance(msg, m.RelayOpen | m.RelayData | m.RelayEnd):
+            self.relays.handle(msg)
+        if isinstance(msg, m.UploadReply):
+            self.relays.answered(msg.req_id)
+        self.changed.set()
+
+    async def until(self, predicate: Callable[[], bool], what: str) -> None:
+        async with asyncio.timeout(60):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def kernel_says(self, msg: m.Message) -> None:
+        await self.monitor._from_kernel(msg)  # type: ignore[attr-defined]
+
+    async def worker_says(self, msg: m.Message) -> None:
+        await self.monitor._from_worker(msg)  # type: ignore[attr-defined]
+
+    def replies(self) -> list[m.Message]:
+        return [x for x in self.to_kernel if isinstance(x, m.UploadReply | m.ExecuteReply | m.CompleteReply)]
+
+    def receipts(self) -> list[ReceiptEntry]:
+        return [decode_body_unverified(decode_payload_unverified(x.receipt)[0]) for x in self.to_kernel
+                if isinstance(x, m.AuditReceipt)]
+
+    async def open(self, sealed: bytes, *, req_id: int = 1, name: str = "records", gate: bool = True,
+                   piece: int = 64 * 1024) -> m.UploadReply:
+        """Stream ``sealed`` as the kernel does (first piece, wait for the relay, the rest) and answer for the
+        worker as it would; returns the enclave's verdict."""
+        finished = self.relays.expect(req_id)
+        await self.kernel_says(m.UploadStart(req_id=req_id, name=name, size=len(sealed), fmt="ccdata",
+                                             code=f"%cc_dataset f.ccdata {name}", execution_count=req_id,
+                                             cell_id=None))
+        for i in range(0, len(sealed), piece):
+            await self.kernel_says(m.UploadChunk(req_id=req_id, data=sealed[i : i + piece]))
+            if i == 0 and gate and len(sealed) > piece:
+                async with asyncio.timeout(60):
+                    await finished.wait()
+        await self.kernel_says(m.UploadEnd(req_id=req_id, sha256=hashlib.sha256(sealed).digest()))
+
+        def answered() -> bool:
+            return any(isinstance(x, m.UploadReply) and x.req_id == req_id for x in self.to_kernel) or any(
+                isinstance(x, m.UploadEnd) and x.req_id == req_id for x in self.to_worker)
+
+        await self.until(answered, "the verdict")
+        ends = [x for x in self.to_worker if isinstance(x, m.UploadEnd) and x.req_id == req_id]
+        if ends:  # the worker binds what it got, as cc_kernel.worker.serve does
+            plain = b"".join(x.data for x in self.to_worker if isinstance(x, m.UploadChunk) and x.req_id == req_id)
+            assert hashlib.sha256(plain).digest() == ends[0].sha256
+            await self.worker_says(m.UploadReply(req_id=req_id, status="ok", message=f"{name} = str"))
+        return next(x for x in self.to_kernel if isinstance(x, m.UploadReply) and x.req_id == req_id)
+
+    def plaintext_to_worker(self, req_id: int = 1) -> bytes:
+        return b"".join(x.data for x in self.to_worker if isinstance(x, m.UploadChunk) and x.req_id == req_id)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> BrokerStore:
+    """The owner's store; ``in_loop`` serves it on a free port for the test and passes ``(store, address)``."""
+    return BrokerStore(tmp_path / "store")
+
+
+def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test in its own event loop, with the broker serving its store there (a real TLS server)."""
+
+    @functools.wraps(test)
+    def wrapper(**kwargs: Any) -> None:
+        async def main() -> None:
+            store: BrokerStore = kwargs["broker"]
+            ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            authority: SimulationAuthority = kwargs["sim_authority"]
+            task = asyncio.create_task(serve(store, "127.0.0.1:0", simulation_anchors=authority.anchors(),
+                                             on_ready=ready.set_result))
+            try:
+                await test(**{**kwargs, "broker": (store, await ready)})
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        asyncio.run(main())
+
+    return wrapper
+
+
+async def started(authority: SimulationAuthority, **kwargs: Any) -> Session:
+    s = Session(authority, **kwargs)
+    await s.kernel_says(m.AuditStart(opening_hash=b"h" * 32, redact_code=False))
+    return s
+
+
+def broker_log(store: BrokerStore) -> str:
+    return (store.directory / "broker.log").read_text()
+
+
+# --- the way it works ---------------------------------------------------------------------------------------
+
+
+@in_loop
+async def test_a_sealed_dataset_is_released_through_the_relay_and_the_worker_gets_only_plaintext(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
+) -> None:
+    store, address = broker
+    sealed = seal_into(store, address)
+    s = await started(sim_authority)
+    reply = await s.open(sealed.data)
+    assert reply.status == "ok", reply.message
+    assert "mode inspect, release 1 of 5" in reply.message
+    start = next(x for x in s.to_worker if isinstance(x, m.UploadStart))
+    assert (start.fmt, start.size, start.name) == ("text", len(RECORDS), "records")  # never "ccdata"
+    assert s.plaintext_to_worker() == RECORDS
+    # the kernel carried the exchange but saw neither the key nor the plaintext
+    assert any(isinstance(x, m.RelayOpen) and x.address == address for x in s.to_kernel)
+    carried = b"".join(s.relayed_in) + b"".join(x.data for x in s.to_kernel if isinstance(x, m.RelayData))
+    assert carried and sealed.data_key not in carried and b"patient,age" not in carried
+    assert not any(b"patient,age" in getattr(x, "data", b"") for x in s.to_kernel)
+    # the receipt records the sealed file the monitor received; the dataset is open under its rules
+    (entry,) = s.receipts()
+    assert entry.kind == "upload" and entry.status == "ok" and entry.upload is not None
+    assert entry.upload.fmt == "ccdata" and entry.upload.sha256 == hashlib.sha256(sealed.data).digest()
+    (opened,) = s.monitor.datasets.open
+    assert (opened.name, opened.owner, opened.rules.mode, opened.session) == ("records", "St Example", "inspect", 1)
+    assert '"verdict":"released"' in broker_log(store)
+
+
+@in_loop
+async def test_a_small_file_sent_whole_before_the_key_is_opened_once_the_key_arrives(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
+) -> None:
+    store, address = broker
+    sealed = seal_into(store, address)
+    s = await started(sim_authority)
+    reply = await s.open(sealed.data, piece=len(sealed.data))  # header, body and end before any key
+    assert reply.status == "ok", reply.message
+    assert s.plaintext_to_worker() == RECORDS
+
+
+# --- the owner's rules --------------------------------------------------------------------------------------
+
+
+@in_loop
+async def test_approved_code_refuses_an_unapproved_cell_before_the_worker_and_names_its_digest(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
+) -> None:
+    store, address = broker
+    sealed = seal_into(store, address, rules=approved_rules(APPROVED_CELL))
+    s = await started(sim_authority)
+    assert (await s.open(sealed.data)).status == "ok"
+    before = len(s.to_worker)
+    bad = "print(records)"
+    await s.kernel_says(m.ExecuteRequest(req_id=2, code=bad, silent=False, store_history=True, user_expressions={},
+                                         allow_stdin=False, execution_count=2, cell_id=None, kind="cell"))
+    assert len(s.to_worker) == before  # it never reached the worker
+    reply = next(x for x in s.to_kernel if isinstance(x, m.ExecuteReply))
+    assert reply.status == "error" and reply.ename == "DatasetRules"
+    assert code_hash(bad).hex() in reply.evalue and "approved-code" in reply.evalue
+    shown = next(x for x in s.to_kernel if isinstance(x, m.Error))
+    assert code_hash(bad).hex() in shown.evalue
+    assert s.receipts()[-1].kind == "cell" and s.receipts()[-1].status == "error"
+    # one byte off the approved code is another digest, refused the same way
+    await s.kernel_says(m.ExecuteRequest(req_id=3, code=APPROVED_CELL + " ", silent=False, store_history=True,
+                                         user_expressions={}, allow_stdin=False, execution_count=3, cell_id=None,
+                                         kind="cell"))
+    assert len(s.to_worker) == before
+    # completions and inspections (which could show the data) are refused too
+    await s.kernel_says(m.InspectRequest(req_id=4, code="records", cursor_pos=7, detail_level=0))
+    assert len(s.to_worker) == before
+    assert any(isinstance(x, m.InspectReply) and x.status == "error" for x in s.to_kernel)
+    # the approved cell runs
+    await s.kernel_says(m.ExecuteRequest(req_id=5, code=APPROVED_CELL, silent=False, store_history=True,
+                                         user_expressions={}, allow_stdin=False, execution_count=5, cell_id=None,
+                                         kind="cell"))
+    assert isinstance(s.to_worker[-1], m.ExecuteRequest) and s.to_worker[-1].code == APPROVED_CELL
+
+
+@in_loop
+async def test_approved_code_is_not_opened_into_a_session_where_unapproved_code_ran(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
+) -> None:
+    store, address = broker
+    sealed = seal_into(store, address, rules=approved_rules(APPROVED_CELL))
+    s = await started(sim_authority)
+    hook = "import builtins; builtins.leak = print"
+    await s.kernel_says(m.ExecuteRequest(req_id=1, code=hook, silent=False, store_history=True, user_expressions={},
+                                         allow_stdin=False, execution_count=1, cell_id=None, kind="cell"))
+    await s.worker_says(m.ExecuteReply(req_id=1, status="ok", execution_count=1, user_expressions={}, payload=[],
+                                       ename="", evalue="", traceback=[]))
+    reply = await s.open(sealed.data, req_id=2)
+    assert reply.status == "error"
+    assert "no unapproved code ran before" in reply.message and code_hash(hook).hex() in reply.message
+    assert s.plaintext_to_worker(2) == b"" and s.monitor.datasets.open == []
+
+
+@in_loop
+async def test_an_expired_dataset_gets_no_key(broker: tuple[BrokerStore, str],
+                                              sim_authority: SimulationAuthority) -> None:
+    store, address = broker
+    sealed = seal_into(store, address, rules=INSPECT.replace("2099-01-01", "2020-01-01"))
+    s = await started(sim_authority)
+    reply = await s.open(sealed.data)
+    assert reply.status == "error" and "expired at 2020-01-01" in reply.message
+    assert s.plaintext_to_worker() == b""
+    assert '"check":"rules.not_after"' in broker_log(store)
+
+
+@in_loop
+async def test_max_sessions_is_counted_by_the_broker(broker: tuple[BrokerStore, str],
+                                                    sim_authority: SimulationAuthority) -> None:
+    store, address = broker
+    sealed = seal_into(store, address, rules=INSPECT.replace("max_sessions = 5", "max_sessions = 1"))
+    assert (await (await started(sim_authority)).open(sealed.data)).status == "ok"
+    reply = await (await started(sim_authority)).open(sealed.data)
+    assert reply.status == "error" and "released 1 times, its owner allows 1" in reply.message
+
+
+# --- attacks ------------------------------------------------------------------------------------------------
+
+
+@in_loop
+async def test_an_enclave_outside_the_owners_policy_gets_no_key(broker: tuple[BrokerStore, str],
+                                                               sim_authority: SimulationAuthority) -> None:
+    store, address = broker
+    sealed = seal_into(store, address)
+    s = await started(sim_authority, measurement=b"\x66" * 48)  # a modified enclave
+    reply = await s.open(sealed.data)
+    assert reply.status == "error" and "does not meet the owner's policy" in reply.message
+    assert s.plaintext_to_worker() == b"" and not any(isinstance(x, m.UploadStart) for x in s.to_worker)
+    assert '"check":"release.policy"' in broker_log(store)
+
+
+@pytest.mark.parametrize(
+    ("where", "expect"),
+    [
+        ("header", "dataset.header"),  # the broker recorded another header hash
+        ("chunk", "does not authenticate"),
+        ("last", "does not authenticate"),
+    ],
+)
+@in_loop
+async def test_a_tampered_sealed_file_is_refused_and_nothing_is_bound(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority, where: str, expect: str,
+) -> None:
+    store, address = broker
+    sealed = seal_into(store, address)
+    data = bytearray(sealed.data)
+    size = len(sealed.data)
+    at = {"header": sealed.data.index(b"St Example"), "chunk": size // 2, "last": size - 1}[where]
+    data[at] ^= 1
+    s = await started(sim_authority)
+    reply = await s.open(bytes(data))
+    assert reply.status == "error" and expect in reply.message, reply.message
+    assert not any(isinstance(x, m.UploadEnd) for x in s.to_worker)  # the worker binds nothing
+    assert s.monitor.datasets.open == []
+
+
+@in_loop
+async def test_a_truncated_sealed_file_is_refused(broker: tuple[BrokerStore, str],
+                                                 sim_authority: SimulationAuthority) -> None:
+    store, address = broker
+    sealed = seal_into(store, address)
+    s = await started(sim_authority)
+    reply = await s.open(sealed.data[:-100])
+    assert reply.status == "error" and "cut short" in reply.message
+    assert not any(isinstance(x, m.UploadEnd) for x in s.to_worker)
+
+
+@in_loop
+async def test_a_kernel_that_changes_relayed_bytes_breaks_the_exchange(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
+) -> None:
+    store, address = broker
+    sealed = seal_into(store, address)
+
+    def flip(data: bytes) -> bytes:
+        return data[:-1] + bytes([data[-1] ^ 1])
+
+    s = await started(sim_authority, tamper=flip)
+    reply = await s.open(sealed.data)
+    assert reply.status == "error" and "did not release the key" in reply.message
+    assert s.plaintext_to_worker() == b""
+
+
+@in_loop
+async def test_a_broker_with_another_key_is_not_the_owners(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority, tmp_path: Path,
+) -> None:
+    _, address = broker
+    other = BrokerStore(tmp_path / "other")
+    sealed = seal_into(other, address)  # pins the other broker's key, but the relay reaches this one
+    s = await started(sim_authority)
+    reply = await s.open(sealed.data)
+    assert reply.status == "error" and "its TLS key differs" in reply.message
+
+
+@in_loop
+async def test_a_broker_that_is_gone_releases_nothing(broker: tuple[BrokerStore, str],
+                                                      sim_authority: SimulationAuthority) -> None:
+    store, _ = broker
+    sealed = seal_into(store, "127.0.0.1:9")  # nothing listens there
+    s = await started(sim_authority)
+    reply = await s.open(sealed.data)
+    assert reply.status == "error" and "did not release the key" in reply.message
+    relay_end = next(x for x in s.to_kernel if isinstance(x, m.RelayEnd))
+    assert relay_end.req_id == 1
+
+
+@in_loop
+async def test_a_kernel_that_sends_the_body_before_the_key_is_bounded(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, address = broker
+    monkeypatch.setattr(ds_mod, "MAX_AHEAD", 8192)
+    sealed = seal_into(store, address)
+    s = await started(sim_authority)
+    reply = await s.open(sealed.data, gate=False, piece=4096)
+    assert reply.status == "error" and "before the key was released" in reply.message
