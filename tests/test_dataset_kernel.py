@@ -64,3 +64,15 @@ def test_a_sealed_dataset_opens_in_a_real_session_and_approved_code_holds(broker
         assert cell.status == "error" and cell.content["ename"] == "DatasetRules"
         assert code_hash(leak).hex() in cell.traceback_text
         assert "patient" not in cell.stream()
+    # the owner's logs of both sessions verify like session logs, each closed when its kernel shut down
+    logs = sorted((tmp_path / "store").glob("*.cclog"))
+    assert len(logs) == 2
+    for path in logs:
+        proc = subprocess.run([sys.executable, "-m", "cc_kernel", "audit", "verify", str(path), "--allow-simulation",
+                               "--sim-dir", str(simulation_dir())], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    shown = subprocess.run([sys.executable, "-m", "cc_kernel", "audit", "show", str(logs[0])], capture_output=True,
+                           text=True, timeout=120).stdout + subprocess.run(
+        [sys.executable, "-m", "cc_kernel", "audit", "show", str(logs[1])], capture_output=True, text=True,
+        timeout=120).stdout
+    assert COUNT in shown and "print(records[:200])" in shown  # the refused cell is in the owner's log too

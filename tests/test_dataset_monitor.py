@@ -12,15 +12,24 @@ import hashlib
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cc_kernel.attestation.anchors import hardware_anchors
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority
 from cc_kernel.attestation.policy import load_policy
-from cc_kernel.audit.format import ReceiptEntry, code_hash, decode_body_unverified, decode_payload_unverified
+from cc_kernel.audit.format import (
+    ReceiptEntry,
+    code_hash,
+    decode_body_unverified,
+    decode_payload_unverified,
+    stream_digest,
+)
 from cc_kernel.audit.receipts import ReceiptSigner
+from cc_kernel.audit.verify import verify_log
 from cc_kernel.broker.server import serve
 from cc_kernel.broker.store import BrokerStore
 from cc_kernel.dataset.format import DatasetHeader, Sealer
@@ -38,6 +47,7 @@ SESSION = b"s" * 16
 INSPECT = 'version = 1\nmode = "inspect"\nnot_after = 2099-01-01T00:00:00Z\nmax_sessions = 5\n'
 RECORDS = b"patient,age\n" + b"".join(b"%d,%d\n" % (i, i % 90) for i in range(3000))
 APPROVED_CELL = "print(len(records))"
+SESSIONS: list[Session] = []
 
 
 def approved_rules(*codes: str, max_sessions: int = 5) -> str:
@@ -81,6 +91,7 @@ class Session:
         self.relayed_in: list[bytes] = []  # what the kernel carried from the broker to the monitor
         self.changed = asyncio.Event()
         self.tamper = tamper
+        self.withhold = False  # the kernel stops carrying relayed bytes (both ways)
         self.relays = Relays(self._kernel_sends)
         mon: Any = self.monitor
         loop = asyncio.get_running_loop()
@@ -96,10 +107,19 @@ class Session:
             self.changed.set()
 
         mon._to_worker = to_worker
+        resume = self.monitor.datasets._resume
+
+        async def resumed() -> None:  # an owner's log changed state (acknowledged, lost)
+            self.changed.set()
+            await resume()
+
+        self.monitor.datasets._resume = resumed
 
     async def _kernel_sends(self, msg: m.Message) -> None:
         """The kernel's relay sends to the enclave (a relaying kernel may change bytes: ``tamper``)."""
         if isinstance(msg, m.RelayData):
+            if self.withhold:
+                return
             if self.tamper is not None:
                 msg = m.RelayData(req_id=msg.req_id, data=self.tamper(msg.data))
             self.relayed_in.append(msg.data)
@@ -108,7 +128,9 @@ class Session:
     async def send(self, msg: m.Message) -> None:
         """The monitor's channel to the kernel."""
         self.to_kernel.append(msg)
-        if isinstance(msg, m.RelayOpen | m.RelayData | m.RelayEnd):
+        if isinstance(msg, m.RelayData) and self.withhold:
+            return
+        if isinstance(msg, m.RelayOpen | m.RelayData | m.RelayEnd | m.DatasetKeyed):
             self.relays.handle(msg)
         if isinstance(msg, m.UploadReply):
             self.relays.answered(msg.req_id)
@@ -122,6 +144,23 @@ class Session:
 
     async def kernel_says(self, msg: m.Message) -> None:
         await self.monitor._from_kernel(msg)  # type: ignore[attr-defined]
+
+    async def handled(self, msg: m.Message) -> m.Message:
+        """Send a request and wait until the monitor answered it or handed it to the worker (it waits while an
+        owner's log entry is unacknowledged); returns the answer, or the request as the worker got it."""
+        req_id = getattr(msg, "req_id", None)
+        await self.kernel_says(msg)
+
+        def found() -> m.Message | None:
+            for x in (*self.to_kernel, *self.to_worker):
+                if getattr(x, "req_id", None) == req_id and type(x).__name__.endswith(("Reply", "Request")):
+                    return x
+            return None
+
+        await self.until(lambda: found() is not None, f"request {req_id}")
+        answer = found()
+        assert answer is not None
+        return answer
 
     async def worker_says(self, msg: m.Message) -> None:
         await self.monitor._from_worker(msg)  # type: ignore[attr-defined]
@@ -184,6 +223,9 @@ def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Non
             try:
                 await test(**{**kwargs, "broker": (store, await ready)})
             finally:
+                for session in SESSIONS:  # the session ends: owner's logs closed, relays disconnected
+                    await session.monitor.datasets.aclose()
+                SESSIONS.clear()
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -195,8 +237,14 @@ def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Non
 
 async def started(authority: SimulationAuthority, **kwargs: Any) -> Session:
     s = Session(authority, **kwargs)
+    SESSIONS.append(s)
     await s.kernel_says(m.AuditStart(opening_hash=b"h" * 32, redact_code=False))
     return s
+
+
+def execute(req_id: int, code: str) -> m.ExecuteRequest:
+    return m.ExecuteRequest(req_id=req_id, code=code, silent=False, store_history=True, user_expressions={},
+                            allow_stdin=False, execution_count=req_id, cell_id=None, kind="cell")
 
 
 def broker_log(store: BrokerStore) -> str:
@@ -258,29 +306,22 @@ async def test_approved_code_refuses_an_unapproved_cell_before_the_worker_and_na
     assert (await s.open(sealed.data)).status == "ok"
     before = len(s.to_worker)
     bad = "print(records)"
-    await s.kernel_says(m.ExecuteRequest(req_id=2, code=bad, silent=False, store_history=True, user_expressions={},
-                                         allow_stdin=False, execution_count=2, cell_id=None, kind="cell"))
+    reply = await s.handled(execute(2, bad))
     assert len(s.to_worker) == before  # it never reached the worker
-    reply = next(x for x in s.to_kernel if isinstance(x, m.ExecuteReply))
-    assert reply.status == "error" and reply.ename == "DatasetRules"
+    assert isinstance(reply, m.ExecuteReply) and reply.status == "error" and reply.ename == "DatasetRules"
     assert code_hash(bad).hex() in reply.evalue and "approved-code" in reply.evalue
     shown = next(x for x in s.to_kernel if isinstance(x, m.Error))
     assert code_hash(bad).hex() in shown.evalue
     assert s.receipts()[-1].kind == "cell" and s.receipts()[-1].status == "error"
     # one byte off the approved code is another digest, refused the same way
-    await s.kernel_says(m.ExecuteRequest(req_id=3, code=APPROVED_CELL + " ", silent=False, store_history=True,
-                                         user_expressions={}, allow_stdin=False, execution_count=3, cell_id=None,
-                                         kind="cell"))
-    assert len(s.to_worker) == before
+    reply = await s.handled(execute(3, APPROVED_CELL + " "))
+    assert isinstance(reply, m.ExecuteReply) and reply.ename == "DatasetRules" and len(s.to_worker) == before
     # completions and inspections (which could show the data) are refused too
-    await s.kernel_says(m.InspectRequest(req_id=4, code="records", cursor_pos=7, detail_level=0))
-    assert len(s.to_worker) == before
-    assert any(isinstance(x, m.InspectReply) and x.status == "error" for x in s.to_kernel)
+    reply = await s.handled(m.InspectRequest(req_id=4, code="records", cursor_pos=7, detail_level=0))
+    assert isinstance(reply, m.InspectReply) and reply.status == "error" and len(s.to_worker) == before
     # the approved cell runs
-    await s.kernel_says(m.ExecuteRequest(req_id=5, code=APPROVED_CELL, silent=False, store_history=True,
-                                         user_expressions={}, allow_stdin=False, execution_count=5, cell_id=None,
-                                         kind="cell"))
-    assert isinstance(s.to_worker[-1], m.ExecuteRequest) and s.to_worker[-1].code == APPROVED_CELL
+    handed = await s.handled(execute(5, APPROVED_CELL))
+    assert isinstance(handed, m.ExecuteRequest) and handed.code == APPROVED_CELL
 
 
 @in_loop
@@ -291,8 +332,7 @@ async def test_approved_code_is_not_opened_into_a_session_where_unapproved_code_
     sealed = seal_into(store, address, rules=approved_rules(APPROVED_CELL))
     s = await started(sim_authority)
     hook = "import builtins; builtins.leak = print"
-    await s.kernel_says(m.ExecuteRequest(req_id=1, code=hook, silent=False, store_history=True, user_expressions={},
-                                         allow_stdin=False, execution_count=1, cell_id=None, kind="cell"))
+    await s.kernel_says(execute(1, hook))
     await s.worker_says(m.ExecuteReply(req_id=1, status="ok", execution_count=1, user_expressions={}, payload=[],
                                        ename="", evalue="", traceback=[]))
     reply = await s.open(sealed.data, req_id=2)
@@ -424,3 +464,78 @@ async def test_a_kernel_that_sends_the_body_before_the_key_is_bounded(
     s = await started(sim_authority)
     reply = await s.open(sealed.data, gate=False, piece=4096)
     assert reply.status == "error" and "before the key was released" in reply.message
+
+
+# --- the owner's log ----------------------------------------------------------------------------------------
+
+
+async def opened(broker: tuple[BrokerStore, str], authority: SimulationAuthority, *, rules: str = INSPECT,
+                 ) -> tuple[BrokerStore, Sealed, Session]:
+    """A session with a dataset sealed under ``rules`` open in it."""
+    store, address = broker
+    sealed = seal_into(store, address, rules=rules)
+    s = await started(authority)
+    reply = await s.open(sealed.data)
+    assert reply.status == "ok", reply.message
+    return store, sealed, s
+
+
+def owner_log_file(store: BrokerStore, sealed: Sealed, release: int = 1) -> bytes:
+    return (store.directory / f"{sealed.header.dataset_id.hex()}-{release}.cclog").read_bytes()
+
+
+@in_loop
+async def test_every_request_while_open_is_in_the_owners_log_which_verifies_like_a_session_log(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
+) -> None:
+    store, sealed, s = await opened(broker, sim_authority)
+    handed = await s.handled(execute(2, "print(records[:11])"))
+    assert isinstance(handed, m.ExecuteRequest)
+    await s.worker_says(m.Stream(req_id=2, name="stdout", text="patient,age\n"))
+    await s.worker_says(m.ExecuteReply(req_id=2, status="ok", execution_count=2, user_expressions={}, payload=[],
+                                       ename="", evalue="", traceback=[]))
+    await s.handled(execute(3, "x = 1"))  # waits for the owner's acknowledgement of cell 2's receipt
+    await s.monitor._close_log("shutdown")  # type: ignore[attr-defined]
+    report = verify_log(owner_log_file(store, sealed), policy=None, anchors=hardware_anchors(),
+                        simulation_anchors=sim_authority.anchors(), now=datetime.now(UTC))
+    assert report.status == "valid", report.findings
+    receipts = [entry for _, entry in report.receipts()]
+    assert [r.kind for r in receipts] == ["upload", "cell"]
+    assert receipts[0].upload is not None and receipts[0].upload.fmt == "ccdata"
+    assert receipts[1].code == "print(records[:11])"
+    assert dict(receipts[1].streams) == {"stdout": stream_digest("stdout", hashlib.sha256(b"patient,age\n").digest())}
+    assert report.opening is not None and report.opening.session_id != SESSION  # the owner's own log session
+    assert '"state":"opened"' in broker_log(store) and '"state":"closed by the enclave"' in broker_log(store)
+
+
+@in_loop
+async def test_a_session_that_loses_the_broker_runs_nothing_more(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
+) -> None:
+    store, sealed, s = await opened(broker, sim_authority)
+    s.relays.close()  # the kernel drops the broker connection
+    await s.until(lambda: s.monitor.datasets.open[0].owner_log.lost is not None,  # type: ignore[union-attr]
+                  "the log is lost")
+    before = len(s.to_worker)
+    reply = await s.handled(execute(2, "print(records)"))
+    assert isinstance(reply, m.ExecuteReply) and reply.status == "error"
+    assert "owner's log of dataset 'records' (St Example) is lost" in reply.evalue
+    assert "Restart the kernel" in reply.evalue and len(s.to_worker) == before
+    report = verify_log(owner_log_file(store, sealed), policy=None, anchors=hardware_anchors(),
+                        simulation_anchors=sim_authority.anchors(), now=datetime.now(UTC))
+    assert report.status == "unterminated"  # what the owner sees: the log ends without its closing entry
+
+
+@in_loop
+async def test_a_kernel_that_withholds_the_owners_log_stops_the_session_using_the_dataset(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, _, s = await opened(broker, sim_authority)
+    await s.handled(execute(2, "x = 1"))  # the upload's receipt was acknowledged
+    monkeypatch.setattr(ds_mod, "ACK_TIMEOUT", 0.2)
+    s.withhold = True  # the kernel stops carrying bytes, without closing anything
+    await s.worker_says(m.ExecuteReply(req_id=2, status="ok", execution_count=2, user_expressions={}, payload=[],
+                                       ename="", evalue="", traceback=[]))
+    reply = await s.handled(execute(3, "print(records)"))
+    assert isinstance(reply, m.ExecuteReply) and reply.status == "error"
+    assert "did not acknowledge a log entry within 0.2 s" in reply.evalue

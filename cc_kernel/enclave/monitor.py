@@ -177,8 +177,9 @@ class Monitor:
         self._shutdown_due: asyncio.Event | None = None
         self.stop_reason = ""
         # sealed datasets (%cc_dataset) and the owners' rules: cc_kernel.enclave.datasets
-        self.datasets = Datasets(source=source, spki_der=self._spki, to_kernel=self._to_kernel,
-                                 to_worker=lambda msg: self._to_worker(msg), emit=self._emit,
+        self.datasets = Datasets(source=source, spki_der=self._spki, audit_key=self._audit_key,
+                                 to_kernel=self._to_kernel, to_worker=lambda msg: self._to_worker(msg),
+                                 emit=self._emit, resume=lambda: self._pump(),
                                  reply=lambda req, msg, status: self._reply(req, msg, status=status))
 
     # -- the worker process -------------------------------------------------------------------------------
@@ -457,6 +458,8 @@ class Monitor:
         """Hand the next queued request to the worker if it is idle. A Shutdown at the front of the queue is
         left for the kernel loop (which finishes the session), so requests before it complete first."""
         while self._head is None and self._queue:
+            if self.datasets.hold():  # an owner's log entry is on its way: resumed when the broker acknowledges
+                return
             if isinstance(self._queue[0].msg, m.Shutdown):
                 assert self._shutdown_due is not None
                 self._shutdown_due.set()
@@ -464,7 +467,7 @@ class Monitor:
             req = self._queue.popleft()
             self._head = req
             req.started_ms = _now_ms()
-            if self._audit:
+            if self._audit or self.datasets.open:
                 req.digester = OutputDigester()
             msg = req.msg
             if isinstance(msg, m.ExecuteRequest):
@@ -615,10 +618,20 @@ class Monitor:
         await self._pump()
 
     async def _receipt(self, req: _Request, status: str) -> None:
+        fields = self._receipt_fields(req, status)
+        if fields is None:
+            return
+        await self.datasets.receipt(fields)  # the owners' logs of the open datasets, whatever the session's log
         signer = self._signer
-        msg = req.msg
         if not self._audit or signer is None or not signer.started or signer.closed:
             return
+        receipt = signer.sign_receipt(**fields, redact_code=self._redact)
+        if self._channel is not None:
+            await self._channel.send(m.AuditReceipt(req_id=req.req_id, receipt=receipt))
+
+    def _receipt_fields(self, req: _Request, status: str) -> dict[str, Any] | None:
+        """What ``ReceiptSigner.sign_receipt`` signs for ``req`` (but ``redact_code``), or None: no receipt."""
+        msg = req.msg
         upload: UploadInfo | None = None
         execution_count = self._execution_count
         cell_id: str | None = None
@@ -638,19 +651,18 @@ class Monitor:
         elif type(msg) in _RECEIPT_KIND:
             kind, code = _RECEIPT_KIND[type(msg)], getattr(msg, "code", "")
         else:
-            return  # history and comm_info run no user code and get no receipt
-        receipt = signer.sign_receipt(
-            kind=kind, execution_count=execution_count, code=code,
-            outputs=(req.digester or OutputDigester()).result(), status=status if status in STATUSES else "error",
-            started_ms=req.started_ms or _now_ms(), ended_ms=_now_ms(), cell_id=cell_id,
-            redact_code=self._redact, upload=upload,
-        )
-        if self._channel is not None:
-            await self._channel.send(m.AuditReceipt(req_id=req.req_id, receipt=receipt))
+            return None  # history and comm_info run no user code and get no receipt
+        return {
+            "kind": kind, "execution_count": execution_count, "code": code,
+            "outputs": (req.digester or OutputDigester()).result(), "status": status if status in STATUSES else "error",
+            "started_ms": req.started_ms or _now_ms(), "ended_ms": _now_ms(), "cell_id": cell_id, "upload": upload,
+        }
 
     # -- the end ------------------------------------------------------------------------------------------
 
     async def _close_log(self, reason: str) -> None:
+        with contextlib.suppress(CCKernelError, OSError):
+            await self.datasets.close_logs(ended_ms=_now_ms(), reason=reason)
         signer = self._signer
         if self._audit and signer is not None and signer.started and not signer.closed and self._channel:
             closing = signer.sign_closing(ended_ms=_now_ms(), reason=reason)

@@ -433,7 +433,7 @@ class EnclaveLink:
                         break
                     elif isinstance(msg, m.AuditReceipt):
                         self._arrive(msg)
-                    elif isinstance(msg, m.RelayOpen | m.RelayData | m.RelayEnd):
+                    elif isinstance(msg, m.RelayOpen | m.RelayData | m.RelayEnd | m.DatasetKeyed):
                         if self.stop_reason is None:
                             self.relays.handle(msg)
                     elif isinstance(msg, m.Pong):

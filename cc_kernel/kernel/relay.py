@@ -8,9 +8,10 @@ and to carry bytes both ways. Invariants:
   broker sends the monitor (the data key is wrapped to a key only the attested enclave holds); neither end
   trusts it, and a change to a byte breaks the TLS connection;
 * one relay per request id; connecting runs in its own task so the enclave reader never waits on the network;
-* ``finished(req_id)`` is set when the relay of that request ended (either side) or the request was answered:
-  ``%cc_dataset`` sends the sealed body only after the key exchange, so the enclave buffers nothing while
-  it waits for the key.
+* ``expect(req_id)`` is set when the monitor holds the dataset's key (``DatasetKeyed``), the relay ended or the
+  request was answered: ``%cc_dataset`` sends the sealed body only then, so the enclave buffers nothing while
+  it waits for the key;
+* a relay lasts until either side ends it or the session ends: after the release it carries the owner's log.
 """
 
 from __future__ import annotations
@@ -55,14 +56,22 @@ class Relays:
         return self._relays.setdefault(req_id, _Relay()).finished
 
     def answered(self, req_id: int) -> None:
-        """The enclave answered request ``req_id``: its relay, if any, is over."""
-        relay = self._relays.pop(req_id, None)
-        if relay is not None:
-            self._end(relay)
+        """The enclave answered request ``req_id``: the gate opens; a relay that was never opened is forgotten
+        (an opened one lasts until either side ends it: it carries the owner's log while the dataset is open)."""
+        relay = self._relays.get(req_id)
+        if relay is None:
+            return
+        relay.finished.set()
+        if relay.task is None:
+            del self._relays[req_id]
 
-    def handle(self, msg: m.RelayOpen | m.RelayData | m.RelayEnd) -> None:
+    def handle(self, msg: m.RelayOpen | m.RelayData | m.RelayEnd | m.DatasetKeyed) -> None:
         """A relay message from the enclave (called by the link's reader; never waits)."""
         relay = self._relays.get(msg.req_id)
+        if isinstance(msg, m.DatasetKeyed):
+            if relay is not None:
+                relay.finished.set()
+            return
         if isinstance(msg, m.RelayOpen):
             if relay is None or relay.task is not None:
                 log.warning("the enclave asked for a relay for request %s, which expects none", msg.req_id)
@@ -81,6 +90,7 @@ class Relays:
         else:
             relay.ended = True
             self._end(relay)
+            del self._relays[msg.req_id]
 
     async def _refuse(self, req_id: int, reason: str) -> None:
         with contextlib.suppress(CCKernelError):
@@ -118,6 +128,8 @@ class Relays:
                     await self._send(m.RelayEnd(req_id=req_id, reason=reason))
             if relay.writer is not None:
                 relay.writer.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(relay.writer.wait_closed(), 2.0)
 
     def close(self) -> None:
         """End every relay (the session is over)."""

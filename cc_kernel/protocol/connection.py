@@ -43,6 +43,7 @@ from cc_kernel.protocol.messages import (
     CompleteReply,
     CompleteRequest,
     Credit,
+    DatasetKeyed,
     DisplayData,
     Error,
     ExecuteReply,
@@ -162,6 +163,7 @@ ENCLAVE_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
         RelayOpen,
         RelayData,
         RelayEnd,
+        DatasetKeyed,
         AuditReceipt,
         SessionInfo,
     }
@@ -223,7 +225,8 @@ def _kernel_table() -> dict[_Key, State]:
         t[(State.READY, _R, m)] = State.READY
         t[(State.SHUTTING_DOWN, _R, m)] = State.SHUTTING_DOWN  # output still in flight
     t[(State.READY, _S, Shutdown)] = State.SHUTTING_DOWN
-    t[(State.SHUTTING_DOWN, _S, Credit)] = State.SHUTTING_DOWN
+    for m in (Credit, RelayData, RelayEnd):  # the owner's log's closing entry travels during the shutdown
+        t[(State.SHUTTING_DOWN, _S, m)] = State.SHUTTING_DOWN
     t[(State.SHUTTING_DOWN, _R, ShutdownReply)] = State.CLOSED
     return t
 
@@ -241,7 +244,8 @@ def _enclave_table() -> dict[_Key, State]:
         t[(State.READY, _S, m)] = State.READY
         t[(State.SHUTTING_DOWN, _S, m)] = State.SHUTTING_DOWN  # drain output before the reply
     t[(State.READY, _R, Shutdown)] = State.SHUTTING_DOWN
-    t[(State.SHUTTING_DOWN, _R, Credit)] = State.SHUTTING_DOWN
+    for m in (Credit, RelayData, RelayEnd):
+        t[(State.SHUTTING_DOWN, _R, m)] = State.SHUTTING_DOWN
     t[(State.SHUTTING_DOWN, _S, ShutdownReply)] = State.CLOSED
     return t
 

@@ -696,6 +696,15 @@ class RelayData(Message):
     data: Annotated[bytes, _Len(1, 1024 * 1024)]
 
 
+@_message("dataset_keyed")
+@dataclass(frozen=True, slots=True)
+class DatasetKeyed(Message):
+    """Enclave -> kernel: the monitor holds the key of upload ``req_id``'s sealed dataset: send the rest of it
+    (the kernel sends a sealed file's first chunk, then waits for this or the upload's reply)."""
+
+    req_id: ReqId
+
+
 @_message("relay_end")
 @dataclass(frozen=True, slots=True)
 class RelayEnd(Message):
