@@ -54,6 +54,9 @@ def test_a_sealed_dataset_opens_in_a_real_session_and_approved_code_holds(broker
         cell = k.ok(f"%cc_dataset {inspect} records", timeout=120)
         assert "opened open.ccdata" in cell.stream() and "mode inspect, release 1 of 3" in cell.stream()
         assert k.value("type(records).__name__") == "'str'"
+        claims = k.ok("%attestation").of_type("display_data")[-1]["content"]["data"]
+        assert "dataset records of 'St Example': mode inspect, release 1 of 3" in claims["text/plain"]
+        assert claims["application/json"]["datasets"][0]["owner_log"] == "open"
         assert k.value("__import__('hashlib').sha256(records.encode()).hexdigest()") == \
             repr(hashlib.sha256(RECORDS.encode()).hexdigest())
     with live_kernel(SIM) as k:

@@ -278,6 +278,8 @@ async def test_a_sealed_dataset_is_released_through_the_relay_and_the_worker_get
     assert entry.upload.fmt == "ccdata" and entry.upload.sha256 == hashlib.sha256(sealed.data).digest()
     (opened,) = s.monitor.datasets.open
     assert (opened.name, opened.owner, opened.rules.mode, opened.session) == ("records", "St Example", "inspect", 1)
+    (info,) = [x for x in s.to_kernel if isinstance(x, m.DatasetInfo)]  # for the badge
+    assert [(d["name"], d["mode"], d["owner_log"]) for d in info.datasets] == [("records", "inspect", "open")]
     assert '"verdict":"released"' in broker_log(store)
 
 
@@ -521,6 +523,8 @@ async def test_a_session_that_loses_the_broker_runs_nothing_more(
     assert isinstance(reply, m.ExecuteReply) and reply.status == "error"
     assert "owner's log of dataset 'records' (St Example) is lost" in reply.evalue
     assert "Restart the kernel" in reply.evalue and len(s.to_worker) == before
+    info = [x for x in s.to_kernel if isinstance(x, m.DatasetInfo)][-1]  # the badge says so
+    assert info.datasets[0]["owner_log"].startswith("lost: the connection to the owner's broker was lost")
     report = verify_log(owner_log_file(store, sealed), policy=None, anchors=hardware_anchors(),
                         simulation_anchors=sim_authority.anchors(), now=datetime.now(UTC))
     assert report.status == "unterminated"  # what the owner sees: the log ends without its closing entry

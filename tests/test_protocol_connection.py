@@ -100,6 +100,7 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.RelayData: m.RelayData(req_id=7, data=b"tls"),
     m.RelayEnd: m.RelayEnd(req_id=7, reason=""),
     m.DatasetKeyed: m.DatasetKeyed(req_id=7),
+    m.DatasetInfo: m.DatasetInfo(datasets=[{"name": "records", "mode": "inspect"}]),
     m.Interrupt: m.Interrupt(before=1),
     m.Shutdown: m.Shutdown(restart=False),
     m.ShutdownReply: m.ShutdownReply(restart=False),

@@ -170,6 +170,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.RelayData: st.builds(m.RelayData, req_id=req_ids, data=st.binary(min_size=1, max_size=64)),
     m.RelayEnd: st.builds(m.RelayEnd, req_id=req_ids, reason=texts),
     m.DatasetKeyed: st.builds(m.DatasetKeyed, req_id=req_ids),
+    m.DatasetInfo: st.builds(m.DatasetInfo, datasets=st.lists(st.fixed_dictionaries({"name": names}), max_size=3)),
     m.Interrupt: st.builds(m.Interrupt, before=req_ids),
     m.Shutdown: st.builds(m.Shutdown, restart=bools, reason=texts),
     m.ShutdownReply: st.builds(m.ShutdownReply, restart=bools),
@@ -194,7 +195,7 @@ SPEC_WIRE_NAMES = {
     "inspect_request", "inspect_reply", "is_complete_request", "is_complete_reply", "history_request",
     "history_reply", "input_request", "input_reply", "comm_open", "comm_msg", "comm_close", "comm_info_request",
     "comm_info_reply", "upload_start", "upload_chunk", "upload_end", "upload_reply", "interrupt", "shutdown",
-    "relay_open", "relay_data", "relay_end", "dataset_keyed",
+    "relay_open", "relay_data", "relay_end", "dataset_keyed", "dataset_info",
     "shutdown_reply", "audit_receipt", "audit_start", "audit_off", "session_info",
     "worker_ready", "request_done", "ping", "pong", "credit", "fatal",
 }  # fmt: skip

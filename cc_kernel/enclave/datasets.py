@@ -82,12 +82,15 @@ class OpenDataset:
     owner_log: OwnerLog | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> dict[str, Any]:
-        """JSON for the badge: name, owner, id, broker, mode, expiry, session number."""
+        """JSON for the badge (``DatasetInfo``): name, owner, id, broker, mode, expiry, release number, the state
+        of the owner's log."""
+        log_state = "none" if self.owner_log is None else (
+            f"lost: {self.owner_log.lost}" if self.owner_log.lost is not None else "open")
         return {
             "name": self.name, "owner": self.owner, "dataset_id": self.dataset_id.hex(), "broker": self.broker,
             "mode": self.rules.mode, "not_after": self.rules.not_after.isoformat(), "session": self.session,
             "max_sessions": self.rules.max_sessions, "rules_sha256": self.rules.sha256.hex(),
-            "size": self.plaintext_size,
+            "size": self.plaintext_size, "owner_log": log_state,
         }
 
 
@@ -215,6 +218,7 @@ class Datasets:
         self._ran: set[bytes] = set()
         #: Something other than a cell ran user-controlled input (a comm, a plain upload).
         self._ran_other = False
+        self._announced_lost: tuple[str, ...] = ()
         #: The monitor's ends of the relays to brokers, by request id (they outlive the upload: owner's logs).
         self._relay_writers: dict[int, asyncio.StreamWriter] = {}
         self._relay_tasks: dict[int, asyncio.Task[None]] = {}
@@ -274,6 +278,11 @@ class Datasets:
             await self._reply(req, m.UploadReply(req_id=req.req_id, status="error", message=reason), None)
         else:
             await self._reply(req, None, "error")
+
+    async def announce(self) -> None:
+        """Tell the kernel which datasets are open and in what state (``DatasetInfo``, for the badge)."""
+        with contextlib.suppress(CCKernelError, OSError):
+            await self._to_kernel(m.DatasetInfo(datasets=[d.describe() for d in self.open]))
 
     def hold(self) -> bool:
         """True while an owner's log entry is unacknowledged: the next request waits (``resume`` is called)."""
@@ -389,6 +398,7 @@ class Datasets:
             rules=p.released.rules, session=p.released.session, plaintext_size=p.header.plaintext_size,
             owner_log=p.owner_log)
         self.open = [d for d in self.open if d.name != dataset.name] + [dataset]
+        await self.announce()
         rules = dataset.rules
         return m.UploadReply(req_id=reply.req_id, status="ok", message=(
             f"{reply.message}; dataset of {dataset.owner!r} under the owner's rules: mode {rules.mode}, "
@@ -488,7 +498,16 @@ class Datasets:
             raise DatasetError(f"the broker answered the log's opening with {type(reply).__name__}",
                                check="log.open")
         signer = ReceiptSigner(self._audit_key, session_id, opening_hash=reply.opening_hash)
-        return OwnerLog(reader, writer, signer, on_change=self._resume)
+        return OwnerLog(reader, writer, signer, on_change=self._log_changed)
+
+    async def _log_changed(self) -> None:
+        """An owner's log was acknowledged or lost: a lost one changes the badge; either may free the queue."""
+        if any(d.owner_log is not None and d.owner_log.lost is not None for d in self.open):
+            lost = tuple(d.name for d in self.open if d.owner_log is not None and d.owner_log.lost is not None)
+            if lost != self._announced_lost:
+                self._announced_lost = lost
+                await self.announce()
+        await self._resume()
 
     async def _close_relay(self, p: _Pending, reason: str) -> None:
         writer, p.relay_writer = p.relay_writer, None

@@ -208,6 +208,7 @@ class ConfidentialKernel(KernelSettings, Kernel):
             collateral = await asyncio.to_thread(self._load_collateral) if self.collateral_dir else None
             self._link = EnclaveLink(spec, policy=policy, simulation_anchors=sim, on_output=self._forward_output,
                                      on_closed=self._enclave_closed, collateral=collateral)
+            self._link.on_datasets = lambda datasets: self._set_badge(datasets=datasets)
             attested = await self._link.start(timeout=self.attest_timeout)
             if self.audit:
                 await self._open_audit_log(attested.peer, policy, client_key_sha256=attested.client_key_sha256)
@@ -470,7 +471,8 @@ class ConfidentialKernel(KernelSettings, Kernel):
         if not silent:
             data = {
                 "text/plain": "\n".join(badge.summary(self._badge_state)),
-                "application/json": {**self._result.to_json_dict(), "protections": self._badge_state.protections},
+                "application/json": {**self._result.to_json_dict(), "protections": self._badge_state.protections,
+                                     "datasets": self._badge_state.datasets},
             }
             self.send_response(self.iopub_socket, "display_data", {"data": data, "metadata": {}, "transient": {}})
         return self._ok()

@@ -174,6 +174,8 @@ class EnclaveLink:
         self._clean_end = False
         #: Connections to data owners' brokers the monitor asked the kernel to carry (``%cc_dataset``).
         self.relays = Relays(self.send)
+        #: Called with ``DatasetInfo.datasets`` whenever the enclave reports the open datasets (the badge).
+        self.on_datasets: Callable[[list[Any]], None] = lambda datasets: None
 
     # -- start ----------------------------------------------------------------------------------------------
 
@@ -433,6 +435,9 @@ class EnclaveLink:
                         break
                     elif isinstance(msg, m.AuditReceipt):
                         self._arrive(msg)
+                    elif isinstance(msg, m.DatasetInfo):
+                        if self.stop_reason is None:
+                            self.on_datasets(list(msg.datasets))
                     elif isinstance(msg, m.RelayOpen | m.RelayData | m.RelayEnd | m.DatasetKeyed):
                         if self.stop_reason is None:
                             self.relays.handle(msg)

@@ -43,6 +43,7 @@ from cc_kernel.protocol.messages import (
     CompleteReply,
     CompleteRequest,
     Credit,
+    DatasetInfo,
     DatasetKeyed,
     DisplayData,
     Error,
@@ -164,6 +165,7 @@ ENCLAVE_APP_MESSAGES: Final[frozenset[type[Message]]] = frozenset(
         RelayData,
         RelayEnd,
         DatasetKeyed,
+        DatasetInfo,
         AuditReceipt,
         SessionInfo,
     }

@@ -705,6 +705,16 @@ class DatasetKeyed(Message):
     req_id: ReqId
 
 
+@_message("dataset_info")
+@dataclass(frozen=True, slots=True)
+class DatasetInfo(Message):
+    """Enclave -> kernel, whenever it changes: the data owners' datasets open in this session, each a JSON
+    object (name, owner, dataset_id, broker, mode, not_after, session, max_sessions, rules_sha256, size,
+    owner_log) as the monitor enforces them; shown on the badge."""
+
+    datasets: JsonList
+
+
 @_message("relay_end")
 @dataclass(frozen=True, slots=True)
 class RelayEnd(Message):
