@@ -40,7 +40,9 @@ from cc_kernel.enclave.evidence import SimulatedSource
 from cc_kernel.enclave.monitor import Monitor, WorkerSpec
 from cc_kernel.kernel.relay import Relays
 from cc_kernel.measure import enclave_measurement
+from cc_kernel.protocol import codec
 from cc_kernel.protocol import messages as m
+from cc_kernel.protocol.messages import encode_message
 from cc_kernel.testing.enclaves import simulation_policy_text
 
 SESSION = b"s" * 16
@@ -267,6 +269,9 @@ async def test_a_sealed_dataset_is_released_through_the_relay_and_the_worker_get
     start = next(x for x in s.to_worker if isinstance(x, m.UploadStart))
     assert (start.fmt, start.size, start.name) == ("text", len(RECORDS), "records")  # never "ccdata"
     assert s.plaintext_to_worker() == RECORDS
+    # the worker, where cells run, never gets the data key or the sealed bytes: a cell has nothing to read them from
+    to_worker = b"".join(codec.packb(encode_message(x)) for x in s.to_worker)
+    assert sealed.data_key not in to_worker and sealed.data[-64:] not in to_worker
     # the kernel carried the exchange but saw neither the key nor the plaintext
     assert any(isinstance(x, m.RelayOpen) and x.address == address for x in s.to_kernel)
     carried = b"".join(s.relayed_in) + b"".join(x.data for x in s.to_kernel if isinstance(x, m.RelayData))
@@ -543,3 +548,44 @@ async def test_a_kernel_that_withholds_the_owners_log_stops_the_session_using_th
     reply = await s.handled(execute(3, "print(records)"))
     assert isinstance(reply, m.ExecuteReply) and reply.status == "error"
     assert "did not acknowledge a log entry within 0.2 s" in reply.evalue
+
+
+@in_loop
+async def test_a_change_in_any_chunk_is_refused_naming_it_and_the_owner_is_told(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
+) -> None:
+    store, address = broker
+    sealed = seal_into(store, address, rules=INSPECT.replace("max_sessions = 5", "max_sessions = 100"))
+    header_size = len(sealed.data) - len(RECORDS) - 16 * sealed.header.chunks
+    for index in range(sealed.header.chunks):
+        data = bytearray(sealed.data)
+        data[header_size + index * (4096 + 16) + 7] ^= 0x80
+        s = await started(sim_authority)
+        reply = await s.open(bytes(data))
+        assert reply.status == "error" and f"chunk {index} of {sealed.header.chunks} does not authenticate" in \
+            reply.message, (index, reply.message)
+        assert not any(isinstance(x, m.UploadEnd) for x in s.to_worker)
+        report = verify_log(owner_log_file(store, sealed, release=index + 1), policy=None, anchors=hardware_anchors(),
+                            simulation_anchors=sim_authority.anchors(), now=datetime.now(UTC))
+        assert report.status == "valid" and report.closing is not None
+        assert f"the dataset was not opened: [dataset.chunk] chunk {index} of" in report.closing.reason
+
+
+@in_loop
+async def test_a_kernel_replaying_a_recorded_broker_exchange_gets_no_key(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
+) -> None:
+    store, address = broker
+    sealed = seal_into(store, address)
+    first = await started(sim_authority)
+    assert (await first.open(sealed.data)).status == "ok"
+    recorded = list(first.relayed_in)  # what the broker sent the first monitor, as the kernel carried it
+    replayed = iter(recorded)
+
+    def replay(data: bytes) -> bytes:  # the kernel answers the second monitor with the recorded bytes
+        return next(replayed, data)
+
+    second = await started(sim_authority, tamper=replay)
+    reply = await second.open(sealed.data)
+    assert reply.status == "error" and "did not release the key" in reply.message
+    assert second.plaintext_to_worker() == b""
