@@ -5,22 +5,26 @@ with ``fmt = "ccdata"``; the monitor, not the kernel and not the worker:
 
 1. reads the header from the stream (``dataset.format.Unsealer``) and asks the kernel to relay a TCP connection
    to the broker the header names (``RelayOpen``); over it, the monitor runs its own TLS 1.3 connection to the
-   broker, authenticated by the broker key the header pins (``broker.client.request_key``), and the release
-   exchange: its evidence binds the broker's nonce, the dataset and a fresh release key, so the data key is
-   readable only here (the kernel carries ciphertext and is trusted by neither end);
-2. decrypts each chunk once it authenticated and hands the worker only plaintext, as an ordinary upload in the
-   format the header names (the worker binds it as for ``%cc_upload``), then records the dataset as open under
-   the owner's rules;
+   broker, authenticated by the broker key the header pins (``broker.client.connect_broker``), and the release
+   exchange (``release_exchange``): its evidence binds the broker's nonce, the dataset and a fresh release key,
+   so the data key is readable only here (the kernel carries ciphertext and is trusted by neither end);
+2. opens the owner's log on the same connection (``OwnerLog``; docs/dataset.md §3.6), then tells the kernel to
+   send the rest (``DatasetKeyed``), decrypts each chunk once it authenticated and hands the worker only
+   plaintext, as an ordinary upload in the format the header names (the worker binds it as for
+   ``%cc_upload``), then records the dataset as open under the owner's rules and reports it (``DatasetInfo``);
 3. enforces those rules on every later request (``refusal``): under ``approved-code`` only cells whose code
    digest (``audit.format.code_hash``, what ``cc-kernel data approve`` prints) the owner approved reach the
    worker; completions, inspections, comm messages and plain uploads are refused too (they run or change code
    the owner did not approve); an approved-code dataset is bound only into a session in which no unapproved
-   code ran before.
+   code ran before (``rules.fresh_session``);
+4. signs every receipted request into each open dataset's owner log and holds the next request until the
+   broker acknowledged it (``hold``); a lost owner's log makes ``refusal`` refuse everything.
 
-Invariants: the kernel's honest order is the header, then (after ``RelayEnd``) the rest; ciphertext sent
-before the key was released is buffered up to ``MAX_AHEAD`` and refused beyond; a sealed file that fails any
-check (``TamperedDataset``), a refusal by the broker, a wrong broker key or a broken relay ends the upload with
-an error reply naming the check, and nothing of the dataset is bound (the worker gets no ``UploadEnd``).
+Invariants: the kernel's honest order is the first chunk (holding the header), then, after ``DatasetKeyed``,
+the rest; ciphertext sent before the key was released is buffered up to ``MAX_AHEAD`` and refused beyond; a
+sealed file that fails any check (``TamperedDataset``), a refusal by the broker, a wrong broker key or a broken
+relay ends the upload with an error reply naming the check, and nothing of the dataset is bound (the worker gets
+no ``UploadEnd``); the data key and the sealed bytes never reach the worker.
 """
 
 from __future__ import annotations
