@@ -34,10 +34,11 @@ CONF = "confidential-python-sim"
 TARGET_MIB_S = 200.0
 
 
-def upload_once(bench: Bench, path: Path, name: str) -> float:
-    """Seconds from the request to the reply of ``%cc_upload PATH NAME``; raises if it did not succeed."""
+def upload_once(bench: Bench, path: Path, name: str, *, magic: str = "%cc_upload") -> float:
+    """Seconds from the request to the reply of ``%cc_upload PATH NAME`` (or ``magic``: ``%cc_dataset``); raises if
+    it did not succeed."""
     t0 = time.perf_counter()
-    msg_id = bench.kc.execute(f"%cc_upload {path} {name}")
+    msg_id = bench.kc.execute(f"{magic} {path} {name}")
     reply = bench._reply(msg_id)
     seconds = time.perf_counter() - t0
     if reply["content"]["status"] != "ok":

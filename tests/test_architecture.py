@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "worker": {"errors", "protocol", "worker", "logsetup", "memory"},
     "clientkey": {"errors", "crypto", "channel", "simstore"},
     "enclave": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "enclave", "simstore", "measure",
-                "logsetup", "memory"},
+                "logsetup", "memory", "dataset", "broker"},
     "kernel": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "kernel", "simstore", "measure",
                "clientkey", "memory"},
     # a data owner's sealed files, rules, release exchange and broker log: pure, like audit

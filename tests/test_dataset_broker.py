@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from cc_kernel.enclave.evidence import SimulatedSource
 from cc_kernel.errors import ConfigError, LogVerificationError, ReleaseRefused, WrongBroker
 from cc_kernel.measure import enclave_measurement
 from cc_kernel.simstore import simulation_dir
-from cc_kernel.testing.enclaves import enclave_env, simulation_policy_text
+from cc_kernel.testing.enclaves import enclave_env, running_broker, simulation_policy_text
 
 RULES = 'version = 1\nmode = "inspect"\nnot_after = 2099-01-01T00:00:00Z\nmax_sessions = 2\n'
 REQUESTER = b"\x09" * 32
@@ -58,24 +57,8 @@ def seal(owner: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 def broker(owner: Path, cc_data_dir: Path) -> Iterator[str]:
     """``cc-kernel broker serve`` on a free port; yields its address once it printed that it listens."""
     assert seal(owner).returncode == 0
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cc_kernel", "broker", "serve", "--listen", "127.0.0.1:0", "--datasets",
-         str(owner / "store"), "--sim-dir", str(simulation_dir(cc_data_dir))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=enclave_env(cc_data_dir),
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # blocks until the broker listens (or exits: then the assert says why)
-        assert line.startswith("cc-kernel broker listening on "), (line, proc.stderr.read() if proc.stderr else "")
-        yield line.split()[4].rstrip(",")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        assert "Traceback" not in err, err
+    with running_broker(owner / "store", sim_dir=simulation_dir(cc_data_dir), env=enclave_env(cc_data_dir)) as addr:
+        yield addr
 
 
 def read_header(path: Path) -> tuple[DatasetHeader, bytes]:
@@ -163,8 +146,11 @@ def test_seal_release_unseal_over_a_real_broker(owner: Path, broker: str, sim_au
     proc = cc_kernel("broker", "verify-log", "--datasets", str(owner / "store"))
     assert proc.returncode == 0, proc.stderr
     events = [line.split()[2] for line in proc.stdout.splitlines()[:-1]]
-    assert events == ["start", "request", "verdict", "release", "request", "verdict", "request", "verdict",
-                      "release", "request", "verdict"]
+    assert [e for e in events if e != "owner-log"] == ["start", "request", "verdict", "release", "request",
+                                                       "verdict", "request", "verdict", "release", "request",
+                                                       "verdict"]
+    # a requester that took the key without opening the owner's log (as a monitor does) is on record
+    assert events.count("owner-log") == 2 and proc.stdout.count("state=never opened") == 2
     assert "check=release.policy" in proc.stdout
     assert "verdict=released" in proc.stdout
     assert "check=rules.max_sessions" in proc.stdout
@@ -176,7 +162,8 @@ def test_seal_release_unseal_over_a_real_broker(owner: Path, broker: str, sim_au
     (owner / "tampered.log").write_bytes(tampered)
     proc = cc_kernel("broker", "verify-log", "--datasets", str(owner / "store"), "--log", str(owner / "tampered.log"))
     assert proc.returncode == 1
-    assert "INVALID: [brokerlog.signature] line 5 is not signed by this broker's log key" in proc.stderr
+    changed = next(i for i, line in enumerate(log.splitlines()) if b'"verdict":"refused"' in line)
+    assert f"INVALID: [brokerlog.signature] line {changed} is not signed by this broker's log key" in proc.stderr
 
 
 def test_wrong_broker_refused_before_any_request(owner: Path, broker: str, sim_authority: SimulationAuthority,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -9,13 +10,17 @@ from datetime import UTC, datetime
 import pytest
 
 from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors
+from cc_kernel.attestation.binding import expected_report_data
 from cc_kernel.attestation.envelope import encode_envelope
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority, create_authority
 from cc_kernel.attestation.policy import load_policy
+from cc_kernel.audit.format import OpeningEntry
+from cc_kernel.crypto.keys import AuditKey, new_tls_key, spki_der_of_key
 from cc_kernel.crypto.sealing import ReleaseKey
 from cc_kernel.dataset.format import DatasetHeader, encode_header, header_hash, seal_bytes, unseal_bytes
 from cc_kernel.dataset.release import (
     DatasetRecord,
+    LogOpen,
     ReleaseAttestation,
     ReleaseChallenge,
     ReleaseClient,
@@ -28,6 +33,7 @@ from cc_kernel.dataset.release import (
     decode_release,
     encode_release,
     new_challenge,
+    open_owner_log,
     refusal_of,
     release_response,
 )
@@ -380,3 +386,70 @@ def test_wrapped_key_changed_in_transit(source: SimulatedSource, sim_anchors: Tr
     with pytest.raises(ReleaseRefused, match="does not open") as info:
         ex.client.open(replace(reply, wrapped_key=flipped))
     assert info.value.check == "release.wrap"
+
+
+# --- the owner's log, opened on the release connection ---------------------------------------------------------
+
+
+class LogSetup:
+    """A granted release to a monitor with a real TLS key, and what it would send to open the owner's log."""
+
+    def __init__(self, source: SimulatedSource, anchors: TrustAnchors) -> None:
+        self.record, header, _ = make_dataset()
+        self.spki = spki_der_of_key(new_tls_key())
+        self.audit = AuditKey()
+        self.anchors = anchors
+        ex = Exchange(self.record, header, source, anchors)
+        ex.client = ReleaseClient(header, header_hash(encode_header(header)),
+                                  requester_spki_sha256=hashlib.sha256(self.spki).digest())
+        self.request, self.challenge = ex.challenge()
+        self.grant = appraise_release(self.record, self.request, self.challenge, ex.attest(self.challenge),
+                                      anchors=hardware_anchors(), simulation_anchors=anchors,
+                                      now=datetime.now(UTC), sessions_used=0)
+
+    def log_open(self, source: SimulatedSource, *, spki: bytes | None = None, nonce: bytes | None = None) -> LogOpen:
+        session_id, nonce = b"L" * 16, nonce or self.challenge.nonce
+        env = source.collect(expected_report_data(tls_spki=self.spki, audit_pub=self.audit.public_bytes, nonce=nonce,
+                                                  session_id=session_id),
+                             audit_pub=self.audit.public_bytes, session_id=session_id, nonce=nonce)
+        msg = decode_release(encode_release(LogOpen(session_id=session_id, tls_spki=spki or self.spki,
+                                                    audit_pub=self.audit.public_bytes, evidence=encode_envelope(env))))
+        assert isinstance(msg, LogOpen)
+        return msg
+
+    def open(self, msg: LogOpen) -> OpeningEntry:
+        return open_owner_log(self.record, self.grant, self.request, msg, anchors=hardware_anchors(),
+                              simulation_anchors=self.anchors, now=datetime.now(UTC), opened_ms=1, versions={})
+
+
+def test_the_owners_log_opens_like_a_session_log(source: SimulatedSource, sim_anchors: TrustAnchors) -> None:
+    setup = LogSetup(source, sim_anchors)
+    opening = setup.open(setup.log_open(source))
+    assert (opening.session_id, opening.tls_spki, opening.nonce) == (b"L" * 16, setup.spki, setup.challenge.nonce)
+    assert opening.audit_pub == setup.audit.public_bytes and opening.policy == setup.record.policy.decode()
+    assert opening.settings == {"dataset": setup.record.dataset_id.hex(), "release": 1}
+
+
+def test_the_owners_log_of_another_tls_key_is_refused(source: SimulatedSource, sim_anchors: TrustAnchors) -> None:
+    setup = LogSetup(source, sim_anchors)
+    other = spki_der_of_key(new_tls_key())
+    with pytest.raises(ReleaseRefused, match="another TLS key than the release was asked for") as info:
+        setup.open(setup.log_open(source, spki=other))
+    assert info.value.check == "log.key"
+
+
+def test_the_owners_log_with_evidence_for_another_nonce_is_refused(source: SimulatedSource,
+                                                                  sim_anchors: TrustAnchors) -> None:
+    setup = LogSetup(source, sim_anchors)
+    with pytest.raises(ReleaseRefused) as info:
+        setup.open(setup.log_open(source, nonce=os.urandom(32)))  # replayed from another exchange
+    assert info.value.check == "log.binding"
+
+
+def test_the_owners_log_from_a_debug_enclave_is_refused(sim_authority: SimulationAuthority, source: SimulatedSource,
+                                                       sim_anchors: TrustAnchors) -> None:
+    setup = LogSetup(source, sim_anchors)
+    debug = SimulatedSource(sim_authority, MEASUREMENT, faults=frozenset({"debug"}))
+    with pytest.raises(ReleaseRefused, match="does not meet the owner's policy") as info:
+        setup.open(setup.log_open(debug))
+    assert info.value.check == "log.policy"

@@ -71,6 +71,7 @@ def test_state_reaches_iopub_without_any_cell(jupyter_env: JupyterEnv) -> None:
         assert badge["summary"] == magic["text/plain"].splitlines()
         claims = dict(magic["application/json"])
         assert claims.pop("protections") == badge["protections"]  # the cell sandbox, as the monitor reported it
+        assert claims.pop("datasets") == badge["datasets"] == []  # no data owner's dataset is open
         assert badge["result"] == claims
 
 

@@ -96,6 +96,11 @@ SAMPLES: dict[type[m.Message], m.Message] = {
     m.UploadChunk: m.UploadChunk(req_id=7, data=b"abc"),
     m.UploadEnd: m.UploadEnd(req_id=7, sha256=b"\1" * 32),
     m.UploadReply: m.UploadReply(req_id=7, status="ok", message="stored"),
+    m.RelayOpen: m.RelayOpen(req_id=7, address="127.0.0.1:7900"),
+    m.RelayData: m.RelayData(req_id=7, data=b"tls"),
+    m.RelayEnd: m.RelayEnd(req_id=7, reason=""),
+    m.DatasetKeyed: m.DatasetKeyed(req_id=7),
+    m.DatasetInfo: m.DatasetInfo(datasets=[{"name": "records", "mode": "inspect"}]),
     m.Interrupt: m.Interrupt(before=1),
     m.Shutdown: m.Shutdown(restart=False),
     m.ShutdownReply: m.ShutdownReply(restart=False),
@@ -514,6 +519,18 @@ def test_shutdown_only_when_ready() -> None:
     k = kernel_in(State.SHUTTING_DOWN)
     with pytest.raises(LocalProtocolError, match="cannot send ExecuteRequest in state SHUTTING_DOWN"):
         k.send(SAMPLES[m.ExecuteRequest])
+
+
+def test_a_relay_still_carries_bytes_during_the_shutdown() -> None:
+    # the owner's log's closing entry travels through the kernel's relay after Shutdown
+    k = kernel_in(State.SHUTTING_DOWN)
+    k.send(SAMPLES[m.RelayData])
+    k.send(SAMPLES[m.RelayEnd])
+    assert k.state is State.SHUTTING_DOWN
+    e = enclave_in(State.SHUTTING_DOWN)
+    assert deliver(e, frame(SAMPLES[m.RelayData])) == [SAMPLES[m.RelayData]]
+    with pytest.raises(LocalProtocolError, match="cannot send RelayOpen in state SHUTTING_DOWN"):
+        k.send(SAMPLES[m.RelayOpen])
 
 
 def test_eof_at_a_frame_boundary_closes_after_buffered_messages() -> None:

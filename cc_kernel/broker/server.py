@@ -2,7 +2,10 @@
 
 Invariants: every request, verdict and release is in the broker log before the answer is sent; a release is
 counted (durably) before the wrapped key leaves; all decisions are ``dataset.release.appraise_release``'s; one
-exchange at a time per dataset decides and counts (a lock), so ``max_sessions`` cannot be raced.
+exchange at a time per dataset decides and counts (a lock), so ``max_sessions`` cannot be raced. After a release
+the connection stays open for the owner's log of that session (``<id>-<n>.cclog`` in the store, written with
+``audit.receipts.LogWriter``, which checks every entry's signature and chain before appending it and fsyncs it
+before the acknowledgement); whether that log was opened, closed or broken off is in the broker log.
 """
 
 from __future__ import annotations
@@ -12,22 +15,32 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from cc_kernel import __version__
 from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors
+from cc_kernel.audit.receipts import LogWriter
 from cc_kernel.broker.store import BrokerStore
 from cc_kernel.broker.wire import receive, send
 from cc_kernel.channel.transport import listen, parse_address, server_context
 from cc_kernel.dataset.release import (
+    DatasetRecord,
+    LogAck,
+    LogEntry,
+    LogOpen,
+    LogOpened,
     ReleaseAttestation,
+    ReleaseGrant,
     ReleaseRequest,
     appraise_release,
     new_challenge,
+    open_owner_log,
     refusal_of,
     release_response,
 )
-from cc_kernel.errors import CCKernelError, ReleaseRefused
+from cc_kernel.errors import CCKernelError, ReleaseRefused, RemoteProtocolError
 
 log = logging.getLogger("cc_kernel.broker")
 
@@ -94,6 +107,47 @@ class Broker:
                 "release_pub_sha256": hashlib.sha256(grant.release_pub).hexdigest(), "nonce": grant.nonce.hex(),
             })
         await send(writer, release_response(grant, record))
+        await self._owner_log(reader, writer, record, request, grant)
+
+    async def _owner_log(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: DatasetRecord,
+                         request: ReleaseRequest, grant: ReleaseGrant) -> None:
+        """After a release, on the same connection: the owner's log of the session (docs/dataset.md)."""
+        dataset, session = request.dataset_id.hex(), grant.session
+        try:
+            first = await receive(reader)
+        except CCKernelError as exc:
+            self.store.log("owner-log", {"dataset": dataset, "session": session, "state": "never opened",
+                                         "reason": str(exc)})
+            raise
+        if not isinstance(first, LogOpen):
+            raise RemoteProtocolError(f"expected the owner's log to open, got {type(first).__name__}")
+        try:
+            opening = open_owner_log(
+                record, grant, request, first, anchors=self.anchors, simulation_anchors=self.simulation_anchors,
+                now=datetime.now(UTC), opened_ms=int(time.time() * 1000), versions={"cc_kernel": __version__})
+        except ReleaseRefused as exc:
+            self._log_refusal(request, exc)
+            await send(writer, refusal_of(exc))
+            return
+        path, sink = self.store.owner_log(request.dataset_id, session)
+        owner_log = LogWriter(sink)
+        opening_hash = owner_log.open(opening)
+        self.store.log("owner-log", {"dataset": dataset, "session": session, "state": "opened", "file": path.name})
+        await send(writer, LogOpened(opening_hash=opening_hash))
+        reason = "closed by the enclave"
+        try:
+            while not owner_log.closed:
+                entry = await receive(reader, timeout=None)  # as long as the session keeps the dataset open
+                if not isinstance(entry, LogEntry):
+                    raise RemoteProtocolError(f"expected a log entry, got {type(entry).__name__}")
+                owner_log.append(entry.receipt)
+                await send(writer, LogAck(count=owner_log.count))
+        except CCKernelError as exc:
+            reason = f"ended without its closing entry: {exc}"
+            raise
+        finally:
+            self.store.log("owner-log", {"dataset": dataset, "session": session, "state": reason,
+                                         "entries": owner_log.count})
 
     def _log_refusal(self, request: ReleaseRequest, exc: ReleaseRefused) -> None:
         log.warning("refused dataset %s: %s", request.dataset_id.hex(), exc)

@@ -7,6 +7,8 @@ Layout (docs/dataset.md §5): the directory is mode 0700, every file 0600::
     <id>.record          one dataset: canonical msgpack DatasetRecord (the data key is only ever here)
     <id>.count           how many releases of that dataset the broker made (ASCII decimal)
     broker.log           the signed, hash-chained log (cc_kernel.dataset.brokerlog)
+    <id>-<n>.cclog       the owner's log of release n of that dataset: a session log (docs/audit-log.md) of
+                         every request the enclave ran while the dataset was open, signed by the enclave
 
 Invariants: files are created with O_EXCL at 0600 and renamed into place (never a readable half-written key); a
 store whose directory others may read is refused; the log is verified before it is continued.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -124,6 +127,30 @@ class BrokerStore:
         n = self.sessions_used(dataset_id) + 1
         write_private(self._path(dataset_id, "count"), f"{n}\n".encode())
         return n
+
+    def owner_log(self, dataset_id: bytes, session: int) -> tuple[Path, Callable[[bytes], None]]:
+        """The owner's log file of release ``session`` of ``dataset_id`` (created 0600, never overwritten) and a
+        sink that appends to it and fsyncs before returning.
+
+        Raises:
+            ConfigError: the file exists already.
+        """
+        path = self._path(dataset_id, "").with_name(f"{dataset_id.hex()}-{session}.cclog")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        except FileExistsError as exc:
+            raise ConfigError(f"{path}: the owner's log of this release exists already") from exc
+        os.close(fd)
+
+        def sink(data: bytes) -> None:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        return path, sink
 
     # --- log ------------------------------------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ async def send(writer: asyncio.StreamWriter, msg: ReleaseMessage) -> None:
     await writer.drain()
 
 
-async def receive(reader: asyncio.StreamReader, *, timeout: float = MESSAGE_TIMEOUT) -> ReleaseMessage:
-    """Read one message.
+async def receive(reader: asyncio.StreamReader, *, timeout: float | None = MESSAGE_TIMEOUT) -> ReleaseMessage:
+    """Read one message (``timeout`` None: wait as long as the connection lasts).
 
     Raises:
         BrokenChannelError: EOF, reset or timeout. RemoteProtocolError: oversized or malformed.

@@ -2,7 +2,7 @@
 
 Format: UTF-8 text, one JSON object per line (``\\n``-terminated)::
 
-    {"data": {...}, "event": "request"|"verdict"|"release"|"start", "prev": "<64 hex>", "seq": N,
+    {"data": {...}, "event": "request"|"verdict"|"release"|"start"|"owner-log", "prev": "<64 hex>", "seq": N,
      "sig": "<128 hex>", "time": "<RFC 3339 UTC>", "v": 1}
 
 ``body`` = the line's object without ``"sig"``, serialised as canonical JSON (``sort_keys``, separators ``,``
@@ -27,7 +27,7 @@ from cc_kernel.crypto.hashing import TAG_BROKER_LOG_ENTRY, TAG_BROKER_LOG_SIGNAT
 from cc_kernel.crypto.keys import verify_ed25519
 from cc_kernel.errors import LogVerificationError
 
-EVENTS: Final = ("start", "request", "verdict", "release")
+EVENTS: Final = ("start", "request", "verdict", "release", "owner-log")
 GENESIS: Final = bytes(32)
 _KEYS: Final = frozenset({"v", "seq", "prev", "time", "event", "data", "sig"})
 

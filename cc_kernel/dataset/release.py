@@ -6,6 +6,11 @@
     ReleaseAttestation(nonce, release_pub,  ->     evidence: report_data = expected_release_report_data(...)
                        evidence)
                                             <-     ReleaseResponse(wrapped_key, header hash, rules) | ReleaseRefusal
+    LogOpen(session_id, tls_spki, audit_pub, ->     evidence: report_data = expected_report_data(...), the nonce above
+            evidence)
+                                            <-     LogOpened(opening_hash)                    the owner's log opened
+    LogEntry(receipt)                        ->     (each request while the dataset is open, then the closing entry)
+                                            <-     LogAck(count)
 
 Invariants: no I/O, no clock, no randomness (``now``, the nonce and the trust anchors are parameters); the broker
 side releases only through ``appraise_release`` -> ``ReleaseGrant`` (nothing else can build one), whose steps are
@@ -18,16 +23,19 @@ Messages are canonical msgpack maps (``protocol.codec``) with a strict schema.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
 from cc_kernel.attestation.anchors import TrustAnchors
-from cc_kernel.attestation.binding import check_release_binding, expected_release_report_data
+from cc_kernel.attestation.binding import check_binding, check_release_binding, expected_release_report_data
 from cc_kernel.attestation.envelope import parse_envelope_unverified
 from cc_kernel.attestation.policy import load_policy
 from cc_kernel.attestation.result import AttestationResult, appraise
 from cc_kernel.attestation.verify import answered_nonce, verify_evidence
+from cc_kernel.audit.format import OpeningEntry
+from cc_kernel.audit.receipts import make_opening
 from cc_kernel.crypto.hashing import TAG_DATASET_WRAP, constant_time_equal, tagged_hash
 from cc_kernel.crypto.sealing import HPKE_SUITE_NAME, InvalidCiphertext, ReleaseKey, wrap_key
 from cc_kernel.dataset.format import DATASET_ID_SIZE, DatasetHeader
@@ -100,7 +108,43 @@ class ReleaseRefusal:
     message: str
 
 
-ReleaseMessage = ReleaseRequest | ReleaseChallenge | ReleaseAttestation | ReleaseResponse | ReleaseRefusal
+@dataclass(frozen=True)
+class LogOpen:
+    """5. After a release, on the same connection: open the owner's log of this session. ``evidence`` binds
+    ``tls_spki`` (whose SHA-256 is the request's requester), ``audit_pub``, the challenge's nonce and
+    ``session_id`` exactly as a session's start-up evidence does (``expected_report_data``), so the log verifies
+    like a session log."""
+
+    session_id: bytes
+    tls_spki: bytes
+    audit_pub: bytes
+    evidence: bytes
+
+
+@dataclass(frozen=True)
+class LogOpened:
+    """6. The broker wrote the opening entry: the monitor chains its first receipt to ``opening_hash``."""
+
+    opening_hash: bytes
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """7. One signed receipt (or the closing entry) for the owner's log, as ``audit.receipts.ReceiptSigner``
+    makes them."""
+
+    receipt: bytes
+
+
+@dataclass(frozen=True)
+class LogAck:
+    """8. The broker appended entry ``count - 1`` durably (``count`` entries, the opening one included)."""
+
+    count: int
+
+
+ReleaseMessage = (ReleaseRequest | ReleaseChallenge | ReleaseAttestation | ReleaseResponse | ReleaseRefusal |
+                  LogOpen | LogOpened | LogEntry | LogAck)
 
 _TYPES: Final[dict[str, tuple[type, dict[str, type]]]] = {
     "request": (ReleaseRequest, {"dataset_id": bytes, "requester_spki_sha256": bytes}),
@@ -110,10 +154,14 @@ _TYPES: Final[dict[str, tuple[type, dict[str, type]]]] = {
     "response": (ReleaseResponse, {"dataset_id": bytes, "header_sha256": bytes, "rules": bytes, "session": int,
                                    "suite": str, "wrapped_key": bytes}),
     "refusal": (ReleaseRefusal, {"check": str, "message": str}),
+    "log_open": (LogOpen, {"session_id": bytes, "tls_spki": bytes, "audit_pub": bytes, "evidence": bytes}),
+    "log_opened": (LogOpened, {"opening_hash": bytes}),
+    "log_entry": (LogEntry, {"receipt": bytes}),
+    "log_ack": (LogAck, {"count": int}),
 }
 _NAMES: Final = {cls: name for name, (cls, _) in _TYPES.items()}
 _SIZES: Final = {"dataset_id": DATASET_ID_SIZE, "nonce": NONCE_SIZE, "requester_spki_sha256": 32,
-                 "release_pub": 32, "header_sha256": 32}
+                 "release_pub": 32, "header_sha256": 32, "session_id": 16, "audit_pub": 32, "opening_hash": 32}
 
 
 def encode_release(msg: ReleaseMessage) -> bytes:
@@ -284,6 +332,53 @@ def refusal_of(exc: ReleaseRefused) -> ReleaseRefusal:
     return ReleaseRefusal(check=exc.check, message=exc.message)
 
 
+def open_owner_log(
+    record: DatasetRecord,
+    grant: ReleaseGrant,
+    request: ReleaseRequest,
+    msg: LogOpen,
+    *,
+    anchors: TrustAnchors,
+    simulation_anchors: TrustAnchors | None,
+    now: datetime,
+    opened_ms: int,
+    versions: dict[str, str],
+) -> OpeningEntry:
+    """The opening entry of the owner's log for the session ``grant`` released to (numbered steps).
+
+    Raises:
+        ReleaseRefused: ``log.key`` (the TLS key is not the requester's), ``log.evidence``, ``log.binding``,
+            ``log.policy``.
+    """
+    # 1. the log is opened by the monitor that asked for the release
+    if not constant_time_equal(hashlib.sha256(msg.tls_spki).digest(), request.requester_spki_sha256):
+        raise ReleaseRefused("the owner's log is opened for another TLS key than the release was asked for",
+                             check="log.key")
+    policy = load_policy(record.policy, source="the owner's policy")
+    # 2. authenticity (simulation roots only if the owner's policy allows them)
+    try:
+        env = parse_envelope_unverified(msg.evidence)
+        sim = simulation_anchors if policy.unsafe_allow_simulation else None
+        verified = verify_evidence(env, anchors=anchors, now=now, simulation_anchors=sim)
+    except VerificationError as exc:
+        raise ReleaseRefused(f"the log's evidence is not authentic: {exc}", check="log.evidence") from exc
+    # 3. binding: this TLS key, audit key, the release's nonce and the log's session id
+    try:
+        bound = check_binding(verified, tls_spki=msg.tls_spki, audit_pub=msg.audit_pub, nonce=grant.nonce,
+                              session_id=msg.session_id, claimed_nonce=answered_nonce(verified, env))
+    except VerificationError as exc:
+        raise ReleaseRefused(str(exc), check="log.binding") from exc
+    # 4. the owner's policy, again (the same enclave: the log's evidence must meet it too)
+    try:
+        result = appraise(bound, policy, now=now)
+    except PolicyViolation as exc:
+        raise ReleaseRefused("the enclave does not meet the owner's policy: "
+                             + "; ".join(str(f) for f in exc.failures), check="log.policy") from exc
+    return make_opening(result=result, envelope_bytes=msg.evidence, tls_spki=msg.tls_spki, policy=policy,
+                        opened_ms=opened_ms, versions=versions,
+                        settings={"dataset": record.dataset_id.hex(), "release": grant.session})
+
+
 # --- the monitor's side ---------------------------------------------------------------------------------------
 
 
@@ -294,6 +389,8 @@ class ReleasedKey:
     data_key: bytes = field(repr=False)
     rules: Rules
     session: int
+    #: The broker's challenge nonce of this exchange (the owner's log binds it too).
+    nonce: bytes = b""
 
 
 class ReleaseClient:
@@ -374,7 +471,7 @@ class ReleaseClient:
             key = self.release_key.unwrap(reply.wrapped_key, info=info)
         except InvalidCiphertext as exc:
             raise ReleaseRefused(f"the wrapped data key does not open: {exc}", check="release.wrap") from exc
-        return ReleasedKey(data_key=key, rules=rules, session=reply.session)
+        return ReleasedKey(data_key=key, rules=rules, session=reply.session, nonce=self._challenge.nonce)
 
 
 def check_broker(header: DatasetHeader, *, spki_sha256: bytes, address: str | None = None) -> None:

@@ -51,6 +51,7 @@ from cc_kernel.channel.clients import AuthorizedClients
 from cc_kernel.channel.ratls import STARTUP_NONCE, STARTUP_SESSION_ID
 from cc_kernel.channel.transport import FramedChannel
 from cc_kernel.crypto.keys import AuditKey, TlsIdentity, make_tls_identity, new_tls_key, spki_der_of_key
+from cc_kernel.enclave.datasets import Datasets
 from cc_kernel.enclave.evidence import EvidenceSource
 from cc_kernel.enclave.workerproc import WorkerProcess, WorkerSpec, spawn_worker
 from cc_kernel.errors import CCKernelError, ChannelError, ProtocolError, RemoteProtocolError
@@ -163,6 +164,11 @@ class Monitor:
         self._worker_done: asyncio.Event | None = None
         self._shutdown_due: asyncio.Event | None = None
         self.stop_reason = ""
+        # sealed datasets (%cc_dataset) and the owners' rules: cc_kernel.enclave.datasets
+        self.datasets = Datasets(source=source, spki_der=self._spki, audit_key=self._audit_key,
+                                 to_kernel=self._to_kernel, to_worker=lambda msg: self._to_worker(msg),
+                                 emit=self._emit, resume=lambda: self._pump(),
+                                 reply=lambda req, msg, status: self._reply(req, msg, status=status))
 
     # -- the worker process -------------------------------------------------------------------------------
 
@@ -235,6 +241,7 @@ class Monitor:
             self.stop_reason = self.stop_reason or await self._why_closed(exc)
             log.info("session over: %s", self.stop_reason)
         finally:
+            await self.datasets.aclose()
             if worker_task is not None:
                 worker_task.cancel()
                 with contextlib.suppress(BaseException):
@@ -351,6 +358,8 @@ class Monitor:
             self._audit = isinstance(msg, m.AuditStart)
         elif isinstance(msg, m.UploadChunk | m.UploadEnd):
             await self._upload_part(msg)
+        elif isinstance(msg, m.RelayData | m.RelayEnd):
+            await self.datasets.relay(msg)
         else:
             if self._audit is None:
                 reason = (f"{msg.TYPE} before AuditStart or AuditOff: this enclave runs nothing the kernel "
@@ -382,19 +391,27 @@ class Monitor:
         """Hand the next queued request to the worker if it is idle. A Shutdown at the front of the queue is
         left for the kernel loop (which finishes the session), so requests before it complete first."""
         while self._head is None and self._queue:
+            if self.datasets.hold():  # an owner's log entry is on its way: resumed when the broker acknowledges
+                return
             if isinstance(self._queue[0].msg, m.Shutdown):
                 assert self._shutdown_due is not None
                 self._shutdown_due.set()
                 return
-            await self._receipt_background()
+            if self._background is not None:  # signed before the next request; its owner-log entry may hold
+                await self._receipt_background()
+                continue
             req = self._queue.popleft()
             self._head = req
             req.started_ms = _now_ms()
-            if self._audit:
+            if self._audit or self.datasets.open:
                 req.digester = OutputDigester()
             msg = req.msg
             if isinstance(msg, m.ExecuteRequest):
                 self._execution_count = msg.execution_count
+            refusal = self.datasets.refusal(msg)
+            if refusal is not None:  # an open dataset's rules forbid it: it never reaches the worker
+                await self.datasets.refuse(req, refusal)
+                continue
             if isinstance(msg, m.UploadStart):
                 if not await self._upload_start(req, msg):
                     continue
@@ -413,6 +430,9 @@ class Monitor:
                                   f"{MAX_UPLOAD} bytes")
             await self._reply(req, m.UploadReply(req_id=msg.req_id, status="error", message=req.upload_refused))
             return False
+        if msg.fmt == "ccdata":  # sealed: the monitor opens it and hands the worker the plaintext
+            await self.datasets.start(req, msg)
+            return True
         await self._to_worker(msg)
         return True
 
@@ -433,6 +453,9 @@ class Monitor:
                 await self._reply(head, m.UploadReply(req_id=head.req_id, status="error", message=(
                     "upload arrived altered: its SHA-256 is not the one the kernel announced; nothing was bound")))
                 return  # the worker never gets the end: it binds nothing, and drops the parts at the next upload
+        if self.datasets.owns(head):
+            await self.datasets.part(head, msg)
+            return
         await self._to_worker(msg)
 
     # -- worker -> monitor --------------------------------------------------------------------------------
@@ -477,12 +500,10 @@ class Monitor:
                     "uncredited): the worker ignored flow control")
             if head is not None:
                 req_id = head.req_id
-            elif self._receipting() and self._last_receipted:
-                req_id = self._last_receipted
-                if self._background is None:
-                    self._background, self._background_started = OutputDigester(), _now_ms()
             else:
-                req_id = self._last_req
+                req_id = self._last_receipted if self._receipting() and self._last_receipted else self._last_req
+                if self._background is None and (self._receipting() or self.datasets.open):
+                    self._background, self._background_started = OutputDigester(), _now_ms()
             msg = _with_req_id(msg, req_id)
             digester = head.digester if head is not None else self._background
             if digester is not None:
@@ -509,9 +530,22 @@ class Monitor:
             if head.upload_ended is not True or head.upload_size != announced:
                 msg = m.UploadReply(req_id=head.req_id, status="error", message=(
                     f"upload arrived incomplete ({head.upload_size} of {announced} bytes)"))
+        if isinstance(msg, m.UploadReply):
+            msg = await self.datasets.bound(head, msg)
 
         await self._reply(head, None if isinstance(msg, m.RequestDone) else msg,
                           status=msg.status if isinstance(msg, m.RequestDone) else None)
+
+    async def _to_kernel(self, msg: m.Message) -> None:
+        if self._channel is not None:
+            await self._channel.send(msg)
+
+    async def _emit(self, req: _Request, output: m.Message) -> None:
+        """Show an output of the monitor's own for ``req`` (charged to the window, in its receipt)."""
+        self._window.charge(output_cost(output))
+        if req.digester is not None:
+            req.digester.add(output)
+        await self._to_kernel(output)
 
     async def _reply(self, req: _Request, reply: m.Message | None, *, status: str | None = None) -> None:
         """Forward ``req``'s reply (if it has one), sign its receipt, and hand the worker the next request."""
@@ -531,22 +565,37 @@ class Monitor:
 
     async def _receipt_background(self) -> None:
         """Sign the output forwarded while no request was in hand (``background``, for the last receipted
-        request's id), if there was any."""
+        request's id) into the session's log and the open datasets' owner logs, if there was any."""
         digester, self._background = self._background, None
-        if digester is None or not self._receipting() or self._channel is None:
+        if digester is None:
             return
-        assert self._signer is not None
-        receipt = self._signer.sign_receipt(
-            kind="background", execution_count=self._execution_count, code="", outputs=digester.result(),
-            status="ok", started_ms=self._background_started, ended_ms=_now_ms(),
-        )
-        await self._channel.send(m.AuditReceipt(req_id=self._last_receipted, receipt=receipt))
+        fields: dict[str, Any] = {
+            "kind": "background", "execution_count": self._execution_count, "code": "",
+            "outputs": digester.result(), "status": "ok", "started_ms": self._background_started,
+            "ended_ms": _now_ms(), "cell_id": None, "upload": None,
+        }
+        await self.datasets.receipt(fields)
+        if self._receipting() and self._last_receipted and self._channel is not None:
+            assert self._signer is not None
+            receipt = self._signer.sign_receipt(**fields, redact_code=self._redact)
+            await self._channel.send(m.AuditReceipt(req_id=self._last_receipted, receipt=receipt))
 
     async def _receipt(self, req: _Request, status: str) -> None:
+        fields = self._receipt_fields(req, status)
+        if fields is None:
+            return
+        await self.datasets.receipt(fields)  # the owners' logs of the open datasets, whatever the session's log
         signer = self._signer
-        msg = req.msg
         if not self._receipting() or signer is None:
             return
+        receipt = signer.sign_receipt(**fields, redact_code=self._redact)
+        if self._channel is not None:
+            await self._channel.send(m.AuditReceipt(req_id=req.req_id, receipt=receipt))
+            self._last_receipted = req.req_id
+
+    def _receipt_fields(self, req: _Request, status: str) -> dict[str, Any] | None:
+        """What ``ReceiptSigner.sign_receipt`` signs for ``req`` (but ``redact_code``), or None: no receipt."""
+        msg = req.msg
         upload: UploadInfo | None = None
         execution_count = self._execution_count
         cell_id: str | None = None
@@ -566,21 +615,19 @@ class Monitor:
         elif type(msg) in _RECEIPT_KIND:
             kind, code = _RECEIPT_KIND[type(msg)], getattr(msg, "code", "")
         else:
-            return  # history and comm_info run no user code and get no receipt
-        receipt = signer.sign_receipt(
-            kind=kind, execution_count=execution_count, code=code,
-            outputs=(req.digester or OutputDigester()).result(), status=status if status in STATUSES else "error",
-            started_ms=req.started_ms or _now_ms(), ended_ms=_now_ms(), cell_id=cell_id,
-            redact_code=self._redact, upload=upload,
-        )
-        if self._channel is not None:
-            await self._channel.send(m.AuditReceipt(req_id=req.req_id, receipt=receipt))
-            self._last_receipted = req.req_id
+            return None  # history and comm_info run no user code and get no receipt
+        return {
+            "kind": kind, "execution_count": execution_count, "code": code,
+            "outputs": (req.digester or OutputDigester()).result(), "status": status if status in STATUSES else "error",
+            "started_ms": req.started_ms or _now_ms(), "ended_ms": _now_ms(), "cell_id": cell_id, "upload": upload,
+        }
 
     # -- the end ------------------------------------------------------------------------------------------
 
     async def _close_log(self, reason: str) -> None:
         await self._receipt_background()
+        with contextlib.suppress(CCKernelError, OSError):
+            await self.datasets.close_logs(ended_ms=_now_ms(), reason=reason)
         signer = self._signer
         if self._audit and signer is not None and signer.started and not signer.closed and self._channel:
             closing = signer.sign_closing(ended_ms=_now_ms(), reason=reason)

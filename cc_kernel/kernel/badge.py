@@ -42,6 +42,8 @@ class BadgeState:
     failures: list[str] = field(default_factory=list)
     #: What the enclave's monitor says protects the cells' sandbox: name -> {"in_force", "detail"}.
     protections: dict[str, Any] = field(default_factory=dict)
+    #: The data owners' datasets open in the session, as the enclave's monitor reports them (``DatasetInfo``).
+    datasets: list[Any] = field(default_factory=list)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -81,11 +83,24 @@ def carries_badge(value: Any) -> bool:
     return False
 
 
+def datasets_text(datasets: list[Any]) -> list[str]:
+    """One line per open dataset: its name, owner, the rules the monitor enforces and its owner's log."""
+    lines = []
+    for d in datasets:
+        if not isinstance(d, dict):
+            continue
+        lines.append(
+            f"{d.get('name')} of {d.get('owner')!r}: mode {d.get('mode')}, release {d.get('session')} of "
+            f"{d.get('max_sessions')}, until {d.get('not_after')}; owner's log {d.get('owner_log')}")
+    return lines
+
+
 def summary(b: BadgeState) -> list[str]:
     """The full claims as text: what ``%attestation`` prints for a verified enclave, else the refusal or stop."""
     if b.result is not None and b.state not in ("refused", "stopped"):
         sandbox = [f"cell sandbox: {protections_text(b.protections)}"] if b.protections else []
-        return [*b.result.summary_lines(), *sandbox]
+        data = [f"dataset {line}" for line in datasets_text(b.datasets)]
+        return [*b.result.summary_lines(), *sandbox, *data]
     lines = [STYLES[b.state][2], *b.failures]
     if b.detail:
         lines.append(b.detail)
@@ -100,7 +115,7 @@ def machine(b: BadgeState) -> dict[str, Any]:
         "state": b.state, "headline": STYLES[b.state][2], "session_id": b.session_id, "mode": b.mode,
         "as_of": b.at.isoformat(), "audit_log": b.audit_log, "failures": b.failures, "detail": b.detail,
         "summary": summary(b), "result": b.result.to_json_dict() if b.result else None,
-        "protections": b.protections,
+        "protections": b.protections, "datasets": b.datasets,
     }
 
 
@@ -116,6 +131,8 @@ def _rows(b: BadgeState) -> list[tuple[str, str]]:
         rows.append(("debug", "ENABLED" if r.debug else "disabled"))
     if b.protections:
         rows.append(("cell sandbox", protections_text(b.protections)))
+    for line in datasets_text(b.datasets):
+        rows.append(("dataset", line))
     if b.failures:
         rows.append(("failed checks", "; ".join(b.failures)))
     if b.detail:

@@ -203,6 +203,7 @@ class ConfidentialKernel(KernelSettings, Kernel):
             collateral = await asyncio.to_thread(self._load_collateral) if self.collateral_dir else None
             self._link = EnclaveLink(spec, policy=policy, simulation_anchors=sim, on_output=self._forward_output,
                                      on_closed=self._enclave_closed, collateral=collateral)
+            self._link.on_datasets = lambda datasets: self._set_badge(datasets=datasets)
             attested = await self._link.start(timeout=self.attest_timeout)
             if self.audit:
                 await self._open_audit_log(attested.peer, policy, client_key_sha256=attested.client_key_sha256)
@@ -365,6 +366,8 @@ class ConfidentialKernel(KernelSettings, Kernel):
             return self._attestation_magic(silent)
         if stripped.startswith("%cc_upload"):
             return await self._upload_magic(stripped, silent, code=code, cell_id=cell_id)
+        if stripped.startswith("%cc_dataset"):
+            return await self._upload_magic(stripped, silent, code=code, cell_id=cell_id, sealed=True)
         return await self._forward_execute(code, silent, store_history, user_expressions or {}, allow_stdin,
                                            cell_id, kind="silent" if silent else "cell")
 
@@ -463,18 +466,23 @@ class ConfidentialKernel(KernelSettings, Kernel):
         if not silent:
             data = {
                 "text/plain": "\n".join(badge.summary(self._badge_state)),
-                "application/json": {**self._result.to_json_dict(), "protections": self._badge_state.protections},
+                "application/json": {**self._result.to_json_dict(), "protections": self._badge_state.protections,
+                                     "datasets": self._badge_state.datasets},
             }
             self.send_response(self.iopub_socket, "display_data", {"data": data, "metadata": {}, "transient": {}})
         return self._ok()
 
-    async def _upload_magic(self, line: str, silent: bool, *, code: str, cell_id: str | None) -> dict[str, Any]:
-        """``%cc_upload``: the file is read and streamed by ``kernel.upload``; an interrupt cancels the stream."""
+    async def _upload_magic(self, line: str, silent: bool, *, code: str, cell_id: str | None,
+                            sealed: bool = False) -> dict[str, Any]:
+        """``%cc_upload`` (``sealed``: ``%cc_dataset``, a sealed file the monitor opens with the owner's key, which
+        it obtains over a relay this kernel carries, ``kernel.relay``): the file is read and streamed by
+        ``kernel.upload``; an interrupt cancels the stream."""
+        magic = "%cc_dataset" if sealed else "%cc_upload"
         try:
-            request = upload.parse_upload_line(line)
+            request = upload.parse_upload_line(line, sealed=sealed)
             file, size = await asyncio.to_thread(upload.open_regular_file, request.path)
         except UploadError as exc:
-            return self._error_reply(exc.ename, str(exc), [f"%cc_upload: {exc}"], silent=silent)
+            return self._error_reply(exc.ename, str(exc), [f"{magic}: {exc}"], silent=silent)
         link = self._link
         assert link is not None
         progress_id = f"cc-upload-{link.next_request_id}-{os.urandom(4).hex()}"
@@ -486,9 +494,12 @@ class ConfidentialKernel(KernelSettings, Kernel):
                 self._progress(progress_id, request.name, sent, size, silent=silent)
                 shown[0] = time.monotonic()
 
+        allocated = link.new_request()
+        # a sealed file: its header first, the rest once the monitor's key exchange (relayed here) is over
+        after_first = link.relays.expect(allocated[0]).wait if sealed else None
         task = asyncio.ensure_future(upload.send_file(
             link, file, size=size, request=request, code=code, execution_count=self.execution_count,
-            cell_id=cell_id, progress=progress))
+            cell_id=cell_id, progress=progress, allocated=allocated, after_first=after_first))
         self._upload_task = task
         try:
             outcome = await task
@@ -497,21 +508,21 @@ class ConfidentialKernel(KernelSettings, Kernel):
             if not task.cancelled() or (me is not None and me.cancelling()):
                 raise  # this request itself was cancelled, not just the upload
             return self._error_reply("KeyboardInterrupt", "upload interrupted", [
-                f"%cc_upload interrupted: {request.name} was not bound in the enclave (nothing more is sent)"],
+                f"{magic} interrupted: {request.name} was not bound in the enclave (nothing more is sent)"],
                 silent=silent)
         except (UploadError, MessageTooLarge) as exc:
-            return self._error_reply("UploadError", str(exc), [f"%cc_upload: {exc}"], silent=silent)
+            return self._error_reply("UploadError", str(exc), [f"{magic}: {exc}"], silent=silent)
         except EnclaveError as exc:
-            return self._error_reply("EnclaveError", str(exc), [f"%cc_upload failed: {exc}"], silent=silent)
+            return self._error_reply("EnclaveError", str(exc), [f"{magic} failed: {exc}"], silent=silent)
         finally:
             self._upload_task = None
         reply = outcome.reply
         if reply.status != "ok":
-            return self._error_reply("UploadError", reply.message, [f"%cc_upload: {reply.message}"], silent=silent)
+            return self._error_reply("UploadError", reply.message, [f"{magic}: {reply.message}"], silent=silent)
         if not silent:
             self.send_response(self.iopub_socket, "stream", {"name": "stdout", "text": (
-                f"uploaded {request.path.name} ({outcome.sent} bytes, sha256 {outcome.sha256.hex()[:16]}…) into "
-                f"the enclave: {reply.message}\n")})
+                f"{'opened' if sealed else 'uploaded'} {request.path.name} ({outcome.sent} bytes, sha256 "
+                f"{outcome.sha256.hex()[:16]}…) into the enclave: {reply.message}\n")})
         return self._ok()
 
     def _progress(self, did: str, name: str, done: int, total: int, *, first: bool = False, silent: bool) -> None:

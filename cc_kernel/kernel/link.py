@@ -63,6 +63,7 @@ from cc_kernel.errors import (
     ProtocolError,
     ServerBusy,
 )
+from cc_kernel.kernel.relay import Relays
 from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import OUTPUT_MESSAGES
 from cc_kernel.protocol.flow import output_cost
@@ -174,6 +175,10 @@ class EnclaveLink:
         self._stop_sent = False
         self._deadline: asyncio.Timeout | None = None
         self._clean_end = False
+        #: Connections to data owners' brokers the monitor asked the kernel to carry (``%cc_dataset``).
+        self.relays = Relays(self.send)
+        #: Called with ``DatasetInfo.datasets`` whenever the enclave reports the open datasets (the badge).
+        self.on_datasets: Callable[[list[Any]], None] = lambda datasets: None
 
     # -- start ----------------------------------------------------------------------------------------------
 
@@ -422,6 +427,8 @@ class EnclaveLink:
                         q = self._pending.get(msg.req_id)
                         if self.stop_reason is not None:
                             continue  # the waiting request already has the reason
+                        if isinstance(msg, m.UploadReply):
+                            self.relays.answered(msg.req_id)
                         if q is not None:
                             q.put_nowait(msg)
                         else:
@@ -432,6 +439,12 @@ class EnclaveLink:
                         break
                     elif isinstance(msg, m.AuditReceipt):
                         self._arrive(msg)
+                    elif isinstance(msg, m.DatasetInfo):
+                        if self.stop_reason is None:
+                            self.on_datasets(list(msg.datasets))
+                    elif isinstance(msg, m.RelayOpen | m.RelayData | m.RelayEnd | m.DatasetKeyed):
+                        if self.stop_reason is None:
+                            self.relays.handle(msg)
                     elif isinstance(msg, m.Pong):
                         continue
                     elif isinstance(msg, m.Fatal):
@@ -448,6 +461,7 @@ class EnclaveLink:
             reason = "the kernel closed the connection"
         finally:
             self._deadline = None
+            self.relays.close()
             self._flush_receipts()
             if self._clean_end and self._expected and self.stop_reason is None:
                 self._stop(self._missing(self._expected[0], "the end of the session"), can_send=False)

@@ -24,7 +24,7 @@ import hashlib
 import os
 import shlex
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
@@ -35,12 +35,13 @@ from cc_kernel.protocol import messages as m
 #: Bytes per UploadChunk message (well below the frame limit).
 UPLOAD_CHUNK = 1024 * 1024
 USAGE = "usage: %cc_upload LOCAL_PATH [NAME]"
+DATASET_USAGE = "usage: %cc_dataset FILE.ccdata [NAME]"
 TEXT_SUFFIXES = frozenset({".txt", ".csv", ".json", ".md", ".tsv"})
 #: The digest an abandoned upload ends with: no content hashes to it in practice, so the enclave (which
 #: compares it with the SHA-256 of what arrived) discards the upload even if every byte had been sent.
 ABANDONED = bytes(32)
 
-Format = Literal["bytes", "text", "npy"]
+Format = Literal["bytes", "text", "npy", "ccdata"]
 
 
 class UploadLink(Protocol):
@@ -71,8 +72,9 @@ class UploadOutcome:
     sha256: bytes
 
 
-def parse_upload_line(line: str) -> UploadRequest:
-    """Parse ``%cc_upload LOCAL_PATH [NAME]``; NAME defaults to an identifier made from the file name.
+def parse_upload_line(line: str, *, sealed: bool = False) -> UploadRequest:
+    """Parse ``%cc_upload LOCAL_PATH [NAME]`` (``sealed``: ``%cc_dataset FILE.ccdata [NAME]``, format
+    ``ccdata``); NAME defaults to an identifier made from the file name.
 
     Raises:
         UploadError: (``ename`` ``UsageError``) unbalanced quotes or the wrong number of arguments.
@@ -82,11 +84,11 @@ def parse_upload_line(line: str) -> UploadRequest:
     except ValueError as exc:
         raise UploadError(str(exc), ename="UsageError") from None
     if not 1 <= len(args) <= 2:
-        raise UploadError(USAGE, ename="UsageError")
+        raise UploadError(DATASET_USAGE if sealed else USAGE, ename="UsageError")
     path = Path(args[0]).expanduser()
     name = args[1] if len(args) == 2 else identifier_for(path)
     fmt: Format = "npy" if path.suffix == ".npy" else ("text" if path.suffix in TEXT_SUFFIXES else "bytes")
-    return UploadRequest(path=path, name=name, fmt=fmt)
+    return UploadRequest(path=path, name=name, fmt="ccdata" if sealed else fmt)
 
 
 def identifier_for(path: Path) -> str:
@@ -159,10 +161,14 @@ async def send_file(
     execution_count: int,
     cell_id: str | None,
     progress: Callable[[int], None] = lambda sent: None,
+    allocated: tuple[int, asyncio.Queue[m.Message | BaseException]] | None = None,
+    after_first: Callable[[], Awaitable[object]] | None = None,
 ) -> UploadOutcome:
     """Stream ``size`` bytes of ``file`` into the enclave as upload ``request`` and return the enclave's verdict.
 
     ``progress(sent)`` is called after every chunk. The file is closed when this returns or raises.
+    ``allocated``: the request id and reply queue (``link.new_request()``) when the caller allocated them.
+    ``after_first``: awaited after the first chunk was sent, before the rest (a sealed dataset's key exchange).
 
     Raises:
         UploadError: the file shrank while it was read (the enclave is told; it discards the partial upload).
@@ -170,7 +176,7 @@ async def send_file(
         MessageTooLarge: a chunk did not fit one frame (cannot happen with ``UPLOAD_CHUNK``).
         asyncio.CancelledError: cancelled (an interrupt): sending stopped, the enclave was told.
     """
-    req_id, queue = link.new_request()
+    req_id, queue = allocated if allocated is not None else link.new_request()
     digest = hashlib.sha256()
     sent = 0
     ended = False
@@ -207,6 +213,8 @@ async def send_file(
                     "started); nothing was bound in the enclave"
                 )
             await link.send(m.UploadChunk(req_id=req_id, data=chunk))
+            if after_first is not None and sent == 0 and len(chunk) < size:
+                await after_first()
             sent += len(chunk)
             progress(sent)
         # 3. the end and the verdict

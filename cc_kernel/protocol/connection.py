@@ -81,6 +81,8 @@ KERNEL_APP_MESSAGES: Final[frozenset[type[m.Message]]] = frozenset(
         m.UploadStart,
         m.UploadChunk,
         m.UploadEnd,
+        m.RelayData,
+        m.RelayEnd,
         m.Interrupt,
         m.Credit,
     }
@@ -106,6 +108,11 @@ ENCLAVE_APP_MESSAGES: Final[frozenset[type[m.Message]]] = frozenset(
         m.CommClose,
         m.CommInfoReply,
         m.UploadReply,
+        m.RelayOpen,
+        m.RelayData,
+        m.RelayEnd,
+        m.DatasetKeyed,
+        m.DatasetInfo,
         m.AuditReceipt,
         m.SessionInfo,
     }
@@ -179,7 +186,8 @@ def _table(role: Role) -> dict[_Key, State]:
         t[(State.READY, e2k, enclave_msg)] = State.READY
         t[(State.SHUTTING_DOWN, e2k, enclave_msg)] = State.SHUTTING_DOWN  # the enclave drains output before its reply
     t[(State.READY, k2e, m.Shutdown)] = State.SHUTTING_DOWN
-    t[(State.SHUTTING_DOWN, k2e, m.Credit)] = State.SHUTTING_DOWN
+    for during in (m.Credit, m.RelayData, m.RelayEnd):  # the owner's log's closing entry travels during the shutdown
+        t[(State.SHUTTING_DOWN, k2e, during)] = State.SHUTTING_DOWN
     t[(State.SHUTTING_DOWN, e2k, m.ShutdownReply)] = State.CLOSED
     return t
 

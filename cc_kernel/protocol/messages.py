@@ -630,7 +630,9 @@ class UploadStart(Message):
     req_id: ReqId
     name: Annotated[str, _Len(1, MAX_NAME)]
     size: Count
-    fmt: Literal["bytes", "text", "npy"]
+    #: ``ccdata``: a sealed dataset (``%cc_dataset``): the monitor obtains its key from the owner's broker over a
+    #: relay (``RelayOpen``...), decrypts it and hands the worker the plaintext as the format its header names.
+    fmt: Literal["bytes", "text", "npy", "ccdata"]
     code: str
     execution_count: Count
     cell_id: Name | None
@@ -662,6 +664,57 @@ class UploadReply(Message):
     req_id: ReqId
     status: ReplyStatus
     message: Annotated[str, _Len(0, MAX_REASON)]
+
+
+# --- relay: the monitor's own end-to-end TLS connection to a data owner's broker, carried by the kernel -------
+
+
+@_message("relay_open")
+@dataclass(frozen=True, slots=True)
+class RelayOpen(Message):
+    """Enclave -> kernel: open a TCP connection to ``address`` (``HOST:PORT``) for the sealed dataset of upload
+    ``req_id`` and carry its bytes both ways. The bytes are the monitor's TLS with the broker: the kernel sees
+    only ciphertext and neither end trusts it."""
+
+    req_id: ReqId
+    address: Annotated[str, _Len(1, MAX_NAME)]
+
+
+@_message("relay_data")
+@dataclass(frozen=True, slots=True)
+class RelayData(Message):
+    """Bytes of relay ``req_id``, in either direction (opaque TLS records)."""
+
+    req_id: ReqId
+    data: Annotated[bytes, _Len(1, 1024 * 1024)]
+
+
+@_message("dataset_keyed")
+@dataclass(frozen=True, slots=True)
+class DatasetKeyed(Message):
+    """Enclave -> kernel: the monitor holds the key of upload ``req_id``'s sealed dataset: send the rest of it
+    (the kernel sends a sealed file's first chunk, then waits for this or the upload's reply)."""
+
+    req_id: ReqId
+
+
+@_message("dataset_info")
+@dataclass(frozen=True, slots=True)
+class DatasetInfo(Message):
+    """Enclave -> kernel, whenever it changes: the data owners' datasets open in this session, each a JSON
+    object (name, owner, dataset_id, broker, mode, not_after, session, max_sessions, rules_sha256, size,
+    owner_log) as the monitor enforces them; shown on the badge."""
+
+    datasets: JsonList
+
+
+@_message("relay_end")
+@dataclass(frozen=True, slots=True)
+class RelayEnd(Message):
+    """Relay ``req_id`` is over, in either direction; ``reason`` is empty for a clean end."""
+
+    req_id: ReqId
+    reason: Annotated[str, _Len(0, MAX_REASON)] = ""
 
 
 # --- control, audit, liveness -----------------------------------------------------------------------------

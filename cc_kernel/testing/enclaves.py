@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -540,3 +541,30 @@ def _next_message(tls: ssl.SSLSocket, conn: Connection, kind: type[_M]) -> _M:
         if event is not NEED_DATA:
             raise RemoteProtocolError(f"expected {kind.__name__}, got {type(event).__name__}")
         conn.receive_data(tls.recv(64 * 1024))
+
+
+@contextlib.contextmanager
+def running_broker(datasets: Path, *, sim_dir: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``cc-kernel broker serve`` on a free port over the store ``datasets``; yields its ``HOST:PORT`` once it
+    printed that it listens, and stops it (SIGINT) afterwards. Raises AssertionError if it fails to start or
+    ends with a traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cc_kernel", "broker", "serve", "--listen", "127.0.0.1:0", "--datasets",
+         str(datasets), "--sim-dir", str(sim_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the broker listens (or exits: then the assert says why)
+        if not line.startswith("cc-kernel broker listening on "):
+            raise AssertionError(f"the broker did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+        yield line.split()[4].rstrip(",")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        if "Traceback" in err:
+            raise AssertionError(f"the broker ended with a traceback: {err}")
