@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence, seal_bound, seal_verified
+from cc_kernel.attestation.platforms.sev_snp import POLICY_BITS
 from cc_kernel.attestation.policy import Policy, default_hardware_policy, load_policy, render_policy
 from cc_kernel.attestation.result import REPIN_HINT, AttestationResult, appraise
 from cc_kernel.errors import PolicyViolation, VerificationError
@@ -361,6 +362,14 @@ def test_guest_policy_bits() -> None:
     assert checks(exc) == ["policy.policy_bits.smt", "policy.policy_bits.single_socket"]
     good = 0x20000 | 1 << 20  # bit 17 (reserved, must be 1) and SINGLE_SOCKET; SMT (bit 16) clear
     assert appraise(bound(evidence(claims=snp_claims(policy=good))), policy, now=NOW).status == "affirming"
+
+
+@pytest.mark.parametrize("name", sorted(set(POLICY_BITS) - {"debug", "migrate_ma"}))
+def test_every_bit_the_report_parser_names_is_the_bit_the_policy_forbids(name: str) -> None:
+    """The policy names guest POLICY bits with the report parser's table (one owner: sev_snp.POLICY_BITS)."""
+    policy = snp_policy(f'forbid_policy_bits = ["{name}"]')
+    claims = snp_claims(policy=0x20000 | 1 << POLICY_BITS[name])
+    assert checks(violation(evidence(claims=claims), policy)) == [f"policy.policy_bits.{name}"]
 
 
 def test_provisional_firmware() -> None:

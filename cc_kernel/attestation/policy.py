@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, NoReturn
 
+from cc_kernel.attestation.platforms.sev_snp import POLICY_BITS as SNP_POLICY_BITS
 from cc_kernel.crypto.hashing import TAG_POLICY, tagged_hash
 from cc_kernel.errors import PolicyError
 
@@ -86,20 +87,6 @@ SNP_SIGNERS: Final = ("vcek", "vlek")
 SIMULATION_SIGNERS: Final = ("sim-vcek", "sim-vlek", "vcek", "vlek")
 TCB_COMPONENTS: Final = ("bl", "tee", "snp", "ucode", "fmc")
 
-#: SEV-SNP guest POLICY bits by name (AMD SEV-SNP ABI, ATTESTATION_REPORT.POLICY; docs/policy.md).
-SNP_POLICY_BITS: Final[Mapping[str, int]] = MappingProxyType(
-    {
-        "smt": 16,
-        "migrate_ma": 18,
-        "debug": 19,
-        "single_socket": 20,
-        "cxl_allow": 21,
-        "mem_aes_256_xts": 22,
-        "rapl_dis": 23,
-        "ciphertext_hiding": 24,
-        "page_swap_disable": 25,
-    }
-)
 #: Bits the appraisal always forbids (``debug`` unless ``unsafe_allow_debug``).
 ALWAYS_FORBIDDEN_POLICY_BITS: Final = ("debug", "migrate_ma")
 

@@ -28,8 +28,8 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence
+from cc_kernel.attestation.platforms.sev_snp import POLICY_BITS as SNP_POLICY_BITS
 from cc_kernel.attestation.policy import (
-    SNP_POLICY_BITS,
     TCB_COMPONENTS,
     AcceptEntry,
     NitroEntry,
