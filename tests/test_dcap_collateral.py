@@ -599,6 +599,15 @@ def test_malformed_tcbinfo_fields(path: list[Any], value: Any) -> None:
     assert info.value.check in ("collateral.tcb_info.field", "collateral.tcb_info.json")
 
 
+@pytest.mark.parametrize("status", ["TDRelaunchAdvised", "TDRelaunchAdvisedConfigurationNeeded", "NoMatchingTcbLevel"])
+@pytest.mark.parametrize("level", [["tcbLevels", 0], ["tdxModuleIdentities", 0, "tcbLevels", 0]])
+def test_a_level_cannot_claim_a_status_only_the_verifier_derives(level: list[Any], status: str) -> None:
+    """Intel's levels carry the seven PCS v4 statuses; "relaunch advised" and "no match" are verdicts."""
+    with pytest.raises(MalformedEvidence, match="is not a known TCB status") as info:
+        load_tcb_info(_mutated_tcbinfo([*level, "tcbStatus"], status))
+    assert (info.value.check, info.value.got) == ("collateral.tcb_info.field", status)
+
+
 def test_malformed_qe_identity_and_crls() -> None:
     doc = json.loads(_real("qe-identity-td-qe-2023-06-08.json"))
     doc["enclaveIdentity"]["mrsigner"] = "DC9E"

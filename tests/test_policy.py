@@ -350,6 +350,12 @@ def test_second_entry_is_numbered_in_messages() -> None:
             'unknown TCB status "Fine"',
         ),
         (
+            'version = 1\nunsafe_accept_tcb_status = ["TDRelaunchAdvised"]\n' + snp_policy()[11:],
+            'unknown TCB status "TDRelaunchAdvised" (one of "UpToDate", "SWHardeningNeeded", '
+            '"ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded", "OutOfDate", '
+            '"OutOfDateConfigurationNeeded", "Revoked")',
+        ),
+        (
             TDX + 'accept_tcb_status = ["OutOfDate"]\n',
             "a weakening: move it to unsafe_accept_tcb_status",
         ),

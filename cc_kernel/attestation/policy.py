@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, NoReturn
 
+from cc_kernel.attestation.platforms.intel_status import TCB_STATUSES
 from cc_kernel.attestation.platforms.sev_snp import POLICY_BITS as SNP_POLICY_BITS
 from cc_kernel.crypto.hashing import TAG_POLICY, tagged_hash
 from cc_kernel.errors import PolicyError
@@ -90,16 +91,7 @@ TCB_COMPONENTS: Final = ("bl", "tee", "snp", "ucode", "fmc")
 #: Bits the appraisal always forbids (``debug`` unless ``unsafe_allow_debug``).
 ALWAYS_FORBIDDEN_POLICY_BITS: Final = ("debug", "migrate_ma")
 
-#: Intel TCB statuses; ``Revoked`` is never acceptable, only ``UpToDate`` is not a weakening.
-TCB_STATUSES: Final = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-)
+#: Of Intel's TCB statuses (``TCB_STATUSES``) only ``UpToDate`` is not a weakening.
 SAFE_TCB_STATUSES: Final = ("UpToDate",)
 
 #: Every weakening, in the order ``Policy.unsafe_flags`` lists them.
