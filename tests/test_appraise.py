@@ -549,19 +549,17 @@ def test_sgx() -> None:
         f'version = 1\n[[accept]]\nplatform = "sgx-dcap"\nmrenclave = ["{enclave.hex()}"]\n'
         f'mrsigner = ["{signer.hex()}"]\nisv_prod_id = 1\nmin_isv_svn = 2\n'
     )
+    sgx: dict[str, Any] = {"product": "SGX", "signer": "pck", "tcb": {}, "tcb_status": "UpToDate"}
     good = evidence(
         "sgx-dcap",
-        product="SGX",
-        signer="pck",
+        **sgx,
         measurement=enclave,
         measurements={"mrsigner": signer},
-        tcb={},
-        tcb_status="UpToDate",
         claims={"isv_prod_id": 1, "isv_svn": 2},
     )
     assert appraise(bound(good), policy, now=NOW).status == "affirming"
-    bad = dataclasses.replace(
-        good, measurement=bytes(32), measurements={}, claims={"isv_prod_id": 2, "isv_svn": 1}
+    bad = evidence(
+        "sgx-dcap", **sgx, measurement=bytes(32), measurements={}, claims={"isv_prod_id": 2, "isv_svn": 1}
     )
     assert checks(violation(bad, policy)) == [
         "policy.measurement",

@@ -641,7 +641,7 @@ def test_the_signed_text_is_cut_from_the_served_bytes() -> None:
 
 def appraise_tdx(ev: VerifiedEvidence, extra: str = "") -> AttestationResult:
     # relabelled only to drive the TDX policy clauses (a test root labels results "simulation")
-    hardware = dataclasses.replace(ev, platform="tdx")
+    hardware = ds.relabelled(ev, "tdx")
     bound = seal_bound(
         evidence=hardware,
         tls_spki_sha256=b"\x55" * 32,

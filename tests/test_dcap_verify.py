@@ -3,7 +3,6 @@ it guards (everything else correctly signed), and the result's labels and fields
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from datetime import timedelta
 from typing import Any
@@ -39,7 +38,7 @@ def verify(pki: ds.TestPki, raw: bytes, **kwargs: object) -> VerifiedEvidence:
 def as_hardware(ev: VerifiedEvidence, platform: str) -> VerifiedEvidence:
     """A test-root result relabelled as hardware, ONLY to drive the TDX/SGX policy clauses: the verifier labels
     anything verified by a non-Intel root ``simulation`` (asserted in test_test_root_results_are_simulation)."""
-    return dataclasses.replace(ev, platform=platform)  # type: ignore[arg-type]
+    return ds.relabelled(ev, platform)
 
 
 def appraise_as(ev: VerifiedEvidence, platform: str, policy_text: str) -> object:

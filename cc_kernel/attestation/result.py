@@ -27,7 +27,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
-from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence
+from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence, require_sealed
 from cc_kernel.attestation.platforms.sev_snp import POLICY_BITS as SNP_POLICY_BITS
 from cc_kernel.attestation.policy import (
     TCB_COMPONENTS,
@@ -204,6 +204,7 @@ def appraise(bound: BoundEvidence, policy: Policy, *, now: datetime) -> Attestat
         PolicyViolation: no entry accepts the evidence; ``failures`` lists every failed clause (policy-wide
             clauses first, then each candidate entry's, with ``index`` = entry number).
         ValueError: ``now`` is naive.
+        TypeError: ``bound`` or its evidence was not sealed by its producer (e.g. a copy of a sealed one).
     """
     return _appraise(bound.evidence, policy, now=now, bound=bound)
 
@@ -215,7 +216,7 @@ def appraise_offline(evidence: VerifiedEvidence, policy: Policy, *, now: datetim
     because nothing was bound: such a result says what the evidence claims, never that a channel is safe.
 
     Raises:
-        PolicyViolation, ValueError: as ``appraise``.
+        PolicyViolation, ValueError, TypeError: as ``appraise``.
     """
     return _appraise(evidence, policy, now=now, bound=None)
 
@@ -226,6 +227,9 @@ def _appraise(
     """Appraise ``ev`` (bound to a channel when ``bound`` is given) against ``policy`` at time ``now``."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    require_sealed(ev, VerifiedEvidence)
+    if bound is not None:
+        require_sealed(bound, BoundEvidence)
     global_failures: list[VerificationError] = []
 
     # 1. a policy without entries accepts nothing (load_policy already refuses it; fail closed anyway)
