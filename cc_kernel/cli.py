@@ -527,8 +527,8 @@ def _parse_at(text: str | None) -> datetime | None:
 
 def _evidence_verify(args: argparse.Namespace) -> int:
     from cc_kernel.attestation.anchors import hardware_anchors
+    from cc_kernel.attestation.appraisal import appraise_offline
     from cc_kernel.attestation.offline import check_options, default_offline_policy, verify_raw
-    from cc_kernel.attestation.result import appraise_offline
 
     # 1. the arguments, before reading anything
     now = _parse_at(args.at)

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence, seal_bound, seal_verified
 from cc_kernel.attestation.platforms.sev_snp import POLICY_BITS
 from cc_kernel.attestation.policy import Policy, default_hardware_policy, load_policy, render_policy
-from cc_kernel.attestation.result import REPIN_HINT, AttestationResult, appraise
+from cc_kernel.attestation.result import REPIN_HINT, AttestationResult
 from cc_kernel.errors import PolicyViolation, VerificationError
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from test_dcap_vectors import COLLATERAL_2023_AT, collateral_2023, quote_of
 
 from cc_kernel.attestation.anchors import hardware_anchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.evidence import VerifiedEvidence, seal_bound
 from cc_kernel.attestation.platforms.intel_collateral import (
     COLLATERAL_ITEMS,
@@ -31,7 +32,7 @@ from cc_kernel.attestation.platforms.intel_dcap import verify_quote
 from cc_kernel.attestation.platforms.intel_quote import TEE_TYPE_SGX
 from cc_kernel.attestation.platforms.intel_tcb import verify_document_signature
 from cc_kernel.attestation.policy import load_policy
-from cc_kernel.attestation.result import AttestationResult, appraise
+from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.errors import (
     CertificateExpired,
     ChainError,

@@ -12,11 +12,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cc_kernel.attestation.anchors import hardware_anchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.evidence import VerifiedEvidence, seal_bound
 from cc_kernel.attestation.platforms.intel_dcap import SGX_QE_MRSIGNER, TD_QE_ISV_PROD_ID, TD_QE_MRSIGNER, verify_quote
 from cc_kernel.attestation.platforms.intel_quote import TEE_TYPE_SGX
 from cc_kernel.attestation.policy import load_policy
-from cc_kernel.attestation.result import appraise
 from cc_kernel.errors import (
     CertificateExpired,
     ChainError,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from cc_kernel.attestation.appraisal import appraise, appraise_offline
 from cc_kernel.attestation.binding import check_binding, expected_report_data
 from cc_kernel.attestation.evidence import (
     BoundEvidence,
@@ -26,7 +27,6 @@ from cc_kernel.attestation.evidence import (
     seal_verified,
 )
 from cc_kernel.attestation.policy import load_policy
-from cc_kernel.attestation.result import appraise, appraise_offline
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 MEASUREMENT = bytes(range(48))

@@ -24,11 +24,12 @@ from datetime import datetime
 from typing import Any, ClassVar, Final, Literal
 
 from cc_kernel.attestation.anchors import TrustAnchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.binding import check_binding
 from cc_kernel.attestation.envelope import parse_envelope_unverified
 from cc_kernel.attestation.evidence import Sealed, seal
 from cc_kernel.attestation.policy import Policy, load_policy
-from cc_kernel.attestation.result import AttestationResult, appraise
+from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.attestation.verify import answered_nonce, verify_evidence
 from cc_kernel.audit.format import (
     GENESIS,

@@ -23,11 +23,12 @@ from datetime import datetime
 from typing import Any, ClassVar, Final
 
 from cc_kernel.attestation.anchors import TrustAnchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.binding import check_release_binding, expected_release_report_data
 from cc_kernel.attestation.envelope import parse_envelope_unverified
 from cc_kernel.attestation.evidence import Sealed, require_sealed, seal
 from cc_kernel.attestation.policy import load_policy
-from cc_kernel.attestation.result import AttestationResult, appraise
+from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.attestation.verify import answered_nonce, verify_evidence
 from cc_kernel.crypto.hashing import TAG_DATASET_WRAP, constant_time_equal, tagged_hash
 from cc_kernel.crypto.sealing import HPKE_SUITE_NAME, InvalidCiphertext, ReleaseKey, wrap_key
