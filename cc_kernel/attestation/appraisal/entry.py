@@ -165,40 +165,33 @@ class Outcome:
         if note not in self.notes:
             self.notes.append(note)
 
+    def check_any_of(self, check: str, what: str, got: bytes | None, pinned: Sequence[bytes]) -> None:
+        """Fail ``check`` unless ``got`` equals one of ``pinned`` (constant-time compare of each)."""
+        if got is None:
+            self.fail(check, f"the evidence has no {what} claim", got=None, expected=[p.hex() for p in pinned])
+            return
+        matched = False
+        for value in pinned:
+            matched |= hmac.compare_digest(got, value)
+        if not matched:
+            # the re-pin advice is added once, to the PolicyViolation's message
+            self.fail(check, f"the {what} is not one of the {len(pinned)} pinned value(s)", got=got.hex(),
+                      expected=[p.hex() for p in pinned])
 
-# --- clause helpers -----------------------------------------------------------------------------------------
+    def check_measurement(self, ev: VerifiedEvidence, check: str, what: str, pinned: Sequence[bytes]) -> None:
+        """The code measurement clause: pinned values, or the ``unsafe_any_measurement`` weakening."""
+        if self.entry.unsafe_any_measurement:
+            self.use("unsafe_any_measurement", "any-measurement")
+        else:
+            self.check_any_of(check, what, bytes(ev.measurement), pinned)
 
+    def check_minimum(self, check: str, what: str, have: int | None, minimum: int) -> None:
+        """Fail ``check`` unless ``have`` is present and at least ``minimum``."""
+        if have is None:
+            self.fail(check, f"the evidence has no {what} claim", expected=minimum)
+        elif have < minimum:
+            self.fail(check, f"the {what} {have} is below the minimum {minimum}", got=have, expected=minimum)
 
-def check_any_of(outcome: Outcome, check: str, what: str, got: bytes | None, pinned: Sequence[bytes]) -> None:
-    """Fail ``check`` unless ``got`` equals one of ``pinned`` (constant-time compare of each)."""
-    if got is None:
-        outcome.fail(check, f"the evidence has no {what} claim", got=None, expected=[p.hex() for p in pinned])
-        return
-    matched = False
-    for value in pinned:
-        matched |= hmac.compare_digest(got, value)
-    if not matched:
-        # the re-pin advice is added once, to the PolicyViolation's message
-        outcome.fail(check, f"the {what} is not one of the {len(pinned)} pinned value(s)", got=got.hex(),
-                     expected=[p.hex() for p in pinned])
-
-
-def check_measurement(
-    ev: VerifiedEvidence, outcome: Outcome, check: str, what: str, pinned: Sequence[bytes]
-) -> None:
-    """The code measurement clause: pinned values, or the ``unsafe_any_measurement`` weakening."""
-    if outcome.entry.unsafe_any_measurement:
-        outcome.use("unsafe_any_measurement", "any-measurement")
-    else:
-        check_any_of(outcome, check, what, bytes(ev.measurement), pinned)
-
-
-def check_minimum(outcome: Outcome, check: str, what: str, have: int | None, minimum: int) -> None:
-    """Fail ``check`` unless ``have`` is present and at least ``minimum``."""
-    if have is None:
-        outcome.fail(check, f"the evidence has no {what} claim", expected=minimum)
-    elif have < minimum:
-        outcome.fail(check, f"the {what} {have} is below the minimum {minimum}", got=have, expected=minimum)
 
 
 # --- claim readers (the verifiers' claim shapes vary; anything unusable reads as missing) -------------------

@@ -20,9 +20,6 @@ from cc_kernel.attestation.appraisal.entry import (
     COMMON_ENTRY_KEYS,
     AcceptEntry,
     Outcome,
-    check_any_of,
-    check_measurement,
-    check_minimum,
     claim_int,
     register,
 )
@@ -131,20 +128,13 @@ class TdxEntry(IntelEntry):
         )
 
     def appraise(self, ev: VerifiedEvidence, outcome: Outcome) -> None:
-        check_measurement(ev, outcome, "policy.measurement", "MRTD", self.mr_td)
+        outcome.check_measurement(ev, "policy.measurement", "MRTD", self.mr_td)
         for index, value in self.rtmr.items():
-            check_any_of(
-                outcome, f"policy.rtmr.{index}", f"RTMR{index}", register(ev, f"rtmr{index}", f"rtmr_{index}"),
-                [value],
-            )
+            got = register(ev, f"rtmr{index}", f"rtmr_{index}")
+            outcome.check_any_of(f"policy.rtmr.{index}", f"RTMR{index}", got, [value])
         if self.mr_config_id is not None:
-            check_any_of(
-                outcome,
-                "policy.mr_config_id",
-                "MRCONFIGID",
-                register(ev, "mr_config_id", "mrconfigid"),
-                [self.mr_config_id],
-            )
+            got = register(ev, "mr_config_id", "mrconfigid")
+            outcome.check_any_of("policy.mr_config_id", "MRCONFIGID", got, [self.mr_config_id])
         if self.require_sept_ve_disable:
             sept = _sept_ve_disable(ev.claims)
             if sept is not True:
@@ -225,9 +215,9 @@ class SgxEntry(IntelEntry):
             outcome.use("unsafe_any_measurement", "any-measurement")
         else:
             if self.mrenclave:
-                check_any_of(outcome, "policy.measurement", "MRENCLAVE", bytes(ev.measurement), self.mrenclave)
+                outcome.check_any_of("policy.measurement", "MRENCLAVE", bytes(ev.measurement), self.mrenclave)
             if self.mrsigner:
-                check_any_of(outcome, "policy.mrsigner", "MRSIGNER", register(ev, "mrsigner"), self.mrsigner)
+                outcome.check_any_of("policy.mrsigner", "MRSIGNER", register(ev, "mrsigner"), self.mrsigner)
         if self.isv_prod_id is not None:
             prod = claim_int(ev.claims, "isv_prod_id", "isvprodid")
             if prod != self.isv_prod_id:
@@ -238,9 +228,8 @@ class SgxEntry(IntelEntry):
                     expected=self.isv_prod_id,
                 )
         if self.min_isv_svn is not None:
-            check_minimum(
-                outcome, "policy.min_isv_svn", "ISVSVN", claim_int(ev.claims, "isv_svn", "isvsvn"), self.min_isv_svn
-            )
+            svn = claim_int(ev.claims, "isv_svn", "isvsvn")
+            outcome.check_minimum("policy.min_isv_svn", "ISVSVN", svn, self.min_isv_svn)
         self.check_tcb_status(ev, outcome)
 
     @classmethod

@@ -18,7 +18,6 @@ from cc_kernel.attestation.appraisal.entry import (
     COMMON_ENTRY_KEYS,
     AcceptEntry,
     Outcome,
-    check_any_of,
     claim_int,
     register,
 )
@@ -53,7 +52,7 @@ class NitroEntry(AcceptEntry):
             got = register(ev, f"pcr{index}", f"pcr_{index}")
             if got is None and index == 0:
                 got = bytes(ev.measurement)
-            check_any_of(outcome, f"policy.pcr.{index}", f"PCR{index}", got, [value])
+            outcome.check_any_of(f"policy.pcr.{index}", f"PCR{index}", got, [value])
 
     @classmethod
     def attester_freshness(cls, ev: VerifiedEvidence, window: int, now: datetime) -> list[VerificationError]:

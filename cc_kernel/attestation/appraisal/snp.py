@@ -20,9 +20,6 @@ from cc_kernel.attestation.appraisal.entry import (
     COMMON_ENTRY_KEYS,
     AcceptEntry,
     Outcome,
-    check_any_of,
-    check_measurement,
-    check_minimum,
     claim_int,
     register,
 )
@@ -158,7 +155,7 @@ class SnpEntry(AcceptEntry):
     def appraise(self, ev: VerifiedEvidence, outcome: Outcome) -> None:
         claims = ev.claims
         # c. launch measurement
-        check_measurement(ev, outcome, "policy.measurement", "launch measurement", self.measurements)
+        outcome.check_measurement(ev, "policy.measurement", "launch measurement", self.measurements)
         # d. signing key kind and product line
         if self.signers is not None and ev.signer not in self.signers:
             outcome.fail(
@@ -190,19 +187,13 @@ class SnpEntry(AcceptEntry):
         self._check_provisional(ev, outcome)
         # i. the rest of the pinned identity
         if self.min_guest_svn is not None:
-            check_minimum(
-                outcome, "policy.min_guest_svn", "guest SVN", claim_int(claims, "guest_svn"), self.min_guest_svn
-            )
+            svn = claim_int(claims, "guest_svn")
+            outcome.check_minimum("policy.min_guest_svn", "guest SVN", svn, self.min_guest_svn)
         if self.min_report_version is not None:
-            check_minimum(
-                outcome,
-                "policy.min_report_version",
-                "report version",
-                claim_int(claims, "version"),
-                self.min_report_version,
-            )
+            version = claim_int(claims, "version")
+            outcome.check_minimum("policy.min_report_version", "report version", version, self.min_report_version)
         if self.host_data is not None:
-            check_any_of(outcome, "policy.host_data", "HOST_DATA", register(ev, "host_data"), [self.host_data])
+            outcome.check_any_of("policy.host_data", "HOST_DATA", register(ev, "host_data"), [self.host_data])
 
     def _check_policy_bits(self, guest_policy: int | None, outcome: Outcome) -> None:
         if guest_policy is None:
