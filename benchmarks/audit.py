@@ -26,11 +26,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from cc_kernel.attestation.anchors import hardware_anchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.binding import check_binding, expected_report_data
 from cc_kernel.attestation.envelope import encode_envelope
 from cc_kernel.attestation.platforms import simulation as sim
 from cc_kernel.attestation.policy import load_policy, render_policy
-from cc_kernel.attestation.result import appraise
 from cc_kernel.attestation.verify import verify_evidence
 from cc_kernel.audit import LogWriter, OutputDigester, ReceiptSigner, make_opening, verify_log
 from cc_kernel.crypto.keys import AuditKey, new_tls_key, spki_der_of_key

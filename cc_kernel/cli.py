@@ -527,8 +527,8 @@ def _parse_at(text: str | None) -> datetime | None:
 
 def _evidence_verify(args: argparse.Namespace) -> int:
     from cc_kernel.attestation.anchors import hardware_anchors
+    from cc_kernel.attestation.appraisal import appraise_offline
     from cc_kernel.attestation.offline import check_options, default_offline_policy, verify_raw
-    from cc_kernel.attestation.result import appraise_offline
 
     # 1. the arguments, before reading anything
     now = _parse_at(args.at)
@@ -587,6 +587,7 @@ def _evidence_rejected(
 ) -> int:
     """Print why the evidence was rejected (every failure, got/expected, hints); exit 1."""
     from cc_kernel.attestation.offline import evidence_json, failure_hints
+    from cc_kernel.attestation.result import iso_utc
 
     hints = failure_hints(args.platform, data, failures)
     if args.json:
@@ -601,7 +602,7 @@ def _evidence_rejected(
         for line in _evidence_lines(out, debug=ev.debug, warnings=ev.warnings, now=now):
             print(f"  {line}")
     if out is None:
-        _err(f"{args.file}: REJECTED - not authentic {args.platform} evidence at {_iso_utc(now)}:\n  - {summary}")
+        _err(f"{args.file}: REJECTED - not authentic {args.platform} evidence at {iso_utc(now)}:\n  - {summary}")
     else:
         _err(f"{args.file}: REJECTED by policy {policy.source}:\n{summary}")
     for hint in hints:
@@ -612,6 +613,8 @@ def _evidence_rejected(
 def _evidence_lines(
     out: Any, *, debug: bool, warnings: tuple[str, ...], now: datetime, extra: list[str] | None = None
 ) -> list[str]:
+    from cc_kernel.attestation.result import iso_utc
+
     ev = out.evidence
     tcb = " ".join(f"{k}={v}" for k, v in ev.tcb.items()) or "n/a"
     status = f" (status {ev.tcb_status})" if ev.tcb_status else (
@@ -626,17 +629,13 @@ def _evidence_lines(
     ]
     lines += [f"Bound:       {binding}" for binding in out.bindings]
     lines += extra or []
-    lines.append(f"Verified at: {_iso_utc(now)} (offline: this evidence is bound to no channel)")
+    lines.append(f"Verified at: {iso_utc(now)} (offline: this evidence is bound to no channel)")
     return lines
 
 
 def _evidence_context(args: argparse.Namespace, policy: Any) -> dict[str, Any]:
     return {"file": str(args.file), "requested_platform": args.platform, "policy_source": policy.source,
             "policy_sha256": policy.sha256.hex()}
-
-
-def _iso_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _install(args: argparse.Namespace) -> int:

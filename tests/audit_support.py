@@ -14,11 +14,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.binding import check_binding, expected_report_data
 from cc_kernel.attestation.envelope import encode_envelope
 from cc_kernel.attestation.platforms import simulation as sim
 from cc_kernel.attestation.policy import Policy, load_policy
-from cc_kernel.attestation.result import appraise
 from cc_kernel.attestation.verify import verify_evidence
 from cc_kernel.audit import LogWriter, OpeningEntry, OutputDigester, ReceiptSigner, make_opening
 from cc_kernel.crypto.keys import AuditKey, new_tls_key, spki_der_of_key

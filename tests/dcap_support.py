@@ -4,11 +4,12 @@ signed quotes (SGX v3/v4/v5, TD report 1.0 and 1.5) and collateral (tcbInfo, QE 
 Everything here is signed correctly, so a test that changes one input makes exactly one check fail. The test
 root is pinned as a ``simulation`` anchor (only Intel's real root may carry the ``intel-dcap`` label), so
 verified results are labelled ``simulation``; tests that need the TDX/SGX policy clauses relabel them with
-``dataclasses.replace`` and say so.
+``relabelled`` and say so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from cc_kernel.attestation.anchors import PinnedRoot, TrustAnchors
+from cc_kernel.attestation.evidence import VerifiedEvidence, seal_verified
 from cc_kernel.attestation.platforms.intel_dcap import (
     SGX_QE_ISV_PROD_ID,
     SGX_QE_MRSIGNER,
@@ -554,3 +556,11 @@ def full_collateral_files(
         "root_crl": crl(pki.root, pki.root_key),
         "tcb_signing_chain": pki.signing_chain_pem(),
     }
+
+
+def relabelled(ev: VerifiedEvidence, platform: str) -> VerifiedEvidence:
+    """A test-root result sealed again under a hardware ``platform`` label, ONLY to drive the TDX/SGX policy
+    clauses (the verifier labels anything a non-Intel root verified ``simulation``; a sealed value cannot be
+    changed or copied, so the test seals a new one with the same fields)."""
+    values = {f.name: getattr(ev, f.name) for f in dataclasses.fields(ev)}
+    return seal_verified(**{**values, "platform": platform})

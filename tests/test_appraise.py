@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence, seal_bound, seal_verified
+from cc_kernel.attestation.platforms.sev_snp import POLICY_BITS
 from cc_kernel.attestation.policy import Policy, default_hardware_policy, load_policy, render_policy
-from cc_kernel.attestation.result import REPIN_HINT, AttestationResult, appraise
+from cc_kernel.attestation.result import REPIN_HINT, AttestationResult
 from cc_kernel.errors import PolicyViolation, VerificationError
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -363,6 +365,14 @@ def test_guest_policy_bits() -> None:
     assert appraise(bound(evidence(claims=snp_claims(policy=good))), policy, now=NOW).status == "affirming"
 
 
+@pytest.mark.parametrize("name", sorted(set(POLICY_BITS) - {"debug", "migrate_ma"}))
+def test_every_bit_the_report_parser_names_is_the_bit_the_policy_forbids(name: str) -> None:
+    """The policy names guest POLICY bits with the report parser's table (one owner: sev_snp.POLICY_BITS)."""
+    policy = snp_policy(f'forbid_policy_bits = ["{name}"]')
+    claims = snp_claims(policy=0x20000 | 1 << POLICY_BITS[name])
+    assert checks(violation(evidence(claims=claims), policy)) == [f"policy.policy_bits.{name}"]
+
+
 def test_provisional_firmware() -> None:
     newer = {"raw": "04000000000018ff", **TCB, "ucode": 0xFF}
     ev = evidence(claims=snp_claims(current_tcb=newer), warnings=("provisional-firmware",))
@@ -540,19 +550,17 @@ def test_sgx() -> None:
         f'version = 1\n[[accept]]\nplatform = "sgx-dcap"\nmrenclave = ["{enclave.hex()}"]\n'
         f'mrsigner = ["{signer.hex()}"]\nisv_prod_id = 1\nmin_isv_svn = 2\n'
     )
+    sgx: dict[str, Any] = {"product": "SGX", "signer": "pck", "tcb": {}, "tcb_status": "UpToDate"}
     good = evidence(
         "sgx-dcap",
-        product="SGX",
-        signer="pck",
+        **sgx,
         measurement=enclave,
         measurements={"mrsigner": signer},
-        tcb={},
-        tcb_status="UpToDate",
         claims={"isv_prod_id": 1, "isv_svn": 2},
     )
     assert appraise(bound(good), policy, now=NOW).status == "affirming"
-    bad = dataclasses.replace(
-        good, measurement=bytes(32), measurements={}, claims={"isv_prod_id": 2, "isv_svn": 1}
+    bad = evidence(
+        "sgx-dcap", **sgx, measurement=bytes(32), measurements={}, claims={"isv_prod_id": 2, "isv_svn": 1}
     )
     assert checks(violation(bad, policy)) == [
         "policy.measurement",

@@ -11,10 +11,11 @@ import pytest
 from audit_support import VERIFIED_AT, anchors, open_session
 
 from cc_kernel.attestation.anchors import hardware_anchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.binding import check_binding
 from cc_kernel.attestation.envelope import parse_envelope_unverified
 from cc_kernel.attestation.policy import Policy, load_policy
-from cc_kernel.attestation.result import AttestationResult, appraise
+from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.attestation.verify import verify_evidence
 from cc_kernel.audit.format import (
     OpeningEntry,

@@ -4,6 +4,7 @@ verifies; cut-short logs are unterminated (not tampered); notebook matching."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -170,6 +171,13 @@ def test_log_report_is_only_made_by_verify_log() -> None:
     with pytest.raises(TypeError, match="only produced by verify_log"):
         LogReport(status="valid", findings=(), entries=(), opening=None, closing=None, result=None,
                   policy_used="none", policy_sha256=None, verified_prefix=0)
+
+
+def test_a_log_report_cannot_be_changed_into_a_valid_one() -> None:
+    report = verify(VALID[: len(VALID) // 2])
+    assert report.status == "unterminated"
+    with pytest.raises(TypeError, match="LogReport is only produced by verify_log"):
+        dataclasses.replace(report, status="valid", findings=())
 
 
 def test_findings_render_as_json() -> None:

@@ -500,3 +500,17 @@ def test_a_closed_stdout_ends_quietly(args: list[str], tmp_path: Path) -> None:
     proc.stderr.close()
     assert proc.wait(timeout=60) == cli.EXIT_BROKEN_PIPE
     assert err == b""
+
+
+def test_times_are_written_in_utc_as_results_write_them(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI prints times with the results' one ISO 8601 writer: an --at given with an offset shows in UTC."""
+    from datetime import datetime
+
+    from cc_kernel.attestation.result import iso_utc
+
+    case = SNP["ccf-milan-v3"]
+    args = [vec(case.report), "--platform", "sev-snp", "--cert", vec(case.vek), "--at", "2025-06-01T02:00:00+02:00"]
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    assert iso_utc(datetime.fromisoformat("2025-06-01T02:00:00+02:00")) == "2025-06-01T00:00:00Z"
+    assert "Verified at: 2025-06-01T00:00:00Z" in out

@@ -142,6 +142,25 @@ def test_grant_only_from_appraisal(source: SimulatedSource, sim_anchors: TrustAn
                      rules=load_rules(RULES))
 
 
+def test_a_changed_grant_is_not_a_grant(source: SimulatedSource, sim_anchors: TrustAnchors) -> None:
+    """A grant copied with another release key would wrap the data key to that key: it is refused."""
+    record, header, _ = make_dataset()
+    ex = Exchange(record, header, source, sim_anchors)
+    request, challenge = ex.challenge()
+    grant = appraise_release(record, request, challenge, ex.attest(challenge), anchors=hardware_anchors(),
+                             simulation_anchors=sim_anchors, now=ex.now, sessions_used=0)
+    attacker = ReleaseKey().public_bytes
+    with pytest.raises(TypeError, match="ReleaseGrant is only produced by appraise_release"):
+        replace(grant, release_pub=attacker)
+    forged = object.__new__(ReleaseGrant)
+    for name in ("dataset_id", "nonce", "session", "result", "rules"):
+        object.__setattr__(forged, name, getattr(grant, name))
+    object.__setattr__(forged, "release_pub", attacker)
+    with pytest.raises(TypeError, match="this ReleaseGrant was not sealed by appraise_release"):
+        release_response(forged, record)
+    assert release_response(grant, record).session == 1
+
+
 def refused(ex: Exchange, request: ReleaseRequest, challenge: ReleaseChallenge,
             att: ReleaseAttestation) -> ReleaseRefused:
     reply = ex.decide(request, challenge, att)

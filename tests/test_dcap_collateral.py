@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from test_dcap_vectors import COLLATERAL_2023_AT, collateral_2023, quote_of
 
 from cc_kernel.attestation.anchors import hardware_anchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.evidence import VerifiedEvidence, seal_bound
 from cc_kernel.attestation.platforms.intel_collateral import (
     COLLATERAL_ITEMS,
@@ -31,7 +32,7 @@ from cc_kernel.attestation.platforms.intel_dcap import verify_quote
 from cc_kernel.attestation.platforms.intel_quote import TEE_TYPE_SGX
 from cc_kernel.attestation.platforms.intel_tcb import verify_document_signature
 from cc_kernel.attestation.policy import load_policy
-from cc_kernel.attestation.result import AttestationResult, appraise
+from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.errors import (
     CertificateExpired,
     ChainError,
@@ -599,6 +600,15 @@ def test_malformed_tcbinfo_fields(path: list[Any], value: Any) -> None:
     assert info.value.check in ("collateral.tcb_info.field", "collateral.tcb_info.json")
 
 
+@pytest.mark.parametrize("status", ["TDRelaunchAdvised", "TDRelaunchAdvisedConfigurationNeeded", "NoMatchingTcbLevel"])
+@pytest.mark.parametrize("level", [["tcbLevels", 0], ["tdxModuleIdentities", 0, "tcbLevels", 0]])
+def test_a_level_cannot_claim_a_status_only_the_verifier_derives(level: list[Any], status: str) -> None:
+    """Intel's levels carry the seven PCS v4 statuses; "relaunch advised" and "no match" are verdicts."""
+    with pytest.raises(MalformedEvidence, match="is not a known TCB status") as info:
+        load_tcb_info(_mutated_tcbinfo([*level, "tcbStatus"], status))
+    assert (info.value.check, info.value.got) == ("collateral.tcb_info.field", status)
+
+
 def test_malformed_qe_identity_and_crls() -> None:
     doc = json.loads(_real("qe-identity-td-qe-2023-06-08.json"))
     doc["enclaveIdentity"]["mrsigner"] = "DC9E"
@@ -632,7 +642,7 @@ def test_the_signed_text_is_cut_from_the_served_bytes() -> None:
 
 def appraise_tdx(ev: VerifiedEvidence, extra: str = "") -> AttestationResult:
     # relabelled only to drive the TDX policy clauses (a test root labels results "simulation")
-    hardware = dataclasses.replace(ev, platform="tdx")
+    hardware = ds.relabelled(ev, "tdx")
     bound = seal_bound(
         evidence=hardware,
         tls_spki_sha256=b"\x55" * 32,

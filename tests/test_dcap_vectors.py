@@ -16,6 +16,7 @@ from conftest import read_vector
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cc_kernel.attestation.anchors import INTEL_SGX_ROOT_CA_SHA256, hardware_anchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence, seal_bound
 from cc_kernel.attestation.platforms.intel_collateral import (
     DcapCollateral,
@@ -26,7 +27,6 @@ from cc_kernel.attestation.platforms.intel_dcap import verify_quote
 from cc_kernel.attestation.platforms.intel_quote import parse_quote_unverified
 from cc_kernel.attestation.platforms.intel_tcb import verify_document_signature
 from cc_kernel.attestation.policy import default_hardware_policy, load_policy
-from cc_kernel.attestation.result import appraise
 from cc_kernel.crypto.x509chain import walk_chain
 from cc_kernel.crypto.x509load import load_certificate_bundle
 from cc_kernel.errors import (

@@ -3,7 +3,6 @@ it guards (everything else correctly signed), and the result's labels and fields
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from datetime import timedelta
 from typing import Any
@@ -13,11 +12,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cc_kernel.attestation.anchors import hardware_anchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.evidence import VerifiedEvidence, seal_bound
 from cc_kernel.attestation.platforms.intel_dcap import SGX_QE_MRSIGNER, TD_QE_ISV_PROD_ID, TD_QE_MRSIGNER, verify_quote
 from cc_kernel.attestation.platforms.intel_quote import TEE_TYPE_SGX
 from cc_kernel.attestation.policy import load_policy
-from cc_kernel.attestation.result import appraise
 from cc_kernel.errors import (
     CertificateExpired,
     ChainError,
@@ -39,7 +38,7 @@ def verify(pki: ds.TestPki, raw: bytes, **kwargs: object) -> VerifiedEvidence:
 def as_hardware(ev: VerifiedEvidence, platform: str) -> VerifiedEvidence:
     """A test-root result relabelled as hardware, ONLY to drive the TDX/SGX policy clauses: the verifier labels
     anything verified by a non-Intel root ``simulation`` (asserted in test_test_root_results_are_simulation)."""
-    return dataclasses.replace(ev, platform=platform)  # type: ignore[arg-type]
+    return ds.relabelled(ev, platform)
 
 
 def appraise_as(ev: VerifiedEvidence, platform: str, policy_text: str) -> object:

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 from audit_support import manifest
 
+import cc_kernel.attestation.appraisal as appraisal
 import cc_kernel.attestation.platforms.intel_collateral as intel_collateral
 import cc_kernel.attestation.platforms.intel_dcap as intel_dcap
 import cc_kernel.attestation.platforms.nitro as nitro
 import cc_kernel.attestation.platforms.sev_snp as sev_snp
-import cc_kernel.attestation.result as result
 from cc_kernel.attestation import policy
+from cc_kernel.attestation.appraisal import engine, intel, registry, snp
+from cc_kernel.attestation.appraisal import nitro as nitro_entry
 from cc_kernel.audit.verify import VERDICT_FAILURES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,13 +41,19 @@ def documented_checks(module: object) -> list[str]:
     return re.findall(r"``([a-z][a-z0-9_]*(?:\.[a-z0-9_<>]+)+)``", paragraph)
 
 
-@pytest.mark.parametrize("module", [sev_snp, nitro, intel_dcap, intel_collateral, result],
+@pytest.mark.parametrize("module", [sev_snp, nitro, intel_dcap, intel_collateral, appraisal],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_every_check_a_verifier_lists_is_in_the_reference(module: object) -> None:
     names = documented_checks(module)
     assert len(names) >= 10
     missing = [n for n in names if f"`{n}`" not in REFERENCE]
     assert not missing, f"not documented in docs/: {missing}"
+
+
+def test_the_appraisal_lists_the_checks_its_entry_types_list() -> None:
+    """The package's list of policy checks is the union of what the engine and each platform's entry type name."""
+    parts = [documented_checks(m) for m in (engine, snp, intel, nitro_entry)]
+    assert set(documented_checks(appraisal)) == {name for names in parts for name in names}
 
 
 def test_every_check_the_conformance_vectors_report_is_in_the_log_spec() -> None:
@@ -66,10 +74,10 @@ def test_every_verdict_reason_and_option_is_documented() -> None:
 
 def test_every_policy_key_is_documented() -> None:
     text = (DOCS / "policy.md").read_text()
-    keys = set(policy._TOP_KEYS) | set(policy._ALL_ENTRY_KEYS)
+    keys = set(policy.TOP_KEYS) | set(registry.ALL_ENTRY_KEYS)
     missing = sorted(k for k in keys if f"`{k}`" not in text)
     assert not missing
-    for bit in policy.SNP_POLICY_BITS:
+    for bit in sev_snp.POLICY_BITS:
         assert f"`{bit}`" in text
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from kernel_env import BADGE_MIME, SIM, JupyterEnv, is_badge, live_kernel
 
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.evidence import seal_bound, seal_verified
 from cc_kernel.attestation.policy import load_policy, render_policy
-from cc_kernel.attestation.result import REPIN_HINT, appraise
+from cc_kernel.attestation.result import REPIN_HINT
 from cc_kernel.errors import (
     BindingMismatch,
     CertificateExpired,

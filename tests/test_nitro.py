@@ -42,6 +42,7 @@ from nitro_support import (
 )
 
 from cc_kernel.attestation.anchors import AWS_NITRO_ROOT_G1_SHA256, TrustAnchors, hardware_anchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.binding import check_binding, expected_report_data
 from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence, seal_bound, seal_verified
 from cc_kernel.attestation.platforms.nitro import (
@@ -54,7 +55,7 @@ from cc_kernel.attestation.platforms.nitro import (
     verify_document,
 )
 from cc_kernel.attestation.policy import Policy, default_hardware_policy, load_policy
-from cc_kernel.attestation.result import AttestationResult, appraise
+from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.errors import (
     BindingMismatch,
     CertificateExpired,

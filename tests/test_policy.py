@@ -6,16 +6,10 @@ import re
 
 import pytest
 
-from cc_kernel.attestation.policy import (
-    UNSAFE_FLAGS,
-    NitroEntry,
-    SgxEntry,
-    SnpEntry,
-    TdxEntry,
-    default_hardware_policy,
-    load_policy,
-    render_policy,
-)
+from cc_kernel.attestation.appraisal import NitroEntry, SgxEntry, SnpEntry, TdxEntry
+from cc_kernel.attestation.appraisal.entry import UNSAFE_FLAGS
+from cc_kernel.attestation.appraisal.registry import ENTRY_TYPES, POLICY_PLATFORMS
+from cc_kernel.attestation.policy import default_hardware_policy, load_policy, render_policy
 from cc_kernel.crypto.hashing import TAG_POLICY, tagged_hash
 from cc_kernel.errors import PolicyError
 
@@ -350,6 +344,12 @@ def test_second_entry_is_numbered_in_messages() -> None:
             'unknown TCB status "Fine"',
         ),
         (
+            'version = 1\nunsafe_accept_tcb_status = ["TDRelaunchAdvised"]\n' + snp_policy()[11:],
+            'unknown TCB status "TDRelaunchAdvised" (one of "UpToDate", "SWHardeningNeeded", '
+            '"ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded", "OutOfDate", '
+            '"OutOfDateConfigurationNeeded", "Revoked")',
+        ),
+        (
             TDX + 'accept_tcb_status = ["OutOfDate"]\n',
             "a weakening: move it to unsafe_accept_tcb_status",
         ),
@@ -631,6 +631,13 @@ def test_rendered_lines_are_explained_by_comments() -> None:
         (("sev", [bytes(48)]), {}, 'unknown platform "sev"'),
         (("sev-snp", [bytes(48)]), {"allow_simulation": True}, "simulated enclave's measurement"),
         (("tdx", [bytes(48)]), {"min_tcb": {"bl": 1}}, "apply to platform"),
+        (
+            ("nitro", [bytes(48)]),
+            {"signers": ["vcek"]},
+            'min_tcb and signers apply to platform "sev-snp" or "simulation", not "nitro"',
+        ),
+        (("sev-snp", [bytes(48)]), {"rtmr": {1: bytes(48)}}, 'RTMRs apply to platform "tdx", not "sev-snp"'),
+        (("tdx", [bytes(48)]), {"rtmr": {4: bytes(48)}}, "RTMR index 4 must be from 0 to 3"),
     ],
 )
 def test_render_rejects_bad_input(
@@ -643,3 +650,14 @@ def test_render_rejects_bad_input(
 def test_render_rejects_a_bare_value_for_measurements() -> None:
     with pytest.raises(TypeError):
         render_policy("sev-snp", bytes(48))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("platform", POLICY_PLATFORMS)
+def test_one_entry_type_reads_and_renders_each_platform(platform: str) -> None:
+    """The registry's entry type is the one that renders a platform's entry and the one its TOML loads into."""
+    cls = ENTRY_TYPES[platform]
+    size = cls.MEASUREMENT_KEY[1]
+    rtmr = {1: bytes(48), 2: bytes(48)} if "rtmr" in cls.RENDER_OPTIONS else None
+    entry = load_policy(render_policy(platform, [b"\x01" * size], rtmr=rtmr)).accept[0]
+    assert type(entry) is cls and entry.platform == platform == cls.PLATFORM
+    assert set(cls.KEYS) >= {"platform", "unsafe_allow_debug", "unsafe_any_measurement"}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cc_kernel.attestation.policy import TdxEntry, load_policy
+from cc_kernel.attestation.appraisal import TdxEntry
+from cc_kernel.attestation.policy import load_policy
 from cc_kernel.cli import main
 
 M48 = "ab" * 48

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cc_kernel.attestation.anchors import hardware_anchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.evidence import VerifiedEvidence, seal_bound
 from cc_kernel.attestation.platforms import ratls_interop
 from cc_kernel.attestation.platforms.ratls_interop import (
@@ -38,7 +39,6 @@ from cc_kernel.attestation.platforms.ratls_interop import (
     verify_interop_certificate,
 )
 from cc_kernel.attestation.policy import default_hardware_policy, load_policy
-from cc_kernel.attestation.result import appraise
 from cc_kernel.errors import (
     BindingMismatch,
     CertificateExpired,

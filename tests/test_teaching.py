@@ -197,6 +197,15 @@ def test_faults_list_matches_the_parametrisation() -> None:
     assert set(FAULTS) == {"modified-code", "debug", "old-tcb", "swapped-key", "replay"}
 
 
+def test_the_lab_takes_its_faults_from_the_simulated_enclave() -> None:
+    """One list of the simulated enclave's faults: the lab adds only its own "modified-code"."""
+    from cc_kernel.enclave.evidence import FAULTS as SIMULATED_FAULTS
+    from cc_kernel.teaching import ENCLAVE_FAULTS
+
+    assert (*SIMULATED_FAULTS, "modified-code") == FAULTS
+    assert tuple(f for f in SIMULATED_FAULTS if f != "replay") == ENCLAVE_FAULTS
+
+
 @pytest.mark.slow
 def test_tampering_relay_breaks_the_channel_and_says_where(lab: TeachingLab) -> None:
     relay = lab.relay(lab.start_enclave(), tamper=True)

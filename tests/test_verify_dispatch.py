@@ -157,7 +157,7 @@ def test_garbage_collateral_in_the_envelope_is_malformed_not_a_crash() -> None:
 
 
 def test_incomplete_collateral_is_named_by_the_policy() -> None:
-    from cc_kernel.attestation.result import appraise_offline
+    from cc_kernel.attestation.appraisal import appraise_offline
 
     env = envelope(
         read_vector("tdx/gotdx-spr-e4-v4.quote.dat"),

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
-from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence, seal_bound
+from cc_kernel.attestation.evidence import BoundEvidence, VerifiedEvidence, require_sealed, seal_bound
 from cc_kernel.crypto.hashing import TAG_DATASET_RELEASE, TAG_REPORT_DATA, constant_time_equal, tagged_hash
 from cc_kernel.errors import BindingMismatch, StaleEvidence
 
@@ -72,6 +72,7 @@ def check_binding(
     Raises:
         StaleEvidence: the evidence answers another nonce.
         BindingMismatch: report_data does not bind this channel key / audit key / session.
+        TypeError: ``evidence`` is not a VerifiedEvidence sealed by a platform verifier (e.g. a copy).
     """
     return _bind(
         evidence, _CHANNEL, nonce=nonce, claimed_nonce=claimed_nonce,
@@ -116,6 +117,7 @@ def check_release_binding(
     Raises:
         StaleEvidence: ``freshness.nonce``: the evidence answers another challenge (a replayed exchange).
         BindingMismatch: ``binding.release``: report_data binds another release key, dataset or requester.
+        TypeError: ``evidence`` is not a VerifiedEvidence sealed by a platform verifier (e.g. a copy).
     """
     return _bind(
         evidence, _RELEASE, nonce=nonce, claimed_nonce=claimed_nonce,
@@ -140,8 +142,10 @@ def _bind(
     """The two checks every binding makes, then the seal: ``expected()`` is the report_data the inputs demand
     (computed after the freshness check, so a replay is reported as one).
 
-    Raises StaleEvidence (``freshness.nonce``) or BindingMismatch (``kind.check``), with ``kind``'s texts.
+    Raises StaleEvidence (``freshness.nonce``) or BindingMismatch (``kind.check``), with ``kind``'s texts, and
+    TypeError for evidence that a platform verifier did not seal (e.g. a copy of sealed evidence).
     """
+    require_sealed(evidence, VerifiedEvidence)
     # 1. freshness: the evidence must answer the nonce (challenge) chosen for this exchange
     if claimed_nonce is not None and not constant_time_equal(claimed_nonce, nonce):
         raise StaleEvidence(kind.replayed, check="freshness.nonce", got=claimed_nonce, expected=nonce)

@@ -36,6 +36,7 @@ from cc_kernel.errors import AuditError, LogVerificationError, RemoteProtocolErr
 from cc_kernel.protocol import codec
 from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.connection import OUTPUT_TYPES
+from cc_kernel.protocol.framing import NEED_DATA, NeedData
 
 __all__ = [
     "ENTRY_TYPES",
@@ -806,15 +807,6 @@ def check_signed_entry(
 # --- records: incremental decoder -----------------------------------------------------------------------------
 
 
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-#: Returned by ``LogDecoder.next_record`` when more bytes are needed.
-NEED_DATA: Final = _NeedData()
-
-
 @dataclass(frozen=True)
 class Record:
     """One framed record: its entry index, the file offset of its header, and its payload."""
@@ -869,7 +861,7 @@ class LogDecoder:
             self._magic_ok = True
             self._pos = len(MAGIC)
 
-    def next_record(self) -> Record | _NeedData:
+    def next_record(self) -> Record | NeedData:
         """The next whole record, or ``NEED_DATA``."""
         if self._error is not None:
             raise self._error

@@ -19,15 +19,17 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from cc_kernel.attestation.anchors import TrustAnchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.binding import check_binding
 from cc_kernel.attestation.envelope import parse_envelope_unverified
+from cc_kernel.attestation.evidence import Sealed, seal
 from cc_kernel.attestation.policy import Policy, load_policy
-from cc_kernel.attestation.result import AttestationResult, appraise
+from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.attestation.verify import answered_nonce, verify_evidence
 from cc_kernel.audit.format import (
     GENESIS,
@@ -103,7 +105,6 @@ RESULT_FIELDS: Final = (
     "audit_pub",
     "nonce",
 )
-_SEAL = object()
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ class LoggedEntry:
 
 
 @dataclass(frozen=True)
-class LogReport:
+class LogReport(Sealed):
     """The outcome of ``verify_log``; only ``verify_log`` makes one.
 
     ``status``: ``valid`` (no finding), ``unterminated`` (only termination findings: everything present
@@ -204,11 +205,8 @@ class LogReport:
     verified_prefix: int
     notes: tuple[str, ...] = ()
     checked_at: datetime | None = None
-    _token: object = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if self._token is not _SEAL:
-            raise TypeError("a LogReport is only produced by verify_log")
+    PRODUCER: ClassVar[str] = "verify_log"
 
     @property
     def valid(self) -> bool:
@@ -378,7 +376,8 @@ def verify_log(
     bad = [f for f in ordered if not f.terminal]
     status: Status = "invalid" if bad else ("unterminated" if ordered else "valid")
     first_bad = min((_index_key(f.index) for f in bad), default=len(entries))
-    return LogReport(
+    return seal(
+        LogReport,
         status=status,
         findings=tuple(ordered),
         entries=tuple(entries),
@@ -390,7 +389,6 @@ def verify_log(
         verified_prefix=min(first_bad, len(entries)),
         notes=tuple(notes),
         checked_at=now,
-        _token=_SEAL,
     )
 
 

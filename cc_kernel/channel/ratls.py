@@ -12,11 +12,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from cc_kernel.attestation.anchors import TrustAnchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.binding import NONCE_SIZE, SESSION_ID_SIZE, check_binding
 from cc_kernel.attestation.envelope import EvidenceEnvelope, parse_envelope_unverified
 from cc_kernel.attestation.evidence import BoundEvidence
 from cc_kernel.attestation.policy import Policy
-from cc_kernel.attestation.result import AttestationResult, appraise
+from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.attestation.verify import answered_nonce, verify_evidence
 from cc_kernel.crypto.hashing import constant_time_equal
 from cc_kernel.crypto.keys import peer_certificate_info

@@ -26,13 +26,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from cc_kernel.attestation.anchors import TrustAnchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.binding import check_binding, check_release_binding, expected_release_report_data
 from cc_kernel.attestation.envelope import parse_envelope_unverified
+from cc_kernel.attestation.evidence import Sealed, require_sealed, seal
 from cc_kernel.attestation.policy import load_policy
-from cc_kernel.attestation.result import AttestationResult, appraise
+from cc_kernel.attestation.result import AttestationResult
 from cc_kernel.attestation.verify import answered_nonce, verify_evidence
 from cc_kernel.audit.format import OpeningEntry
 from cc_kernel.audit.receipts import make_opening
@@ -56,7 +58,6 @@ from cc_kernel.protocol import codec
 NONCE_SIZE: Final = 32
 #: Largest release message (the attestation carries an evidence envelope of at most 64 KiB).
 MAX_MESSAGE_SIZE: Final = 256 * 1024
-_SEAL = object()
 
 
 # --- messages -------------------------------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def new_challenge(request: ReleaseRequest, record: DatasetRecord | None, *, nonc
 
 
 @dataclass(frozen=True)
-class ReleaseGrant:
+class ReleaseGrant(Sealed):
     """A release every check allowed. Only ``appraise_release`` builds one."""
 
     dataset_id: bytes
@@ -249,11 +250,8 @@ class ReleaseGrant:
     session: int
     result: AttestationResult
     rules: Rules
-    _token: object = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if self._token is not _SEAL:
-            raise TypeError("a ReleaseGrant is only produced by appraise_release")
+    PRODUCER: ClassVar[str] = "appraise_release"
 
 
 def appraise_release(
@@ -313,12 +311,17 @@ def appraise_release(
             "the enclave does not meet the owner's policy: " + "; ".join(str(f) for f in exc.failures),
             check="release.policy", got=exc.check,
         ) from exc
-    return ReleaseGrant(dataset_id=request.dataset_id, nonce=challenge.nonce, release_pub=attestation.release_pub,
-                        session=sessions_used + 1, result=result, rules=rules, _token=_SEAL)
+    return seal(ReleaseGrant, dataset_id=request.dataset_id, nonce=challenge.nonce,
+                release_pub=attestation.release_pub, session=sessions_used + 1, result=result, rules=rules)
 
 
 def release_response(grant: ReleaseGrant, record: DatasetRecord) -> ReleaseResponse:
-    """Wrap the data key to the grant's release key (HPKE base mode, ``wrap_info`` as info)."""
+    """Wrap the data key to the grant's release key (HPKE base mode, ``wrap_info`` as info).
+
+    Raises:
+        TypeError: ``grant`` was not made by ``appraise_release`` (e.g. a copy with another release key).
+    """
+    require_sealed(grant, ReleaseGrant)
     info = wrap_info(dataset_id=grant.dataset_id, header_sha256=record.header_sha256, nonce=grant.nonce,
                      rules_sha256=grant.rules.sha256)
     return ReleaseResponse(

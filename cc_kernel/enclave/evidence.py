@@ -15,11 +15,10 @@ from typing import Protocol
 
 from cc_kernel.attestation.binding import expected_report_data
 from cc_kernel.attestation.envelope import EvidenceEnvelope
+from cc_kernel.attestation.platforms.sev_snp import DEBUG_POLICY_BIT
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority, sign_report, simulated_envelope
 from cc_kernel.crypto.keys import new_tls_key, spki_der_of_key
 
-#: Guest policy bit 19: the hypervisor may read and write guest memory through the debug API.
-DEBUG_POLICY_BIT = 1 << 19
 FAULTS = ("debug", "old-tcb", "swapped-key", "replay")
 
 

@@ -24,6 +24,7 @@ from typing import Final
 from cc_kernel import __version__
 from cc_kernel.channel.transport import FramedChannel, accept_server
 from cc_kernel.crypto.keys import make_tls_identity, new_tls_key
+from cc_kernel.enclave.evidence import FAULTS as SIMULATED_FAULTS
 from cc_kernel.errors import CCKernelError
 from cc_kernel.labkit.processes import serving_address
 from cc_kernel.protocol.connection import Connection, Role
@@ -32,10 +33,12 @@ from cc_kernel.protocol.messages import PROTOCOL_VERSION, AttestRequest, AttestR
 __all__ = ["ENCLAVE_FAULTS", "FAULTS", "MODIFIED_FILE", "MODIFIED_LINE", "SERVE_SNIPPET", "EnclaveServer",
            "ReplayServer"]
 
-#: What ``TeachingLab.start_enclave(fault=...)`` can switch on (one at a time).
-FAULTS: Final = ("debug", "old-tcb", "swapped-key", "replay", "modified-code")
-#: The faults implemented by the enclave itself (``cc-kernel enclave serve --fault NAME``).
-ENCLAVE_FAULTS: Final = ("debug", "old-tcb", "swapped-key")
+#: What ``TeachingLab.start_enclave(fault=...)`` can switch on (one at a time): the simulated enclave's own
+#: faults, and a modified copy of the enclave code.
+FAULTS: Final = (*SIMULATED_FAULTS, "modified-code")
+#: The faults the lab asks the enclave server for (``cc-kernel enclave serve --fault NAME``); the lab mounts
+#: ``replay`` itself, with an impostor server (``ReplayServer``).
+ENCLAVE_FAULTS: Final = tuple(fault for fault in SIMULATED_FAULTS if fault != "replay")
 #: The line appended to an enclave file by the "modified-code" fault.
 MODIFIED_LINE: Final = (
     '\n_TEACHING_CHANGE = "added after the measurement was pinned"  # changes the bytes, not the behaviour\n'

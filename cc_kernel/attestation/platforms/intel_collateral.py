@@ -39,6 +39,7 @@ from typing import Any, Final, NoReturn
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
+from cc_kernel.attestation.platforms.intel_status import TCB_STATUSES
 from cc_kernel.crypto.x509load import load_certificate_bundle
 from cc_kernel.errors import (
     MalformedEvidence,
@@ -68,18 +69,6 @@ COLLATERAL_ITEMS: Final = ("tcb_info", "qe_identity", "pck_crl", "root_crl", "tc
 #: Refuse a collateral item larger than this before parsing (a tcbInfo is a few KB, a PCK CRL tens of KB).
 MAX_COLLATERAL_SIZE: Final = 1024 * 1024
 
-#: Statuses a tcbInfo / QE identity / TDX module level may carry (Intel PCS API v4).
-TCB_STATUSES: Final = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-    "TDRelaunchAdvised",
-    "TDRelaunchAdvisedConfigurationNeeded",
-)
 #: The outcome when the collateral knows no level for this platform / module / QE (Intel: TCB not supported).
 NO_MATCHING_TCB_LEVEL: Final = "NoMatchingTcbLevel"
 

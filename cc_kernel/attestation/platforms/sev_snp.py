@@ -83,12 +83,9 @@ _TURIN_LAYOUT = frozenset({"Turin"})
 #: Roots that may verify SNP reports, and the label each gives the result.
 _SNP_ROOT_PLATFORMS = ("sev-snp", "simulation")
 
-# POLICY bits (AMD SEV-SNP ABI, ATTESTATION_REPORT.POLICY; docs/policy.md §4.2)
-_POLICY_BIT_SMT = 16
-_POLICY_BIT_RESERVED_ONE = 17
-_POLICY_BIT_MIGRATE_MA = 18
-_POLICY_BIT_DEBUG = 19
-_POLICY_FLAGS: Mapping[str, int] = MappingProxyType(
+#: Guest POLICY bits by name (AMD SEV-SNP ABI, ATTESTATION_REPORT.POLICY; docs/policy.md §4.2): the names a
+#: policy's ``forbid_policy_bits`` / ``require_policy_bits`` use and the report's ``policy_flags`` claim lists.
+POLICY_BITS: Mapping[str, int] = MappingProxyType(
     {
         "smt": 16,
         "migrate_ma": 18,
@@ -101,6 +98,12 @@ _POLICY_FLAGS: Mapping[str, int] = MappingProxyType(
         "page_swap_disable": 25,
     }
 )
+#: The POLICY mask of the DEBUG bit: the hypervisor may read and write guest memory through the debug API.
+DEBUG_POLICY_BIT = 1 << POLICY_BITS["debug"]
+_POLICY_BIT_SMT = POLICY_BITS["smt"]
+_POLICY_BIT_RESERVED_ONE = 17  # must be 1
+_POLICY_BIT_MIGRATE_MA = POLICY_BITS["migrate_ma"]
+_POLICY_BIT_DEBUG = POLICY_BITS["debug"]
 _POLICY_RESERVED_MASK = ~((1 << 26) - 1) & 0xFFFF_FFFF_FFFF_FFFF
 _PLATFORM_INFO_FLAGS: Mapping[str, int] = MappingProxyType(
     {
@@ -500,7 +503,7 @@ def _claims(
         "policy_hex": hex(report.policy),
         "policy_abi_major": report.policy >> 8 & 0xFF,
         "policy_abi_minor": report.policy & 0xFF,
-        "policy_flags": _flags(report.policy, _POLICY_FLAGS),
+        "policy_flags": _flags(report.policy, POLICY_BITS),
         "family_id": report.family_id.hex(),
         "image_id": report.image_id.hex(),
         "vmpl": report.vmpl,

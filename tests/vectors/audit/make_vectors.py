@@ -38,11 +38,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from cc_kernel.attestation.anchors import TrustAnchors, hardware_anchors
+from cc_kernel.attestation.appraisal import appraise
 from cc_kernel.attestation.binding import check_binding, expected_report_data
 from cc_kernel.attestation.envelope import encode_envelope
 from cc_kernel.attestation.platforms import simulation as sim
 from cc_kernel.attestation.policy import Policy, load_policy, render_policy
-from cc_kernel.attestation.result import appraise
 from cc_kernel.attestation.verify import verify_evidence
 from cc_kernel.audit import LogWriter, OutputDigester, ReceiptSigner, UploadInfo, comm_input_text, make_opening
 from cc_kernel.audit.format import LogDecoder, Record, encode_record
