@@ -54,7 +54,7 @@ from IPython.utils.tokenutil import token_at_cursor
 from traitlets import Type
 from traitlets.config import Config
 
-from cc_kernel.worker.streams import FdCapture, OutputRouter, OutputSink, SinkStream
+from cc_kernel.worker.streams import DEFAULT_MAX_BUFFER, FdCapture, OutputRouter, OutputSink, SinkStream
 
 __all__ = [
     "EnclaveShell",
@@ -265,7 +265,7 @@ class EnclaveShell:
         *,
         capture_fds: bool = True,
         flush_interval: float = 0.050,
-        max_buffer: int = 64 * 1024,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> None:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("EnclaveShell must be created on the main thread (it handles SIGINT)")

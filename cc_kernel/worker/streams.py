@@ -7,7 +7,7 @@ message goes to an :class:`OutputSink` supplied by the caller. Invariants:
   :class:`OutputRouter`, which holds a single emission lock. Pending stream text is always emitted before any
   other message, so the sink sees output in the order the user produced it.
 * **Bounded buffering.** Stream text is coalesced: it is emitted ~50 ms after the first unflushed write, as
-  soon as 64 Ki characters are pending (the writer then blocks in ``emit``: backpressure), or at once on
+  soon as 1 Mi characters are pending (the writer then blocks in ``emit``: backpressure), or at once on
   ``flush()``. No single ``stream`` message carries more than ``max_chunk`` characters. stdout and stderr keep
   their relative order (one ordered buffer of runs).
 * **Interrupt-atomic emission.** On the main thread, a SIGINT that arrives while a message is being handed to
@@ -52,10 +52,13 @@ StreamName = Literal["stdout", "stderr"]
 
 #: Coalescing window: pending text is emitted this long after the first unflushed write.
 DEFAULT_FLUSH_INTERVAL: Final = 0.050
-#: Pending text at which a writer flushes synchronously (and blocks on the sink: backpressure).
-DEFAULT_MAX_BUFFER: Final = 64 * 1024
+#: Pending text at which a writer flushes synchronously (and blocks on the sink: backpressure). Each message
+#: costs every hop (worker, monitor, kernel, frontend) a fixed overhead, so a cell that prints a lot should
+#: travel in few, large messages (the stock kernel sends a 20 MiB burst as one): 1 Mi characters, far inside
+#: the frame and output-window limits.
+DEFAULT_MAX_BUFFER: Final = 1024 * 1024
 #: Upper bound on the ``text`` of one ``stream`` message.
-DEFAULT_MAX_CHUNK: Final = 64 * 1024
+DEFAULT_MAX_CHUNK: Final = 1024 * 1024
 
 
 class OutputSink(Protocol):
