@@ -1,4 +1,4 @@
-"""The attested channel: ``ratls`` (pure peer check) and ``transport`` (the one module with sockets and TLS).
+"""I/O: the attested channel — ``ratls`` (pure peer check) and ``transport`` (the one module with sockets and TLS).
 
 The package itself holds only the constants an enclave needs before it imports its TLS stack (so
 ``python -m cc_kernel.enclave`` can start its worker first, see :mod:`cc_kernel.enclave.process`).

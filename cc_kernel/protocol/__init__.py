@@ -1,4 +1,4 @@
-"""Pure sans-IO wire protocol between the kernel and the enclave (no sockets, no clock).
+"""Pure protocol layer: the sans-IO wire protocol between the kernel and the enclave (no sockets, no clock).
 
 Layers, bottom up: ``codec`` (the only msgpack call site), ``messages`` (strictly validated dataclasses),
 ``framing`` (length-prefixed frames, incremental decoder), ``connection`` (the state machine as a table).

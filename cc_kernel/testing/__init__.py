@@ -1,4 +1,4 @@
-"""Testing helpers (public, used by our tests and benchmarks; never imported by the rest of cc_kernel).
+"""Test helpers: public, used by our tests and benchmarks; never imported by the rest of cc_kernel.
 
 ``cc_kernel.testing.enclaves``: real enclave processes on a socketpair or behind a supervisor, an in-process
 simulated enclave, the recording / bit-flipping TCP relay of ``cc_kernel.labkit``, raw TLS clients and pinned

@@ -1,4 +1,4 @@
-"""Worker layer (I/O, Linux only): the kernel-enforced sandbox the worker applies to itself before any user code.
+"""Worker (I/O, Linux only): the kernel-enforced sandbox the worker applies to itself before any user code.
 
 The worker is a fresh ``python -m cc_kernel.worker`` that the monitor starts in a new session with only its
 socketpair inherited. Before it builds the IPython shell it calls :func:`apply_sandbox`, which applies, in order:

@@ -1,4 +1,4 @@
-"""Enclave: the AMD certificates that travel with an SEV-SNP report, as envelope endorsements.
+"""Monitor (evidence providers): the AMD certificates that travel with an SEV-SNP report, as envelope endorsements.
 
 Sources: the host's extended-report certificate table (GHCB spec #56421 §4.1.8.1; configfs-tsm ``auxblob``
 with provider ``sev_guest``, or the buffer of ``SNP_GET_EXT_REPORT``), and optionally a directory the operator
