@@ -4,4 +4,6 @@
 simulated enclave, the recording / bit-flipping TCP relay of ``cc_kernel.labkit``, raw TLS clients and pinned
 simulation policies.
 ``cc_kernel.testing.waiting``: the one way tests wait for a condition (``wait_until``, ``wait_until_async``).
+``cc_kernel.testing.providers``: what a host hands the hardware evidence providers (the SEV-SNP certificate
+table).
 """
