@@ -1,4 +1,5 @@
-"""Every module of cc_kernel opens with a docstring whose first line names its layer (STYLE.md rules 12 and 15).
+"""Every module of cc_kernel opens with a docstring whose first line names its layer (house style: a module
+docstring states its layer, its invariants and its check names; design notes go to docs/).
 
 The first line reads ``<Layer>[ <part> layer][ (<qualifier>)]: <what the module is>``, and ``<Layer>`` is the one
 the module's place in the package layout of docs/architecture.md gives it (``LAYER_OF``): the pure core says
