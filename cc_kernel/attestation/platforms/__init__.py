@@ -4,7 +4,8 @@
 ``intel_pck`` (the PCK chain), ``intel_dcap`` (verifying), ``intel_collateral`` (loading) and ``intel_tcb``
 (checking collateral, TCB status) for Intel TDX and SGX, ``nitro`` (AWS Nitro documents), ``ratls_interop``
 (other projects' RA-TLS certificates). Each verifier establishes authenticity only and returns a sealed
-``VerifiedEvidence``, labelled by the pinned root that verified it; docs/audit-log.md §9 lists every check name.
+``VerifiedEvidence``, labelled by the pinned root that verified it. Check names: in each verifier's docstring;
+those a session log can hold, in docs/audit-log.md §9.
 Here: where each hardware platform's evidence interface lives (``HARDWARE_INTERFACES``).
 """
 
