@@ -1,5 +1,5 @@
-"""I/O: the attested channel — ``ratls`` (the pure peer check), ``transport`` (the one module with sockets and
-TLS), ``accept`` (the enclave's bounded start of a session), ``client`` (the kernel's), ``clients`` (the
+"""I/O: the attested channel — ``ratls`` (the pure peer check), ``transport`` (the one module with TLS),
+``accept`` (the enclave's bounded start of a session), ``client`` (the kernel's), ``clients`` (the
 authorised-clients file).
 
 The package itself holds only the constants an enclave needs before it imports its TLS stack (so
