@@ -144,3 +144,9 @@ def test_check_fires_on_synthetic_modules() -> None:
     assert problem("kernel/x.py", '"""Kernel side: the badge."""\n') is None
     with pytest.raises(KeyError):
         expected_layer("newpart/x.py")
+
+
+def test_vocabulary_is_the_one_docs_architecture_states() -> None:
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text()
+    paragraph = doc[doc.index("Every module's docstring opens with its layer"):].split("\n\n")[0]
+    assert set(re.findall(r"`([A-Z][A-Za-z/ -]+)`", paragraph)) == LAYERS
