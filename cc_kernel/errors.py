@@ -1,4 +1,4 @@
-"""The whole exception tree of cc_kernel, and nothing else.
+"""Pure: the whole exception tree of cc_kernel, and nothing else.
 
 Errors say who is at fault: Local vs Remote protocol errors (we vs the peer broke the protocol), Closed vs
 Broken channels (we closed it vs the peer or the network broke it), and verification errors that name the

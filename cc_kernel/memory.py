@@ -4,13 +4,9 @@ Layer: called once at the start of each of our processes (the kernel, the monito
 the standard library, so every layer may use it. Invariant: it changes how memory is obtained, never what a
 program computes; where it cannot apply (not glibc), it does nothing and says so.
 
-Why: the data path (``%cc_upload``, large outputs) allocates and frees buffers of about a chunk (1 MiB) many
-times per second: TLS records, frames, decoded messages. glibc serves allocations above its mmap threshold
-(128 KiB at start) with a fresh ``mmap`` each, and returns the top of its heap to the kernel above its trim
-threshold, so each such buffer costs page faults and the kernel zeroing its pages. Measured on this project's
-2-core machines: copying 256 MiB twice through 1 MiB buffers took 0.31 s of CPU, and 0.014 s with the
-thresholds below; an upload's worker CPU fell by a third. The price: up to ``TRIM_THRESHOLD`` bytes of freed
-memory may stay with a process after a large transfer (idle memory is unchanged).
+Why (the data path's 1 MiB buffers, what glibc's defaults cost, what was measured): docs/architecture.md,
+"Decisions". The price: up to ``TRIM_THRESHOLD`` bytes of freed memory may stay with a process after a large
+transfer (idle memory is unchanged).
 """
 
 from __future__ import annotations

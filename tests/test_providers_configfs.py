@@ -29,10 +29,11 @@ from cc_kernel.attestation.platforms import sev_snp
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority, sign_report
 from cc_kernel.attestation.verify import verify_evidence
 from cc_kernel.crypto.keys import new_tls_key, spki_der_of_key
-from cc_kernel.enclave.providers.amd_certs import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID, build_cert_table
+from cc_kernel.enclave.providers.amd_certs import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID
 from cc_kernel.enclave.providers.base import OsFilesystem, Retry
 from cc_kernel.enclave.providers.configfs_tsm import ConfigfsTsm, probe_configfs_tsm
 from cc_kernel.errors import ConfigError, EvidenceUnavailable, UntrustedRoot
+from cc_kernel.testing.providers import build_cert_table
 
 MEASUREMENT = bytes(range(48))
 AUDIT_PUB = b"\xa1" * 32

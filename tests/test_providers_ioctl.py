@@ -35,7 +35,7 @@ from cc_kernel.attestation.platforms import sev_snp
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority, sign_report
 from cc_kernel.attestation.verify import verify_evidence
 from cc_kernel.crypto.keys import new_tls_key, spki_der_of_key
-from cc_kernel.enclave.providers.amd_certs import ARK_GUID, ASK_GUID, VCEK_GUID, build_cert_table
+from cc_kernel.enclave.providers.amd_certs import ARK_GUID, ASK_GUID, VCEK_GUID
 from cc_kernel.enclave.providers.base import Retry
 from cc_kernel.enclave.providers.nitro_nsm import NSM_IOCTL_RAW, NitroNsm, NsmRaw
 from cc_kernel.enclave.providers.sev_guest import (
@@ -48,6 +48,7 @@ from cc_kernel.enclave.providers.sev_guest import (
     SnpReportResp,
 )
 from cc_kernel.errors import ConfigError, EvidenceUnavailable
+from cc_kernel.testing.providers import build_cert_table
 
 MEASUREMENT = bytes(range(48))
 AUDIT_PUB = b"\xa1" * 32

@@ -27,7 +27,6 @@ from cc_kernel.enclave.providers.amd_certs import (
     ARK_GUID,
     ASK_GUID,
     VCEK_GUID,
-    build_cert_table,
     load_certificate_dir,
     parse_cert_table,
     snp_endorsements,
@@ -39,6 +38,7 @@ from cc_kernel.enclave.providers.nitro_nsm import NitroNsm
 from cc_kernel.enclave.providers.selector import PROVIDER_NAMES, HardwarePaths, select_provider
 from cc_kernel.enclave.providers.sev_guest import SevGuestIoctl
 from cc_kernel.errors import ConfigError, EvidenceUnavailable
+from cc_kernel.testing.providers import build_cert_table
 
 AUDIT_PUB = b"\xa1" * 32
 SESSION_ID = b"\x5e" * 16

@@ -6,6 +6,11 @@ A dataset release (docs/dataset.md §3) binds under its own tag, so channel evid
 release evidence or the other way round:
 REPORT_DATA = SHA-512(lp(TAG_DATASET_RELEASE) ‖ lp(nonce) ‖ lp(dataset_id) ‖ lp(release_pub) ‖
 lp(requester_spki_sha256)).
+
+Invariant: a ``Bound*`` value is made only here, after the freshness check and then the binding check, both
+compared in constant time. Check names: ``freshness.nonce`` (the evidence answers another nonce: a replay),
+``binding.report_data`` (channel evidence) and ``binding.release`` (release evidence) for a REPORT_DATA that
+is not the one the inputs demand.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Invariants: canonical msgpack, at most 64 KiB, unknown keys rejected, types checked. ``platform`` is a dispatch
 hint only; nothing trusts it.
+
+Check name: ``envelope`` (every decoding fault; the message says which).
 """
 
 from __future__ import annotations

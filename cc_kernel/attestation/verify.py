@@ -9,6 +9,11 @@ Invariants:
   root and ``simulation_anchors`` nothing else, so the two can never be confused;
 * a simulated report presented without simulation anchors fails with ``UntrustedRoot`` whose message says so
   (the message is chosen by looking at subject text; the decision is only "no pinned root verified it").
+
+Check names: ``envelope.format`` (no verifier for the format), ``envelope.endorsement`` (an endorsement the
+format does not take), ``envelope.collateral`` (Intel collateral in the envelope that does not load); the
+platform verifiers' own (``snp.*``, ``dcap.*``, ``collateral.*``, ``nitro.*``, ``chain.*``, ``x509.*``) pass
+through. All are listed in docs/audit-log.md §9.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ Invariants:
 * which requests get a receipt, and with which kind and code, is defined once: ``expected_receipt``;
 * no I/O here: the writer calls the injected ``sink`` once per entry with the exact bytes to append (the
   kernel's sink appends and fsyncs); times are parameters.
+
+Check names: the writer reports the entry checks of docs/audit-log.md §9 (``entry.signature``,
+``entry.session_id``, ``entry.seq``, ``entry.prev``, ``entry.type``, ...), and ``entry.decode`` for a receipt
+that cannot be read at all.
 """
 
 from __future__ import annotations

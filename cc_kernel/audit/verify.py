@@ -12,6 +12,10 @@ Invariants:
 * input that is not a session log at all (empty, wrong magic) raises ``AuditError``; nothing else escapes as
   an exception (foreign parser failures on hostile evidence become findings);
 * no I/O, no clock: ``now`` is a parameter and only used for notes.
+
+Check names (``record.*``, ``entry.*``, ``receipt.*``, ``closing.*``, ``log.*``, ``opening.*``, the evidence
+checks at index 0, ``policy.*``) are listed in docs/audit-log.md §9; the verdict's reasons (``notebook.*``,
+``attestation.simulation``, ...) in §6.1.
 """
 
 from __future__ import annotations

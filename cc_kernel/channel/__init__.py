@@ -1,4 +1,6 @@
-"""The attested channel: ``ratls`` (pure peer check) and ``transport`` (the one module with sockets and TLS).
+"""I/O: the attested channel — ``ratls`` (the pure peer check), ``transport`` (the one module with TLS),
+``accept`` (the enclave's bounded start of a session), ``client`` (the kernel's), ``clients`` (the
+authorised-clients file).
 
 The package itself holds only the constants an enclave needs before it imports its TLS stack (so
 ``python -m cc_kernel.enclave`` can start its worker first, see :mod:`cc_kernel.enclave.process`).

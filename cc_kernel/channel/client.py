@@ -1,4 +1,4 @@
-"""The kernel side of the attested channel: connect, handshake, challenge, verify — then unlock.
+"""I/O (the kernel's end of the attested channel): connect, handshake, challenge, verify — then unlock.
 
 Invariant: ``connect_attested`` returns a channel whose protocol state allows application messages only after
 ``verify_peer`` passed for a nonce chosen here for this connection; on any failure the channel is closed and

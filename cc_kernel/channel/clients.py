@@ -1,4 +1,4 @@
-"""The authorised-clients file of an enclave server (``authorized_keys`` style) and the client's own key.
+"""I/O: the authorised-clients file of an enclave server (``authorized_keys`` style) and the client's own key.
 
 File format, one client per line::
 

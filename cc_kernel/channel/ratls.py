@@ -3,6 +3,11 @@
 Invariant: ``verify_peer`` either returns an ``AttestedPeer`` (authenticity, binding to the peer certificate's
 key, the audit key and the session id, freshness for our nonce, and the policy all passed) or raises a
 VerificationError subclass naming the failed check. Nothing else decides that the peer may receive code.
+
+Check names: ``peer.certificate`` (no certificate, or one that does not parse), ``freshness.session_id``
+(evidence for another session), ``binding.certificate_evidence`` (the certificate's start-up evidence names
+another measurement or audit key than the fresh evidence), described in docs/evidence.md §2; and those of the
+verification, binding and appraisal it calls (docs/audit-log.md §9, docs/policy.md §5.4).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""I/O: the one module with sockets and TLS. TLS 1.3 only (stdlib ssl), asyncio protocols, protocol frames.
+"""I/O: the one module with TLS (the only import of ``ssl``): TLS 1.3 over asyncio protocols, protocol frames.
 
 Invariants: every connection is TLS 1.3 (no fallback); the client does not verify the certificate through a CA
 (stdlib ssl has no custom verify callback) — the attested peer check in ``channel.ratls`` does that before any
 application byte is sent, and ``protocol.Connection`` refuses to encode application messages before it; the
-server's private key is loaded from memory (a memfd), never written to disk; socket and TLS failures surface
-as BrokenChannelError / ConnectError, never as raw OSError/ssl.SSLError.
+server's private key is loaded from memory (a memfd) on Linux, never written to disk (elsewhere: a private
+temporary file, removed at once); socket and TLS failures surface as BrokenChannelError / ConnectError, never
+as raw OSError/ssl.SSLError.
 
 Client keys (mutual TLS): a server given ``AuthorizedClients`` requires a client certificate whose chain ends
 at one of the listed self-signed certificates (they are its only trust anchors; OpenSSL checks the signature,
@@ -225,7 +226,8 @@ def server_context(identity: TlsIdentity, clients: AuthorizedClients | None = No
 
 
 def _load_identity(ctx: ssl.SSLContext, identity: TlsIdentity) -> None:
-    """Load a key and certificate into ``ctx`` from memory (a memfd), never from a file on disk."""
+    """Load a key and certificate into ``ctx`` from memory (a memfd) on Linux; elsewhere from a private temporary
+    file, removed at once."""
     pem = identity.key_pem + identity.cert_pem
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("cc-kernel-tls", os.MFD_CLOEXEC)

@@ -2,6 +2,9 @@
 
 Invariants: private keys are generated in the calling process (inside the TEE for the enclave) and only ever
 serialised to memory; certificates are self-signed and carry at most one evidence extension under our OID.
+
+Check name: ``peer.certificate`` (``peer_certificate_info``: a peer certificate or evidence extension
+that does not parse).
 """
 
 from __future__ import annotations

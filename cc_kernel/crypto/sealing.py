@@ -1,4 +1,4 @@
-"""Pure crypto layer for sealed datasets: the chunk AEAD, the data-key wrapping (HPKE) and the broker's keys.
+"""Pure crypto layer (sealed datasets): the chunk AEAD, the data-key wrapping (HPKE) and the broker's keys.
 
 Invariants: the only ciphers are ``cryptography``'s AES-256-GCM and RFC 9180 HPKE in base mode with the suite
 DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / AES-256-GCM (``cryptography.hazmat.primitives.hpke``); nothing here

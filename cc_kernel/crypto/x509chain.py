@@ -9,6 +9,10 @@ Why not ``cryptography.x509.verification.PolicyBuilder``: it rejects AMD's RSASS
 (explicit trailerField), VCEKs without AKI, Nitro leaves without AKI and Intel PCKs without SAN.
 ``Certificate.verify_directly_issued_by`` handles all of them but checks only the signature and the issuer name,
 so everything else is checked here.
+
+Check names: ``chain.length``, ``chain.anchor``, ``chain.issuer_name``, ``chain.ca``, ``chain.key_usage``,
+``chain.path_length``, ``chain.critical_extension``, ``chain.validity``, ``chain.signature``,
+``chain.signature_algorithm`` (Intel collateral reports them as ``collateral.tcb_signing.chain.*``).
 """
 
 from __future__ import annotations

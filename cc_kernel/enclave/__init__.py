@@ -1,1 +1,1 @@
-"""Runs inside the TEE; never imports ipykernel, jupyter_client or zmq."""
+"""Monitor: the trusted half inside the TEE; it never imports ipykernel, jupyter_client or zmq."""

@@ -1,4 +1,4 @@
-"""Enclave: evidence providers. ``collect(report_data, ...)`` returns an EvidenceEnvelope for the kernel.
+"""Monitor: the evidence sources — ``collect(report_data, ...)`` returns an EvidenceEnvelope for the kernel.
 
 The simulated provider signs byte-exact SEV-SNP reports with the simulated authority; its teaching faults
 (debug, outdated TCB, swapped key, replay) change only what a real TEE could get wrong, so the kernel's real

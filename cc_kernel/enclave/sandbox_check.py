@@ -1,4 +1,4 @@
-"""Enclave layer (monitor side): check a worker's sandbox report against what the kernel shows from outside.
+"""Monitor: check a worker's sandbox report against what the kernel shows from outside.
 
 The worker's report (``WorkerReady.protections``: part -> ``{"in_force": bool, "detail": str}``, the ``uid``
 entry also ``uid``/``gid``) is a claim made by the process that runs hostile code. Before believing it the

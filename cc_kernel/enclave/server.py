@@ -1,4 +1,4 @@
-"""Enclave: ``cc-kernel enclave serve`` — accept kernel connections, one fresh enclave process per session.
+"""Monitor (supervisor): ``cc-kernel enclave serve`` — accept kernel connections, one fresh enclave process per session.
 
 A warm spare process (interpreter built, keys generated, start-up evidence in its certificate) waits on a
 control socket; each accepted connection is passed to it with SCM_RIGHTS and a new spare is started. Every

@@ -1,4 +1,4 @@
-"""Tools on the untrusted path, shared by the teaching lab and the test harness (and by nothing else).
+"""Lab tools: the tools of the untrusted path, shared by the teaching lab and the test harness (and by nothing else).
 
 Layer: I/O (sockets, processes), above ``channel``; ``cc_kernel.teaching`` and ``cc_kernel.testing`` import it,
 the kernel, the enclave and the worker never do (``tests/test_architecture.py``). Each idea has one module:

@@ -1,4 +1,5 @@
-"""Stopping the processes the teaching lab and the test harness start, and reading an enclave server's address.
+"""Lab tools: stopping the processes the teaching lab and the test harness start, and reading an enclave server's
+address.
 
 Layer: I/O (signals, waits), part of ``labkit``. Invariants: a process is stopped by its id only — first the
 signal it handles (SIGTERM by default: an enclave server then stops the enclaves it started), then, if it

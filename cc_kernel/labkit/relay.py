@@ -1,4 +1,4 @@
-"""The recording, tampering TCP relay: a man in the middle, as an untrusted host or network is.
+"""Lab tools: the recording, tampering TCP relay — a man in the middle, as an untrusted host or network is.
 
 Layer: I/O (asyncio streams on the caller's event loop), part of ``labkit``; used by the teaching lab and the
 test harness. Invariants: the relay forwards every byte both ways unchanged and in order, keeping a copy

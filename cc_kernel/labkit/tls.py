@@ -1,5 +1,5 @@
-"""The TLS-record walker: where the records of one direction of a TLS connection start, and which bytes are
-their payload, for a stream fed in pieces of any size.
+"""Lab tools (pure): the TLS-record walker — where the records of one direction of a TLS connection start, and which
+bytes are their payload, for a stream fed in pieces of any size.
 
 Layer: pure (bytes in, values out), part of ``labkit``. Invariants: the walker reads only the 5-byte record
 headers (content type, legacy version, length; RFC 8446 §5.1) and never decrypts; feeding a stream whole or one

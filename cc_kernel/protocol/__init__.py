@@ -1,7 +1,9 @@
-"""Pure sans-IO wire protocol between the kernel and the enclave (no sockets, no clock).
+"""Pure protocol layer: the sans-IO wire protocol between the kernel and the enclave (no sockets, no clock).
 
 Layers, bottom up: ``codec`` (the only msgpack call site), ``messages`` (strictly validated dataclasses),
-``framing`` (length-prefixed frames, incremental decoder), ``connection`` (the state machine as a table).
+``framing`` (length-prefixed frames, incremental decoder), ``flow`` (what an output costs in credit),
+``connection`` (the state machine as a table, and the output window); ``privsep`` holds the monitor <-> worker
+message sets on the same frames.
 
 The names are re-exported lazily (PEP 562): importing one submodule (``codec`` for the evidence envelope)
 does not build the message registry and the state machine, which keeps the enclave's start-up short.

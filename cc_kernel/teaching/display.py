@@ -1,4 +1,4 @@
-"""Display helpers of the teaching lab: hex dumps, side-by-side panels, tables and pictures for notebooks.
+"""Teaching: display helpers of the teaching lab — hex dumps, side-by-side panels, tables and pictures for notebooks.
 
 Layer: pure (text in, text and HTML out), part of ``cc_kernel.teaching``. Invariants: every widget is shown the
 same way by ``print`` and by IPython's plain-text display (``Shown``), and its HTML escapes every text it shows.

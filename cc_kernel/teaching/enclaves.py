@@ -1,4 +1,4 @@
-"""The teaching lab's enclaves: what faults it can switch on, how it starts a real enclave server, and the
+"""Teaching: the teaching lab's enclaves — what faults it can switch on, how it starts a real enclave server, and the
 impostor that replays recorded evidence.
 
 Layer: I/O (processes, sockets), part of ``cc_kernel.teaching``. Invariants: an enclave server is a real

@@ -1,4 +1,4 @@
-"""What attestation looks like, for teaching: an SEV-SNP report's fields, an evidence envelope's certificates,
+"""Teaching: what attestation looks like — an SEV-SNP report's fields, an evidence envelope's certificates,
 and the attested-channel protocol as a sequence diagram.
 
 Layer: pure (bytes in, ``Table``/``Diagram`` out), part of ``cc_kernel.teaching``. Invariants: reports and

@@ -1,5 +1,5 @@
-"""Real Jupyter kernels started by the teaching lab: ``LabKernel`` stays up for several requests, as a frontend
-keeps a kernel; ``TeachingLab.run_cell`` runs one cell in a fresh one.
+"""Teaching: real Jupyter kernels started by the teaching lab — ``LabKernel`` stays up for several requests, as a
+frontend keeps a kernel; ``TeachingLab.run_cell`` runs one cell in a fresh one.
 
 Layer: I/O (kernel processes driven with jupyter_client on the lab's loop), part of ``cc_kernel.teaching``.
 Invariants: a kernel's output goes to its log file, never to the caller's stdout/stderr; a wiretapped kernel is

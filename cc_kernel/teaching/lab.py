@@ -1,4 +1,4 @@
-"""The teaching lab: a private, throw-away confidential-computing lab behind the notebooks.
+"""Teaching: the teaching lab, a private, throw-away confidential-computing lab behind the notebooks.
 
 Layer: I/O (processes, sockets, temporary files), part of ``cc_kernel.teaching``, above ``channel``,
 ``attestation``, ``simstore`` and the kernelspecs; used by neither the kernel nor the enclave.

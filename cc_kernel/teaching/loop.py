@@ -1,4 +1,4 @@
-"""The teaching lab's background event loop: relays, impostor servers and kernel clients run on it.
+"""Teaching: the teaching lab's background event loop — relays, impostor servers and kernel clients run on it.
 
 Layer: I/O (a daemon thread running an asyncio loop), part of ``cc_kernel.teaching``. Invariants: the caller's
 thread never runs the lab's coroutines itself, so the lab works whether or not that thread runs an event loop

@@ -1,5 +1,5 @@
-"""Outcomes the teaching lab shows: an attestation verdict (``AttestOutcome``), raw evidence fetched for manual
-verification (``EvidenceExchange``), and one cell run in a real kernel (``CellRun``).
+"""Teaching: outcomes the teaching lab shows — an attestation verdict (``AttestOutcome``), raw evidence fetched for
+manual verification (``EvidenceExchange``), and one cell run in a real kernel (``CellRun``).
 
 Layer: pure values with text and HTML views, part of ``cc_kernel.teaching``. Invariants: a refusal is shown as
 the kernel shows it — what failed (``kernel.advice.refusal_text``) and, once, what to do

@@ -1,4 +1,4 @@
-"""Recordings for teaching: what a man in the middle saw, with views (hex excerpts around a secret, TLS record
+"""Teaching: recordings — what a man in the middle saw, with views (hex excerpts around a secret, TLS record
 summaries); the lab's ``Relay`` and ``Wiretap`` (several relays as one recording).
 
 Layer: I/O (relays run on the lab's loop), part of ``cc_kernel.teaching``; the forwarding, recording and

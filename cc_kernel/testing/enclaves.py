@@ -1,4 +1,4 @@
-"""Testing helpers: real and in-process enclaves, raw TLS clients, pinned policies; the tampering relay
+"""Test helpers: real and in-process enclaves, raw TLS clients, pinned policies; the tampering relay
 (``cc_kernel.labkit.relay``, shared with the teaching lab) is re-exported here.
 
 Layer: testing (may import any part of cc_kernel; nothing in cc_kernel imports it; it is not measured).

@@ -1,4 +1,4 @@
-"""Waiting in tests: poll a condition until it holds, with a deadline; never a bare sleep to synchronise.
+"""Test helpers: waiting in tests — poll a condition until it holds, with a deadline; never a bare sleep to synchronise.
 
 Layer: testing (may import any part of cc_kernel; nothing in cc_kernel imports it; it is not measured).
 """

@@ -1,1 +1,2 @@
-"""The worker: runs the user's cells (IPython) in a sandbox; holds no key, no evidence source, no receipt signer."""
+"""Worker: the untrusted half inside the TEE; runs the user's cells (IPython) in a sandbox; holds no key, no evidence
+source, no receipt signer."""

@@ -1,4 +1,4 @@
-"""Enclave comms: the ``comm`` package's ``create_comm``/``get_comm_manager``, backed by an output router.
+"""Worker (comms): the ``comm`` package's ``create_comm``/``get_comm_manager``, backed by an output router.
 
 Layer: runs inside the TEE, used by :mod:`cc_kernel.worker.shell`; never imports ipykernel. Invariants: comm
 messages published by user code (ipywidgets 8, custom comms) go through the same ordered router as all other

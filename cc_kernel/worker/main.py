@@ -1,7 +1,8 @@
 """Worker: the process entry point (``python -m cc_kernel.worker``), started by the monitor, one per session.
 
-Order of events, all before any user code exists: no core files and no ``.pyc``; the sandbox (uid,
-capabilities, ``no_new_privs``, Landlock, seccomp: :mod:`cc_kernel.worker.sandbox`) applied to this process;
+Order of events, all before any user code exists: no core files and no ``.pyc``; a private ``/dev/shm`` (a
+worker started as root); the sandbox (uid, capabilities, ``no_new_privs``, Landlock, seccomp:
+:mod:`cc_kernel.worker.sandbox`) applied to this process;
 the check that nothing the worker must never read (``--forbid``: the simulated authority's keys) lies inside
 what the sandbox grants; the parent-death signal, so the worker never outlives its monitor; then IPython is
 imported (inside the sandbox) and the shell built; ``WorkerReady`` reports what is in force. With

@@ -1,4 +1,4 @@
-"""Worker layer (I/O, Linux only): the kernel-enforced sandbox the worker applies to itself before any user code.
+"""Worker (I/O, Linux only): the kernel-enforced sandbox the worker applies to itself before any user code.
 
 The worker is a fresh ``python -m cc_kernel.worker`` that the monitor starts in a new session with only its
 socketpair inherited. Before it builds the IPython shell it calls :func:`apply_sandbox`, which applies, in order:
@@ -35,6 +35,8 @@ socketpair inherited. Before it builds the IPython shell it calls :func:`apply_s
     another architecture (i386, x32) kills the process.
 
 :func:`exposed` tells the monitor, before it starts a worker, which secrets a spec's grants would contain.
+:func:`private_shared_memory`, called before :func:`apply_sandbox`, gives a worker started as root a private
+tmpfs on ``/dev/shm`` in a mount namespace of its own (a user's own kernel keeps the host's).
 
 Invariants: the sandbox is applied by a single-threaded process (Landlock and no_new_privs bind the calling
 thread only; a second thread is refused as :class:`SandboxError` whatever ``required`` says); with
@@ -43,12 +45,8 @@ thread only; a second thread is refused as :class:`SandboxError` whatever ``requ
 are not in force and why. The report is a claim: the monitor checks what it can see from outside
 (``cc_kernel.enclave.sandbox_check``) before believing it. Every step is irreversible for the process.
 
-Bindings: seccomp goes through libseccomp (via ``pyseccomp``, a ctypes binding API-compatible with
-libseccomp's official Python bindings), so the BPF program, the architecture checks and the x32 guard are
-libseccomp's, not ours. Landlock is three syscalls (444/445/446 on x86_64 and aarch64) with two small structs;
-the Python packages for it either lack ABI 6 scopes or default to best-effort (silently dropping rights the
-kernel lacks, and handling TCP unless told otherwise), which is wrong for a sandbox that must report exactly
-what is in force, so this module calls the syscalls itself through ctypes.
+Bindings: seccomp through libseccomp (``pyseccomp``), Landlock through its three syscalls called here with
+ctypes; why, and what each mechanism blocks and cannot: docs/sandbox.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The enclave's interpreter: IPython's InteractiveShell without ipykernel, output routed to an injected sink.
+"""Worker: the enclave's interpreter — IPython's InteractiveShell without ipykernel, output routed to an injected sink.
 
 Layer: runs inside the TEE; transport-agnostic (the enclave server, or a test, supplies an
 :class:`~cc_kernel.worker.streams.OutputSink` and an ``input_fn``). Never imports ipykernel, jupyter_client

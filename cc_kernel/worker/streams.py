@@ -1,4 +1,4 @@
-"""Enclave I/O: ordered, coalescing delivery of cell output to an injected sink; stdout/stderr and fd capture.
+"""Worker (I/O): ordered, coalescing delivery of cell output to an injected sink; stdout/stderr and fd capture.
 
 Layer: runs inside the TEE, below :mod:`cc_kernel.worker.shell`. Knows nothing of the transport: every output
 message goes to an :class:`OutputSink` supplied by the caller. Invariants:

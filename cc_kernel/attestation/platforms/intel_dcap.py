@@ -12,7 +12,7 @@ Invariants:
   ``check``, never ``IndexError``/``struct.error``/``ValueError``. Nothing it returns is trusted;
 * bytes after the end of the signature data are **never** part of any check: they are returned as
   ``Quote.trailing``, and ``verify_quote`` reports them as the warning ``trailing-bytes`` with the count in
-  the claim ``trailing_bytes`` (see "Decisions");
+  the claim ``trailing_bytes``;
 * ``verify_quote`` returns a sealed ``VerifiedEvidence`` only after, in this order: (1) structure, (2) the PCK
   chain from the quote walked to a PINNED root by the shared walker (the root presented in the quote must be
   byte-identical to the pinned one), (3) the PCK certificate's role and SGX extension (FMSPC, PCE-ID, TCB
@@ -35,20 +35,8 @@ Check names (tests assert them): ``dcap.size``, ``dcap.truncated`` (``index`` = 
 ``dcap.qe_identity.isv_prod_id``, ``dcap.attestation_key``, ``dcap.signature``, ``dcap.td.mr_signer_seam``,
 ``dcap.td.seam_attributes``, and the ``collateral.*`` checks of ``intel_collateral``.
 
-Decisions:
-
-* **Trailing bytes** are reported, not rejected, here: they are outside the signed structure and nothing
-  reads them, so they cannot change what is verified; the verifier's job is to say precisely what is
-  authentic. Intel's verification guidance nevertheless lists "no unexplained trailing bytes" as a *must* for a
-  credible verifier, and our own enclaves never produce them, so the policy layer should reject a quote
-  carrying the ``trailing-bytes`` warning unless the policy explicitly weakens that (today the appraisal
-  only downgrades such a result to ``warning``).
-* **Reserved fields** of the header and of the SGX/TD report bodies are not required to be zero: they are
-  covered by the signature, and Intel has turned reserved space into new fields before (CONFIGID, KSS).
-* **QE identity constants** (MRSIGNER, ISVPRODID 1 for the SGX QE and 2 for the TD QE, DEBUG clear) are
-  checked with or without collateral; a QE identity document can only narrow them further.
-* **The PCK chain** must be exactly leaf, PCK CA, root in the quote's PEM (optionally NUL-terminated, as
-  some QEs write it); the presented root is compared byte for byte with the pinned one by the walker.
+Design decisions (trailing bytes, reserved fields, QE identity constants, the PCK chain's shape): docs/architecture.md,
+"Platforms".
 """
 
 

@@ -34,12 +34,10 @@ Invariants:
   ``verify_legacy=True`` a Gramine legacy quote must also verify, bind SHA-256(SPKI) in its REPORT_DATA and
   describe the same enclave.
 
-Gramine's certificates (mbedTLS) encode the ECDSA signature AlgorithmIdentifier with an explicit NULL
-parameter, which RFC 5758 forbids; ``cryptography`` 48 warns about it and later releases refuse to parse the
-certificate at all. This module therefore splits the certificate with the strict DER reader (``crypto.der``),
-verifies the signature over the *original* TBSCertificate bytes with the certificate's key, and hands
-``cryptography`` a copy in which only those two NULLs are removed (every other byte, including the key and
-the extensions, is copied verbatim) to read names, validity and extensions.
+Gramine's certificates (mbedTLS) give the ECDSA signature AlgorithmIdentifier an explicit NULL parameter, which
+RFC 5758 forbids and recent ``cryptography`` releases refuse: the certificate is split with the strict DER reader
+(``crypto.der``), its signature verified over the *original* TBSCertificate bytes, and ``cryptography`` reads a
+copy with only those two NULLs removed (docs/architecture.md, "Platforms").
 
 Check names (tests assert them): ``ratls.certificate`` (PEM/DER structure), ``ratls.signature_algorithm``,
 ``ratls.critical_extension``, ``ratls.extension`` (no CCC evidence extension), ``ratls.extension.size``,
@@ -48,35 +46,7 @@ Check names (tests assert them): ``ratls.certificate`` (PEM/DER structure), ``ra
 ``ratls.certificate.signature``, ``ratls.certificate.validity``, ``binding.pubkey_hash``,
 ``binding.claims_hash``, ``freshness.nonce``, ``ratls.legacy.*``; plus whatever ``verify_quote`` raises.
 
-Design note — should our own enclave certificate also carry a CCC extension?
------------------------------------------------------------------------------
-
-*What it would bind.* Our certificate already carries start-up evidence (an ``EvidenceEnvelope`` under our
-UUID-arc OID) whose REPORT_DATA is ``SHA-512(tag, SPKI, audit key, zero nonce, zero session id)``. A CCC
-extension needs *another* quote, with REPORT_DATA ``SHA-256(claims) || 0^32`` where ``claims`` holds
-``pubkey-hash = [1, SHA-256(SPKI)]``. Other claims are covered by that hash and ignored by other verifiers,
-so we could bind the audit key too (say ``"cc-kernel-audit-pub"``) and have our own verifier check it. It
-would be start-up evidence like ours: no nonce, so our kernel would still require the fresh post-handshake
-evidence, and the CCC extension would serve only *other* RA-TLS clients (Gramine's ``ra_tls_verify``, the
-SGX SDK's ``tee_verify_certificate_with_evidence``, rats-tls).
-
-*Where it is worth it.* TDX and SGX: tag 60000 covers every Intel ECDSA quote (TDX v4/v5 too), so a TDX
-enclave's certificate would become verifiable by those clients — real interoperability. SEV-SNP: no CBOR tag
-is registered for SNP reports; rats-tls uses a private tag, so a CCC-shaped SNP extension would be read by
-rats-tls alone and by nobody else. Nitro: none either. Simulation: never (it would claim an Intel quote).
-
-*What it costs.* One more quote generation at every enclave start (configfs-tsm/QGS round trip: tens of
-milliseconds for TDX, less for SGX via Gramine), paid by the warm spare, not by the connecting user; about
-5 KB more certificate (the quote with its PCK chain; more with the optional endorsements extension), sent in
-every handshake; two evidence items in one certificate that must never disagree (our verifier would check
-that both describe the same measurement, as it already does for start-up vs fresh evidence); and a second
-binding scheme to keep correct (SHA-256 of CBOR claims, no domain tag) next to our tagged SHA-512.
-
-*Recommendation.* Emit it for TDX and SGX only, behind an enclave option, once the TDX/SGX evidence sources
-exist; never for SEV-SNP, Nitro or simulation. ``build_interop_extension`` (with ``encode_interop_claims``,
-``interop_report_data`` and ``pubkey_hash_value``) builds the extension; the enclave must generate the quote
-over ``interop_report_data(claims)`` for exactly the claims it then passes, and ``keys.make_tls_identity``
-needs a way to add a second extension.
+Whether our own enclave certificates should carry a CCC extension too: docs/architecture.md, "Platforms".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Enclave: hardware evidence providers, one module per TEE interface, plus the selector.
+"""Monitor (evidence providers): hardware evidence providers, one module per TEE interface, plus the selector.
 
 * ``configfs_tsm.ConfigfsTsm`` — SEV-SNP and TDX through Linux configfs-tsm (preferred);
 * ``sev_guest.SevGuestIoctl`` — SEV-SNP through the ``/dev/sev-guest`` ioctls;

@@ -1,4 +1,4 @@
-"""Enclave: the AMD certificates that travel with an SEV-SNP report, as envelope endorsements.
+"""Monitor (evidence providers): the AMD certificates that travel with an SEV-SNP report, as envelope endorsements.
 
 Sources: the host's extended-report certificate table (GHCB spec #56421 §4.1.8.1; configfs-tsm ``auxblob``
 with provider ``sev_guest``, or the buffer of ``SNP_GET_EXT_REPORT``), and optionally a directory the operator
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import struct
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from cc_kernel.attestation.envelope import Endorsement
@@ -29,9 +29,9 @@ __all__ = [
     "ARK_GUID",
     "ASK_GUID",
     "CERTIFICATE_ROLES",
+    "TABLE_ENTRY",
     "VCEK_GUID",
     "VLEK_GUID",
-    "build_cert_table",
     "load_certificate_dir",
     "parse_cert_table",
     "report_signing_key",
@@ -48,7 +48,8 @@ ARK_GUID = uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae")
 #: Envelope roles, in the order endorsements are emitted.
 CERTIFICATE_ROLES = ("vcek", "vlek", "ask", "asvk", "ark")
 
-_ENTRY = struct.Struct("<16sII")
+#: One entry of the host's certificate table: GUID (16 bytes), offset u32 LE, length u32 LE.
+TABLE_ENTRY = struct.Struct("<16sII")
 _MAX_ENTRIES = 32
 _SIGNING_KEY_VLEK = 1
 
@@ -82,16 +83,16 @@ def parse_cert_table(table: bytes) -> dict[uuid.UUID, bytes]:
         return {}
     raw_entries: list[tuple[bytes, int, int]] = []
     for index in range(_MAX_ENTRIES + 1):
-        at = index * _ENTRY.size
-        if at + _ENTRY.size > len(table):
+        at = index * TABLE_ENTRY.size
+        if at + TABLE_ENTRY.size > len(table):
             raise _bad_table(f"no all-zero terminating entry within its {len(table)} bytes")
-        guid_raw, offset, length = _ENTRY.unpack_from(table, at)
+        guid_raw, offset, length = TABLE_ENTRY.unpack_from(table, at)
         if guid_raw == bytes(16):
             break
         if index == _MAX_ENTRIES:
             raise _bad_table(f"more than {_MAX_ENTRIES} entries")
         raw_entries.append((guid_raw, offset, length))
-    entries_end = (len(raw_entries) + 1) * _ENTRY.size
+    entries_end = (len(raw_entries) + 1) * TABLE_ENTRY.size
     certs: dict[uuid.UUID, bytes] = {}
     for guid_raw, offset, length in raw_entries:
         guid = _KNOWN.get(guid_raw, uuid.UUID(bytes=guid_raw))
@@ -104,19 +105,6 @@ def parse_cert_table(table: bytes) -> dict[uuid.UUID, bytes]:
             raise _bad_table(f"GUID {guid} is listed twice")
         certs[guid] = table[offset : offset + length]
     return certs
-
-
-def build_cert_table(certs: Iterable[tuple[uuid.UUID, bytes]]) -> bytes:
-    """A GHCB certificate table holding ``certs`` in order (RFC-order GUIDs), as a host writes it."""
-    items = list(certs)
-    offset = (len(items) + 1) * _ENTRY.size
-    header = bytearray()
-    body = bytearray()
-    for guid, data in items:
-        header += _ENTRY.pack(guid.bytes, offset + len(body), len(data))
-        body += data
-    header += _ENTRY.pack(bytes(16), 0, 0)
-    return bytes(header + body)
 
 
 def report_signing_key(report: bytes) -> int:

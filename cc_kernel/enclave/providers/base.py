@@ -1,6 +1,6 @@
-"""Enclave: what the hardware evidence providers share — file, device and ioctl access, bounded retries, sanity
-checks of the evidence a TEE returned, and the collection itself (``HardwareProvider.collect``: check the
-report_data, collect one provider at a time, put the evidence into the envelope they all produce).
+"""Monitor (evidence providers): what the hardware evidence providers share — file, device and ioctl access, bounded
+retries, sanity checks of the evidence a TEE returned, and the collection itself (``HardwareProvider.collect``: check
+the report_data, collect one provider at a time, put the evidence into the envelope they all produce).
 
 Invariants:
 

@@ -1,4 +1,5 @@
-"""Enclave: evidence from Linux configfs-tsm (``/sys/kernel/config/tsm/report``), for SEV-SNP and TDX guests.
+"""Monitor (evidence providers): evidence from Linux configfs-tsm (``/sys/kernel/config/tsm/report``), for SEV-SNP and
+TDX guests.
 
 The kernel interface (Documentation/ABI/testing/configfs-tsm-report, Linux >= 6.7), as used here:
 

@@ -1,4 +1,4 @@
-"""Enclave: SGX DCAP quotes through Gramine's ``/dev/attestation`` pseudo-files.
+"""Monitor (evidence providers): SGX DCAP quotes through Gramine's ``/dev/attestation`` pseudo-files.
 
 Gramine (Documentation/attestation.rst) exposes, inside the enclave: ``attestation_type`` (``none`` or
 ``dcap``; set by ``sgx.remote_attestation`` in the manifest), ``user_report_data`` (64 bytes -> SGX

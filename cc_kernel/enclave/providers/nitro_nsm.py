@@ -1,4 +1,4 @@
-"""Enclave: AWS Nitro Enclaves attestation documents from the Nitro Secure Module (``/dev/nsm``).
+"""Monitor (evidence providers): AWS Nitro Enclaves attestation documents from the Nitro Secure Module (``/dev/nsm``).
 
 The interface (Linux ``include/uapi/linux/nsm.h``; aws/aws-nitro-enclaves-nsm-api ``src/driver``):
 ``ioctl(fd, NSM_IOCTL_RAW = _IOWR(0x0A, 0, struct nsm_raw), &msg)`` with ``struct nsm_raw {struct nsm_iovec

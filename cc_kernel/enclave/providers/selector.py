@@ -1,4 +1,4 @@
-"""Enclave: choose this machine's hardware evidence provider — never the simulation.
+"""Monitor (evidence providers): choose this machine's hardware evidence provider — never the simulation.
 
 Order (docs/deploy/README.md, "The common model"), first usable wins:
 

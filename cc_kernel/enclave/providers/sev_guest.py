@@ -1,4 +1,4 @@
-"""Enclave: SEV-SNP reports through the ``/dev/sev-guest`` ioctls (kernels without configfs-tsm).
+"""Monitor (evidence providers): SEV-SNP reports through the ``/dev/sev-guest`` ioctls (kernels without configfs-tsm).
 
 The Linux uapi (include/uapi/linux/sev-guest.h), mirrored with ctypes:
 
