@@ -89,6 +89,7 @@ METRICS = (
     Metric("interrupt_ms", "interrupt during sleep(10) -> reply", "ms"),
     Metric("interrupt_first_ms", "  the same, first interrupt of a session", "ms"),
     Metric("numpy_s", "numpy 200x200 matmul loop (best of round)", "s", target=("<=", 1.1)),
+    Metric("rss_mib", "resident memory after the first cell, all processes", "MiB", target=("<=", 3.0)),
     Metric("numpy_median_s", "  the same, median of round", "s"),
 )
 
@@ -233,6 +234,31 @@ class Bench:
 
     # -- measurements (call prepare() once first) --
 
+    def rss_mib(self) -> float:
+        """Resident memory (VmRSS) of the kernel process and every process under it (the confidential kernel's
+        monitor and worker), in MiB."""
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        tree, todo = set(), [self.km.provisioner.pid]  # type: ignore[union-attr]
+        while todo:
+            pid = todo.pop()
+            tree.add(pid)
+            todo += [child for child, parent in parents.items() if parent == pid]
+        kib = 0
+        for pid in tree:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        return kib / 1024
+
     def prepare(self) -> None:
         """Imports and data for the measurement cells, untimed: time, sys, a 1 MiB string, numpy and a warm array."""
         self.run("import sys, time\n_cc_bench_chunk = 'x' * (1 << 20)\n"
@@ -347,6 +373,7 @@ def measure_round(
             res[k].summary["machine_busy_before"] = wait_quiet(max_busy, patience, log)
             benches[k] = start(k)
             res[k].samples["start_s"] = [benches[k].start_s]
+            res[k].samples["rss_mib"] = [benches[k].rss_mib()]
         for k in order:
             benches[k].prepare()
 
@@ -382,7 +409,7 @@ def measure_round(
         s = r.summary
         s["rtt_median_ms"] = statistics.median(r.samples["rtt_ms"])
         s["rtt_p99_ms"] = p99(r.samples["rtt_ms"])
-        for key in ("rtt_idle_ms", "start_s", "throughput_mbs", "first_byte_flush_ms", "first_byte_plain_ms",
+        for key in ("rtt_idle_ms", "start_s", "rss_mib", "throughput_mbs", "first_byte_flush_ms", "first_byte_plain_ms",
                     "interrupt_ms", "interrupt_first_ms"):
             s[key] = statistics.median(r.samples[key])
         # CPU-bound: interference only adds time, and 2 BLAS threads on 2 shared cores amplify it (a busy neighbour

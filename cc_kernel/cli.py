@@ -1,4 +1,4 @@
-"""The ``cc-kernel`` command: measure, policy, enclave serve, attest, client-key, install, audit, evidence verify.
+"""Command line: the ``cc-kernel`` command (measure, policy, enclave serve, attest, client-key, audit, ...).
 
 Exit codes: 0 success / verified, 1 verification failed (reasons printed), 2 usage, input or connection error;
 141 when stdout is closed early (``cc-kernel measure --json | head -c 10``), silently, as for SIGPIPE.

@@ -1,4 +1,4 @@
-"""Command line for the data owner: ``cc-kernel data seal|approve`` and ``cc-kernel broker serve|verify-log``.
+"""Command line (the data owner's commands): ``cc-kernel data seal|approve`` and ``cc-kernel broker serve|verify-log``.
 
 Registered by ``cli.py`` (``add_parsers`` and ``run``); exit codes as the rest of the CLI: 0 ok, 1 invalid
 (a log that does not verify), 2 usage or configuration errors.

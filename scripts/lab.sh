@@ -12,6 +12,8 @@ if ! command -v node >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
 fi
 .venv/bin/python -m pip install --quiet -e ".[lab]"
+# bytecode for the package, as a wheel install has it (why: scripts/test.sh)
+.venv/bin/python -m compileall -q --invalidation-mode checked-hash cc_kernel >/dev/null
 .venv/bin/cc-kernel install --sys-prefix
 # CurveZMQ on the frontend <-> kernel hop when the kernel supports it (both our kernelspecs declare it).
 exec .venv/bin/jupyter lab --ServerApp.root_dir=notebooks --KernelManager.transport_encryption=auto "$@"

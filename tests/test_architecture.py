@@ -49,7 +49,7 @@ ALLOWED: dict[str, set[str]] = {
 IO_MODULES = {"socket", "ssl", "asyncio", "subprocess", "selectors", "threading", "zmq", "jupyter_client",
               "ipykernel", "tornado", "time", "os", "pathlib", "shutil", "tempfile", "glob", "fcntl", "mmap",
               "signal", "multiprocessing", "concurrent", "urllib", "http", "requests", "importlib"}
-# The pure layers (STYLE.md rule 1, docs/architecture.md): whole parts, and single modules of an I/O part.
+# The pure layers (docs/architecture.md): whole parts, and single modules of an I/O part.
 CORE = {"errors", "protocol", "crypto", "attestation", "audit", "dataset"}
 PURE_MODULES = {"channel/ratls.py"}
 # Calls that read the clock: ``datetime.now()``, ``datetime.datetime.utcnow()``, ``date.today()``, ...

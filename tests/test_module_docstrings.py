@@ -49,46 +49,6 @@ LAYER_OF: dict[str, str] = {
 LAYERS = frozenset(LAYER_OF.values())
 FIRST_LINE = re.compile(r"^(?P<layer>[A-Z][A-Za-z/ -]*?)(?: [a-z]+ layer)?(?: \([^)]+\))?: \S")
 
-#: Not yet checked: modules being reworked at the moment, whose docstrings are revised once that work has
-#: merged (some already pass, some do not yet use the vocabulary above). Clear this set then; it only shrinks.
-NOT_YET_CHECKED: frozenset[str] = frozenset({
-    "enclave/monitor.py",
-    "enclave/process.py",
-    "enclave/workerproc.py",
-    "kernel/__init__.py",
-    "kernel/__main__.py",
-    "kernel/advice.py",
-    "kernel/app.py",
-    "kernel/auditlog.py",
-    "kernel/badge.py",
-    "kernel/collateral.py",
-    "kernel/config.py",
-    "kernel/early.py",
-    "kernel/install.py",
-    "kernel/kernel.py",
-    "kernel/link.py",
-    "kernel/upload.py",
-    "dataset/__init__.py",
-    "dataset/brokerlog.py",
-    "dataset/format.py",
-    "dataset/release.py",
-    "dataset/rules.py",
-    "broker/__init__.py",
-    "broker/client.py",
-    "broker/server.py",
-    "broker/store.py",
-    "broker/wire.py",
-    "cli_data.py",
-    "cli.py",
-    "attestation/result.py",
-    "attestation/policy.py",
-    "attestation/platforms/sev_snp.py",
-    "attestation/platforms/intel_collateral.py",
-    "attestation/platforms/intel_tcb.py",
-    "attestation/platforms/simulation.py",
-    "protocol/framing.py",
-    "audit/format.py",
-})
 
 
 def expected_layer(rel: str) -> str:
@@ -119,14 +79,9 @@ def modules() -> list[str]:
     return sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py"))
 
 
-@pytest.mark.parametrize("rel", [m for m in modules() if m not in NOT_YET_CHECKED])
+@pytest.mark.parametrize("rel", modules())
 def test_module_opens_with_its_layer(rel: str) -> None:
     assert problem(rel, (ROOT / rel).read_text()) is None
-
-
-def test_not_yet_checked_names_existing_modules() -> None:
-    gone = sorted(NOT_YET_CHECKED - set(modules()))
-    assert not gone, f"no longer exist: take them out of NOT_YET_CHECKED: {gone}"
 
 
 def test_check_fires_on_synthetic_modules() -> None:

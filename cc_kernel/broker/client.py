@@ -1,4 +1,4 @@
-"""Broker I/O: the requester's side of the release exchange over TLS (what the monitor will run, via a relay).
+"""I/O (key broker): the requester's side of the release exchange over TLS (the monitor runs it, via a relay).
 
 Invariants: the broker is authenticated by the TLS key digest the sealed header pins (``check_broker``) before
 any release message is sent; the data key is recovered only by ``ReleaseClient.open``.

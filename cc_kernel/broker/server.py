@@ -1,4 +1,4 @@
-"""Broker I/O: ``cc-kernel broker serve`` — a TLS 1.3 server that runs the release exchange for each connection.
+"""I/O (key broker): ``cc-kernel broker serve`` — a TLS 1.3 server that runs the release exchange for each connection.
 
 Invariants: every request, verdict and release is in the broker log before the answer is sent; a release is
 counted (durably) before the wrapped key leaves; all decisions are ``dataset.release.appraise_release``'s; one

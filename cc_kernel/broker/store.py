@@ -1,4 +1,4 @@
-"""Broker I/O: the key store directory (``--datasets DIR``) — the broker's keys, dataset records, counts, log.
+"""I/O (key broker): the key store directory (``--datasets DIR``) — the broker's keys, dataset records, counts, log.
 
 Layout (docs/dataset.md §5): the directory is mode 0700, every file 0600::
 

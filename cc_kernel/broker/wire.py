@@ -1,4 +1,4 @@
-"""Broker I/O: release messages on a TLS stream, each as ``u32be(length) ‖ encode_release(msg)``."""
+"""I/O (key broker): release messages on a TLS stream, each as ``u32be(length) ‖ encode_release(msg)``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Enclave: the process entry point (``python -m cc_kernel.enclave``) — one session per process.
+"""Monitor: the process entry point (``python -m cc_kernel.enclave``) — one session per process.
 
 The process is the session's monitor (:mod:`cc_kernel.enclave.monitor`): keys, evidence, TLS, receipts; the
 user's cells run in a sandboxed worker child (:mod:`cc_kernel.worker`) that it starts on a private socketpair.

@@ -1,1 +1,1 @@
-"""The Jupyter side: the ConfidentialKernel, its badge and its kernelspecs. Never imports cc_kernel.enclave."""
+"""Kernel side: the Jupyter side — the ConfidentialKernel, its badge, its kernelspecs; never imports the enclave."""

@@ -1,4 +1,4 @@
-"""The user's side (I/O): read a directory of Intel collateral fetched on this side, for the kernel and the CLI.
+"""Kernel side (I/O): read a directory of Intel collateral fetched on this side, for the kernel and the CLI.
 
 Invariants: the files are read here and nowhere else; naming them (``offline.collateral_from_files``) and
 parsing them (``intel_collateral.load_collateral``) stay pure; nothing is verified here — every item is
