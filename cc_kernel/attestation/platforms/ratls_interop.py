@@ -695,7 +695,7 @@ def _with_claims(
     """Copy a sealed VerifiedEvidence field by field, adding the ``ratls`` claim (nothing else changes)."""
     if "ratls" in quote_evidence.claims:
         raise ValueError("the quote verifier already set a 'ratls' claim")  # pragma: no cover - defensive
-    values = {f.name: getattr(quote_evidence, f.name) for f in fields(quote_evidence) if f.name != "_token"}
+    values = {f.name: getattr(quote_evidence, f.name) for f in fields(quote_evidence)}
     values["claims"] = MappingProxyType({**quote_evidence.claims, "ratls": MappingProxyType(dict(claim))})
     values["evidence_sha256"] = evidence_sha256
     return seal_verified(**values)
