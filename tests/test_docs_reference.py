@@ -14,6 +14,7 @@ import cc_kernel.attestation.appraisal as appraisal
 import cc_kernel.attestation.platforms.intel_collateral as intel_collateral
 import cc_kernel.attestation.platforms.intel_dcap as intel_dcap
 import cc_kernel.attestation.platforms.nitro as nitro
+import cc_kernel.attestation.platforms.ratls_interop as ratls_interop
 import cc_kernel.attestation.platforms.sev_snp as sev_snp
 from cc_kernel.attestation import policy
 from cc_kernel.attestation.appraisal import engine, intel, registry, snp
@@ -41,7 +42,7 @@ def documented_checks(module: object) -> list[str]:
     return re.findall(r"``([a-z][a-z0-9_]*(?:\.[a-z0-9_<>]+)+)``", paragraph)
 
 
-@pytest.mark.parametrize("module", [sev_snp, nitro, intel_dcap, intel_collateral, appraisal],
+@pytest.mark.parametrize("module", [sev_snp, nitro, intel_dcap, intel_collateral, ratls_interop, appraisal],
                          ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_every_check_a_verifier_lists_is_in_the_reference(module: object) -> None:
     names = documented_checks(module)

@@ -6,62 +6,10 @@ entry cannot be loaded (fail closed); every entry pins the platform's code measu
 unless ``unsafe_any_measurement`` is in force for it; every key that is not spelled ``unsafe_*`` can only
 *narrow* what the built-in baseline accepts, so every weakening is visible in ``Policy.unsafe_flags``.
 
-Schema (version 1)::
-
-    version = 1                          # required
-    require_fresh_within_s = 300         # optional, 1..86400 (evidence age; Nitro document timestamp)
-    unsafe_allow_simulation = false      # TOP LEVEL ONLY: permits platform = "simulation" entries
-    unsafe_allow_debug = false           # these five may appear at the top level (then they apply to every
-    unsafe_any_measurement = false       #   entry) and/or inside an entry (then only to that entry); the
-    unsafe_permit_provisional_firmware = false   # effective value is top OR entry; an entry cannot set
-    unsafe_skip_tcb_collateral = false   #   false to undo a top-level true (PolicyError: contradictory)
-    unsafe_accept_tcb_status = []        #   (lists: the union is used)
-
-    [[accept]]                           # any-of; at least one entry
-    platform = "sev-snp" | "simulation"  # "simulation" only with unsafe_allow_simulation = true
-    products = ["Milan", "Genoa", "Turin"]      # optional; default any AMD product line
-    signers = ["vcek", "vlek"]                  # optional; default ["vcek"] (simulation: not checked)
-    measurement = ["<48-byte hex>", ...]        # required unless unsafe_any_measurement
-    vmpl = 0                                    # default 0
-    min_tcb = { bl = 0, tee = 0, snp = 0, ucode = 0, fmc = 0 }   # optional, any subset, 0..255
-    min_tcb_by_product = { Turin = { fmc = 1, ... } }          # optional, replaces min_tcb for that product
-    min_guest_svn = 0                           # optional
-    host_data = "<32-byte hex>"                 # optional
-    forbid_policy_bits = ["smt", ...]           # optional; debug and migrate_ma are always forbidden
-    require_policy_bits = ["single_socket", ...]  # optional
-    min_report_version = 3                      # optional
-    unsafe_permit_provisional_firmware, unsafe_allow_debug, unsafe_any_measurement
-
-    [[accept]]
-    platform = "tdx"
-    mr_td = ["<48-byte hex>", ...]              # required unless unsafe_any_measurement
-    rtmr = { 1 = "<48-byte hex>", ... }         # indices 0..3; 1 and 2 required unless unsafe_any_measurement
-    mr_config_id = "<48-byte hex>"              # optional
-    accept_tcb_status = ["UpToDate"]            # default; only non-weakening statuses may be listed here
-    require_sept_ve_disable = false             # optional hardening
-    unsafe_accept_tcb_status, unsafe_skip_tcb_collateral, unsafe_allow_debug, unsafe_any_measurement
-
-    [[accept]]
-    platform = "sgx-dcap"
-    mrenclave = ["<32-byte hex>", ...]          # mrenclave, or mrsigner with isv_prod_id and min_isv_svn,
-    #                                             required unless unsafe_any_measurement
-    mrsigner = ["<32-byte hex>", ...]
-    isv_prod_id = 0                             # 0..65535 (required with mrsigner alone)
-    min_isv_svn = 0                             # 0..65535 (required with mrsigner alone)
-    accept_tcb_status, unsafe_accept_tcb_status, unsafe_skip_tcb_collateral, unsafe_allow_debug,
-    unsafe_any_measurement
-
-    [[accept]]
-    platform = "nitro"
-    pcr = { 0 = "<48-byte hex>", 1 = "...", 2 = "...", 8 = "..." }   # PCR0 required unless unsafe_any_measurement
+The schema, its weakenings and the appraisal rules, with the decisions behind them: docs/policy.md.
 
 Each platform's entry type (``cc_kernel.attestation.appraisal``: ``snp``, ``intel``, ``nitro``) reads its own
 keys and renders its own entry; this module reads the top level and hands every entry to its platform's type.
-
-Decisions: the doc's ``permit_provisional_firmware`` is spelled ``unsafe_permit_provisional_firmware`` (the
-old spelling is an unknown key with a hint); ``unsafe_any_measurement`` together with a pinned measurement is
-contradictory and rejected; TCB status ``Revoked`` can never be accepted; entry numbers in messages and in
-``AcceptEntry.number`` are 1-based (``[[accept]] #1`` is the first entry).
 """
 
 from __future__ import annotations

@@ -7,26 +7,13 @@ or the network broke) fails every pending request with an EnclaveError. Credits 
 handed to Jupyter, so the enclave's output window keeps both processes' memory bounded.
 
 Audit fails closed. When the session keeps a log (``start_audit``), every receipted request ``send`` passes
-on (``audit.receipts.expected_receipt``) is expected to get exactly one receipt, in the order the requests were
-sent, naming its request id, its kind and the hash of the code sent. The read loop pairs each arriving
-receipt with the oldest expectation at once, in arrival order; the pair is checked (signature and chain by the
-``LogWriter``, then request id, kind and code hash) in the next loop turn, before anything more is sent.
-The session stops on:
-
-* a **missing** receipt: a message of a later request (its reply, an output with a higher request id, an input
-  request) arrives while an earlier request's receipt is outstanding; or the enclave's closing entry arrives, or
-  the channel ends after a clean ``ShutdownReply``, with receipts outstanding;
-* an **extra** receipt: one with nothing expected (this includes any receipt when the session keeps no log);
-* a **mismatched** receipt (reordered or foreign): its request id, kind or code hash is not the expected one;
-* an **invalid** receipt: it fails the writer's signature, session or chain checks.
-
-Stopping means: nothing more is sent but ``Shutdown(restart=False, reason=...)`` (and flow-control credit),
-waiting requests and every later one fail with the reason, ``on_closed`` is told at once (the badge turns
-red), and the enclave has ``STOP_GRACE`` seconds to sign its closing entry. A receipt that verifies but does
-not match is appended before the session stops (as is any valid receipt that arrives while it stops): the
-enclave chained its next entry to it, so leaving it out would break the chain the closing entry extends. The
-closing entry is appended only if it carries the kernel's reason (after a stop) or, otherwise, if no receipt
-is outstanding; else the log is left unterminated, so that a valid log never hides a missing receipt.
+on (``audit.receipts.expected_receipt``) must get exactly one receipt, in the order the requests were sent. The
+read loop pairs each arriving receipt with the oldest expectation at once; the pair is checked (signature and
+chain by the ``LogWriter``, then request id, kind and code hash) in the next loop turn, before anything more is
+sent. A missing, extra, mismatched or invalid receipt stops the session: nothing more is sent but ``Shutdown``
+and credit, every request fails with the reason, ``on_closed`` is told at once, and the enclave has
+``STOP_GRACE`` seconds to sign its closing entry. What counts as each, which entries are still appended, and
+what a valid log then proves: docs/audit-log.md §1.1.
 """
 
 from __future__ import annotations

@@ -14,38 +14,8 @@ Invariants:
   dates, id ``TD_QE``/``QE``, MRSIGNER, ISVPRODID, MISCSELECT and ATTRIBUTES under their masks) and the QE's
   level; (C6) the converged TCB status, as Intel's quote verification library does.
 
-TCB level matching (Intel's quote verification library, QVL; docs/evidence.md §4): the levels are walked in the
-order served (newest first);
-the platform's SGX level is the first whose 16 SGX component SVNs and PCESVN are all <= the PCK's; for TDX
-the level is the first that also has every TEE_TCB_SVN byte >= its ``tdxtcbcomponents`` (from byte 2 when
-TEE_TCB_SVN[1] > 0, a TDX 1.5+ module, whose identity ``TDX_<TEE_TCB_SVN[1]>`` in ``tdxModuleIdentities``
-then gives the module's status by ISVSVN = TEE_TCB_SVN[0] and the expected MRSIGNERSEAM / SEAM_ATTRIBUTES;
-TDX 1.0 modules use ``tdxModule``). A TD report 1.5 adds Intel's "TD relaunch advised" check on
-TEE_TCB_SVN2. The module status and then the QE status are converged into the platform status
-(``OutOfDate`` wins over ``UpToDate``/``SWHardeningNeeded``, ``Revoked`` over everything). When no level
-matches, the status is ``NoMatchingTcbLevel`` (Intel's "TCB not supported"), which no policy can accept.
-
-Decisions:
-
-* **Out-of-date collateral is an error**, not a warning: a tcbInfo, QE identity or CRL used outside its
-  ``issueDate``/``thisUpdate`` .. ``nextUpdate`` window raises ``StaleEvidence`` (``collateral.<item>.window``)
-  naming the window. A stale tcbInfo may hide a TCB recovery, a stale CRL a revocation; reporting them as
-  ``UpToDate`` plus a warning would be a weakening the policy cannot name. An auditor re-verifies at the
-  recorded verification time, where the same collateral is current again.
-* **Partial collateral is allowed but yields no TCB status.** Intel's TCB status needs all four documents
-  (the QE identity converges into it, the CRLs decide revocation). Items that are present are fully checked
-  (a revoked PCK or a bad signature fails verification); the evaluation is reported in the claims
-  (``tcb.status``, ``tcb.platform_status``, ``tcb.tdx_module``, ``tcb.missing``), but ``tcb_status`` stays
-  None and the warning ``tcb-collateral-incomplete`` is added, so only a policy with
-  ``unsafe_skip_tcb_collateral = true`` accepts it. Exception: a final negative outcome
-  (``NoMatchingTcbLevel``, ``Revoked``) is reported as ``tcb_status`` even then, because the missing items
-  could only lower a status (Intel's convergence never raises one), so the policy rejects it by name.
-* **The TCB Signing certificate must be valid at ``now``.** Intel re-issues that certificate for the same key
-  (the copy in our vectors expired 2025-05-21, yet Intel's 2026 tcbInfo is signed by its key). The honest fix
-  is to supply the current certificate (PCS serves it with every tcbInfo). For offline checks with an old
-  copy, ``DcapCollateral.unsafe_accept_expired_tcb_signing_cert`` walks the chain at the certificate's own
-  ``notAfter`` instead (everything else still checked, the root CRL still consulted) and adds the warning
-  ``tcb-signing-cert-expired`` to the result, so the weakening is visible on the badge and in the log.
+TCB level matching (as Intel's QVL does) and the decisions on stale, partial and expired collateral:
+docs/evidence.md §4.1.
 
 Check names: the ``collateral.*`` checks, listed once in ``intel_collateral``.
 """
