@@ -197,19 +197,27 @@ class Outcome:
 # --- claim readers (the verifiers' claim shapes vary; anything unusable reads as missing) -------------------
 
 
+def int_value(value: object, *, base: int) -> int | None:
+    """``value`` as an integer: an ``int`` (never a ``bool``) or a string in ``base`` (0: Python's prefixes),
+    else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value, base)
+        except ValueError:
+            return None
+    return None
+
+
 def claim_int(claims: Mapping[str, object], *names: str) -> int | None:
-    """The first of ``names`` holding an integer (or an integer string), else None."""
+    """The value of the first of ``names`` holding an integer (or an integer string), else None."""
     for name in names:
         value = claims.get(name)
-        if isinstance(value, bool):
-            return None
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value, 0)
-            except ValueError:
-                return None
+        if isinstance(value, int | str):
+            return int_value(value, base=0)
     return None
 
 

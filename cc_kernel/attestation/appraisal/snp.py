@@ -21,6 +21,7 @@ from cc_kernel.attestation.appraisal.entry import (
     AcceptEntry,
     Outcome,
     claim_int,
+    int_value,
     register,
 )
 from cc_kernel.attestation.appraisal.reader import Reader, close_match, describe, quoted, toml_list, toml_str
@@ -343,15 +344,10 @@ def _product_in(product: str, names: Iterable[str]) -> str | None:
 def _tcb_value(value: object) -> int | dict[str, int] | None:
     """Normalise a TCB claim for equality tests: int, hex string, 8 raw bytes, ``{"raw": hex, ...}`` or a
     mapping of component SVNs."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, str):
-        try:
-            return int(value.removeprefix("0x"), 16)
-        except ValueError:
-            return None
+        value = value.removeprefix("0x")
+    if isinstance(value, int | str):
+        return int_value(value, base=16)
     if isinstance(value, bytes | bytearray):
         return int.from_bytes(value, "little")
     if isinstance(value, Mapping):
