@@ -218,33 +218,13 @@ def create_authority(
     chip_id = _chip_id_for(ark_key)
 
     ark_name, ask_name = _name(f"ARK-{SIMULATION_PRODUCT}"), _name(f"SEV-{SIMULATION_PRODUCT}")
-    ark_ski = x509.SubjectKeyIdentifier.from_public_key(ark_key.public_key())
-    ark_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ark_name)
-        .issuer_name(ark_name)
-        .public_key(ark_key.public_key())
-        .serial_number(1)
-        .not_valid_before(start)
-        .not_valid_after(_add_years(start, ARK_YEARS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=True, crl_sign=True), critical=True)
-        .add_extension(ark_ski, critical=False)
-        .sign(ark_key, hashes.SHA384(), rsa_padding=_PSS)
+    ark_cert = _build_ca(
+        subject=ark_name, key=ark_key, issuer=ark_name, issuer_key=ark_key, serial=1, path_length=None,
+        not_before=start, not_after=_add_years(start, ARK_YEARS),
     )
-    ask_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ask_name)
-        .issuer_name(ark_name)
-        .public_key(ask_key.public_key())
-        .serial_number(2)
-        .not_valid_before(start)
-        .not_valid_after(_add_years(start, ASK_YEARS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True, crl_sign=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ask_key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ark_ski), critical=False)
-        .sign(ark_key, hashes.SHA384(), rsa_padding=_PSS)
+    ask_cert = _build_ca(
+        subject=ask_name, key=ask_key, issuer=ark_name, issuer_key=ark_key, serial=2, path_length=0,
+        not_before=start, not_after=_add_years(start, ASK_YEARS),
     )
     vcek_cert = _build_vcek(
         ask_key=ask_key,
@@ -265,6 +245,40 @@ def create_authority(
         chip_id=chip_id,
         tcb=MappingProxyType(parts),
     )
+
+
+def _build_ca(
+    *,
+    subject: x509.Name,
+    key: rsa.RSAPrivateKey,
+    issuer: x509.Name,
+    issuer_key: rsa.RSAPrivateKey,
+    serial: int,
+    path_length: int | None,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.Certificate:
+    """An ARK (self-signed: ``issuer_key is key``, may sign CRLs) or ASK (signed by the ARK, path length 0, with
+    the ARK's key identifier) like AMD's: CA basicConstraints, RSASSA-PSS SHA-384 signature."""
+    self_signed = issuer_key is key
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_key_usage(cert_sign=True, crl_sign=self_signed), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if not self_signed:
+        issuer_ski = x509.SubjectKeyIdentifier.from_public_key(issuer_key.public_key())
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA384(), rsa_padding=_PSS)
 
 
 def _vcek_serial(tcb: Mapping[str, int]) -> int:
