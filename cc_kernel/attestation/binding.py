@@ -30,6 +30,15 @@ RELEASE_PUB_SIZE = 32
 DATASET_ID_SIZE = 16
 
 
+def require_bound(got: bytes, expected: bytes, *, check: str, message: str) -> None:
+    """The one binding comparison: ``got`` must equal ``expected`` (constant time).
+
+    Raises BindingMismatch(``message``, ``check``) with both values.
+    """
+    if not constant_time_equal(got, expected):
+        raise BindingMismatch(message, check=check, got=got, expected=expected)
+
+
 class _Kind(NamedTuple):
     """What a binding is called in its errors: the check name, the replay text and the mismatch text."""
 
@@ -155,9 +164,7 @@ def _bind(
     if claimed_nonce is not None and not constant_time_equal(claimed_nonce, nonce):
         raise StaleEvidence(kind.replayed, check="freshness.nonce", got=claimed_nonce, expected=nonce)
     # 2. binding: the recomputed report_data, compared in constant time
-    want = expected()
-    if not constant_time_equal(evidence.report_data, want):
-        raise BindingMismatch(kind.mismatch, check=kind.check, got=evidence.report_data, expected=want)
+    require_bound(evidence.report_data, expected(), check=kind.check, message=kind.mismatch)
     return seal_bound(
         evidence=evidence, tls_spki_sha256=tls_spki_sha256, audit_pub=audit_pub, nonce=nonce, session_id=session_id
     )

@@ -51,11 +51,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from cc_kernel.attestation.anchors import PinnedRoot, TrustAnchors
+from cc_kernel.attestation.binding import require_bound
 from cc_kernel.attestation.evidence import VerifiedEvidence, seal_verified
 from cc_kernel.crypto import cbor
 from cc_kernel.crypto.x509chain import walk_chain
 from cc_kernel.crypto.x509load import CRYPTOGRAPHY_ERRORS, certificate_der, load_certificate
-from cc_kernel.errors import BindingMismatch, ChainError, MalformedEvidence, SignatureInvalid, UntrustedRoot
+from cc_kernel.errors import ChainError, MalformedEvidence, SignatureInvalid, UntrustedRoot
 
 __all__ = [
     "COSE_ALG_ES384",
@@ -690,11 +691,10 @@ def check_user_data_is_certificate_spki(evidence: VerifiedEvidence, *, certifica
         )
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise _malformed(f"the certificate's public key cannot be read: {exc}", "x509.parse") from exc
-    if not hmac.compare_digest(evidence.report_data, spki):
-        raise BindingMismatch(
-            "the document's user_data is not this certificate's public key (SubjectPublicKeyInfo)",
-            check="nitro.binding.spki",
-            got=evidence.report_data,
-            expected=spki,
-        )
+    require_bound(
+        evidence.report_data,
+        spki,
+        check="nitro.binding.spki",
+        message="the document's user_data is not this certificate's public key (SubjectPublicKeyInfo)",
+    )
     return spki

@@ -68,6 +68,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.utils import CryptographyDeprecationWarning
 
 from cc_kernel.attestation.anchors import TrustAnchors
+from cc_kernel.attestation.binding import require_bound
 from cc_kernel.attestation.evidence import VerifiedEvidence, seal_verified
 from cc_kernel.attestation.platforms.intel_collateral import DcapCollateral
 from cc_kernel.attestation.platforms.intel_dcap import verify_quote
@@ -618,27 +619,25 @@ def _check_validity(ev: InteropEvidence, now: datetime) -> None:
 
 def _check_pubkey_hash(ev: InteropEvidence) -> bytes:
     want = _digest(_HASHES[ev.pubkey_hash_alg_id], ev.spki_der)
-    if not hmac.compare_digest(ev.pubkey_hash, want):
-        raise BindingMismatch(
-            f'the "pubkey-hash" claim ({ev.pubkey_hash_alg}) is not the hash of this certificate\'s '
-            "SubjectPublicKeyInfo: the evidence was made for another key",
-            check="binding.pubkey_hash",
-            got=ev.pubkey_hash,
-            expected=want,
-        )
+    require_bound(
+        ev.pubkey_hash,
+        want,
+        check="binding.pubkey_hash",
+        message=f'the "pubkey-hash" claim ({ev.pubkey_hash_alg}) is not the hash of this certificate\'s '
+        "SubjectPublicKeyInfo: the evidence was made for another key",
+    )
     return want
 
 
 def _check_claims_hash(ev: InteropEvidence, report_data: bytes) -> None:
     want = ev.expected_report_data
-    if not hmac.compare_digest(report_data, want):
-        raise BindingMismatch(
-            "the quote's REPORT_DATA is not SHA-256(claims) || 32 zero bytes: the claims were not made by "
-            "this enclave",
-            check="binding.claims_hash",
-            got=report_data,
-            expected=want,
-        )
+    require_bound(
+        report_data,
+        want,
+        check="binding.claims_hash",
+        message="the quote's REPORT_DATA is not SHA-256(claims) || 32 zero bytes: the claims were not made by "
+        "this enclave",
+    )
 
 
 def _check_legacy(
@@ -656,14 +655,13 @@ def _check_legacy(
         if legacy.identical_to_evidence or legacy.kind != "gramine-legacy-quote":
             continue
         verified = verify_quote(legacy.value, anchors=anchors, now=now, collateral=collateral)
-        want = spki_sha256 + bytes(32)
-        if not hmac.compare_digest(verified.report_data, want):
-            raise BindingMismatch(
-                "Gramine's legacy quote does not bind this certificate's key (REPORT_DATA != SHA-256(SPKI) || 0^32)",
-                check="ratls.legacy.binding",
-                got=verified.report_data,
-                expected=want,
-            )
+        require_bound(
+            verified.report_data,
+            spki_sha256 + bytes(32),
+            check="ratls.legacy.binding",
+            message="Gramine's legacy quote does not bind this certificate's key "
+            "(REPORT_DATA != SHA-256(SPKI) || 0^32)",
+        )
         same = (
             verified.platform == main.platform
             and hmac.compare_digest(verified.measurement, main.measurement)
