@@ -4,11 +4,12 @@ Layer: I/O (processes, sockets, temporary files), part of ``cc_kernel.teaching``
 ``attestation``, ``simstore`` and the kernelspecs; used by neither the kernel nor the enclave.
 
 Invariants: nothing is mocked. Enclaves are real ``cc-kernel enclave serve`` processes (with the enclave's own
-teaching faults, or launched from a modified copy of the package); verdicts come from ``connect_attested``, the
-function the kernel itself calls, and are explained with the kernel's own advice (``kernel.advice``); relays
-forward and record the real bytes; kernels are real Jupyter kernels driven with jupyter_client. Everything a
-``TeachingLab`` creates (a private simulated authority, Jupyter directories, processes, sockets) lives under one
-temporary directory and is gone after ``close()``. Child processes never inherit the caller's stdout/stderr (a
+teaching faults, or launched from a modified copy of the package), and so is a data owner's broker (``cc-kernel
+broker serve``); verdicts come from ``connect_attested``, the function the kernel itself calls, and are
+explained with the kernel's own advice (``kernel.advice``); relays forward and record the real bytes; kernels
+are real Jupyter kernels driven with jupyter_client. Everything a ``TeachingLab`` creates (a private simulated
+authority, Jupyter directories, processes, sockets) lives under one temporary directory and is gone after
+``close()``. Child processes never inherit the caller's stdout/stderr (a
 notebook kernel captures them): their output is piped into the lab's logs. The lab's enclave servers authorise
 only the lab's own client key (in its private data directory), which its kernels and ``attest`` present, as a
 real deployment would.
