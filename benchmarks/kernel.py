@@ -234,9 +234,8 @@ class Bench:
 
     # -- measurements (call prepare() once first) --
 
-    def rss_mib(self) -> float:
-        """Resident memory (VmRSS) of the kernel process and every process under it (the confidential kernel's
-        monitor and worker), in MiB."""
+    def _tree(self) -> set[int]:
+        """The kernel process and every process under it (the confidential kernel's monitor and worker)."""
         parents: dict[int, int] = {}
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
@@ -250,6 +249,28 @@ class Bench:
             pid = todo.pop()
             tree.add(pid)
             todo += [child for child, parent in parents.items() if parent == pid]
+        return tree
+
+    def process_cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system, all threads) used so far by the kernel, its monitor and its worker, by role
+        ("kernel", "monitor", "worker"; another process under the kernel by its pid)."""
+        used: dict[str, float] = {}
+        kernel = self.km.provisioner.pid  # type: ignore[union-attr]
+        for pid in self._tree():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            role = ("kernel" if pid == kernel else "worker" if b"cc_kernel.worker" in cmdline
+                    else "monitor" if b"cc_kernel.enclave" in cmdline else str(pid))
+            used[role] = used.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return used
+
+    def rss_mib(self) -> float:
+        """Resident memory (VmRSS) of the kernel process and every process under it (the confidential kernel's
+        monitor and worker), in MiB."""
+        tree = self._tree()
         kib = 0
         for pid in tree:
             try:

@@ -59,7 +59,7 @@ def test_round_trip_whole(size: int) -> None:
     assert got_header == header(size)
 
 
-@pytest.mark.parametrize("step", [1, 7, 1000, CHUNK + TAG_SIZE, 4099])
+@pytest.mark.parametrize("step", [1, 7, 1000, CHUNK, CHUNK + TAG_SIZE, 2 * CHUNK + 3, 4099])  # CHUNK: the kernel's
 def test_round_trip_fed_in_pieces(step: int) -> None:
     size = 3 * CHUNK + 5
     data = os.urandom(size)

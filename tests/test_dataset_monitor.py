@@ -10,6 +10,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from cc_kernel.audit.format import (
 )
 from cc_kernel.audit.receipts import ReceiptSigner
 from cc_kernel.audit.verify import verify_log
+from cc_kernel.broker import server as broker_server
 from cc_kernel.broker.server import serve
 from cc_kernel.broker.store import BrokerStore
 from cc_kernel.dataset.format import DatasetHeader, Sealer
@@ -589,3 +591,49 @@ async def test_a_kernel_replaying_a_recorded_broker_exchange_gets_no_key(
     reply = await second.open(sealed.data)
     assert reply.status == "error" and "did not release the key" in reply.message
     assert second.plaintext_to_worker() == b""
+
+
+@pytest.fixture
+def quiet_broker(monkeypatch: pytest.MonkeyPatch) -> list[socket.socket]:
+    """The broker of ``in_loop`` ends an owner's log silent for 2 s; returns the sockets it switched keepalive on."""
+    monkeypatch.setattr(broker_server, "OWNER_LOG_IDLE_S", 2.0)
+    kept: list[socket.socket] = []
+    real = broker_server.keep_alive
+
+    def recording(sock: socket.socket) -> None:
+        real(sock)
+        kept.append(sock)
+
+    monkeypatch.setattr(broker_server, "keep_alive", recording)
+    return kept
+
+
+@in_loop
+async def test_a_silent_owners_log_is_ended_by_the_broker_and_the_session_stops_using_the_dataset(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority, quiet_broker: list[socket.socket],
+) -> None:
+    store, sealed, s = await opened(broker, sim_authority)
+    live = [sock for sock in quiet_broker if sock.fileno() != -1]
+    assert live and all(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1 for sock in live)
+    assert live[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == broker_server.KEEPALIVE_IDLE_S
+    # the session sends nothing more: the broker ends the owner's log, and the monitor notices
+    await s.until(lambda: s.monitor.datasets.open[0].owner_log.lost is not None,  # type: ignore[union-attr]
+                  "the log is lost")
+    assert ('"state":"ended without its closing entry: the release connection broke: nothing arrived for 2 s"'
+            in broker_log(store)), broker_log(store)
+    before = len(s.to_worker)
+    reply = await s.handled(execute(2, "print(records)"))
+    assert isinstance(reply, m.ExecuteReply) and reply.status == "error"
+    assert "owner's log of dataset 'records' (St Example) is lost" in reply.evalue and len(s.to_worker) == before
+    report = verify_log(owner_log_file(store, sealed), policy=None, anchors=hardware_anchors(),
+                        simulation_anchors=sim_authority.anchors(), now=datetime.now(UTC))
+    assert report.status == "unterminated"
+
+
+def test_keep_alive_sets_the_brokers_probe_timings() -> None:
+    with socket.socket() as sock:
+        broker_server.keep_alive(sock)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == broker_server.KEEPALIVE_IDLE_S
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == broker_server.KEEPALIVE_INTERVAL_S
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == broker_server.KEEPALIVE_COUNT

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import cc_kernel
-from cc_kernel.labkit.processes import serving_address, stop_process
+from cc_kernel.labkit.processes import broker_address, serving_address, stop_process
 from cc_kernel.labkit.relay import Flip, Relay
 from cc_kernel.labkit.tls import RecordHeader, TlsRecordWalker, tls_records
 from cc_kernel.measure import enclave_source_files
@@ -95,6 +95,13 @@ def test_arm_flip_counts_from_what_the_newest_connection_forwarded() -> None:
 def test_serving_address_reads_the_servers_line() -> None:
     assert serving_address("INFO starting\nserving on tcp://127.0.0.1:4711 (2 sessions)\n") == "tcp://127.0.0.1:4711"
     assert serving_address("INFO starting\n") is None
+
+
+def test_broker_address_reads_the_brokers_line() -> None:
+    line = "cc-kernel broker listening on 127.0.0.1:4712, key sha256 00ff\n"
+    assert broker_address(line) == "127.0.0.1:4712"
+    assert broker_address("serving on tcp://127.0.0.1:4711\n") is None
+    assert broker_address("cc-kernel: /x: the key store must be private (mode 0700), not 0755\n") is None
 
 
 _WAITING = "print('ready', flush=True)\nimport signal\nsignal.pause()\n"

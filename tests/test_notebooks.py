@@ -1,4 +1,4 @@
-"""The teaching notebooks (notebooks/01-05) run top to bottom on ``confidential-python-sim`` with nbclient and show
+"""The teaching notebooks (notebooks/01-07) run top to bottom on ``confidential-python-sim`` with nbclient and show
 what they teach: the badge, ciphertext on the wire, the verifier's steps, every refusal with
 its check, aggregates computed inside the enclave that match the data, and the audit log's verdicts.
 
@@ -24,11 +24,13 @@ import pytest
 from kernel_env import BADGE_MIME, SIM, JupyterEnv, strip_ansi
 from nbclient import NotebookClient
 
+from cc_kernel.audit.format import code_hash
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01-data-in-use", "02-attestation-step-by-step", "03-what-attestation-catches",
-             "04-confidential-analytics", "05-auditing-a-session", "06-the-cell-is-an-adversary")
+             "04-confidential-analytics", "05-auditing-a-session", "06-the-cell-is-an-adversary", "07-two-parties")
 #: How long nbclient waits for one cell (a deadline, not a measurement: how long each notebook takes is measured
 #: by benchmarks/notebooks.py).
 CELL_TIMEOUT_S = 60.0
@@ -309,3 +311,34 @@ def test_06_every_attack_from_a_cell_is_refused(run: Any) -> None:
     forged = nb.text(nb.cell("from cc_kernel.teaching import TeachingLab"))
     assert "cell status: error" in forged
     assert "broke the monitor's protocol" in forged and "audit_receipt is not allowed" in forged, forged
+
+
+def test_07_the_owners_broker_releases_only_to_its_policy_and_logs_every_use(run: Any) -> None:
+    nb = run("07-two-parties")
+    sealed = nb.text(nb.cell("owner_policy = lab.policy()"))
+    assert "[exit status 0]" in sealed and "owner 'St Example Hospital', mode inspect" in sealed, sealed
+    assert "does the sealed file contain a patient's name? False" in sealed
+    opened = nb.text(nb.cell("analyst = lab.start_kernel()"))
+    assert opened.startswith("ok\n") and "mode inspect, release 1 of 5" in opened, opened
+    aggregates = nb.text(nb.cell("AGGREGATES = "))
+    assert re.search(r"^ok\n5000 patients, mean age \d+\.\d\ndiabetes prevalence \d+\.\d%", aggregates), aggregates
+    assert "mode inspect, release 1 of 5" in aggregates.split("the analyst's badge:")[1], aggregates
+    debug = nb.text(nb.cell("debug_enclave = "))
+    assert debug.startswith("error\n") and "[release.policy] the broker refused" in debug, debug
+    assert "[policy.debug]" in debug and "bound into the session? False" in debug, debug
+    modified = nb.text(nb.cell("modified_enclave = "))
+    assert "\nerror\n" in modified, modified
+    assert "[release.policy] the broker refused" in modified and "[policy.measurement]" in modified, modified
+    approved = nb.text(nb.cell("with lab.start_kernel() as kernel:"))
+    assert re.search(r"approved cell:   ok -> 5000 patients; diabetes prevalence \d+\.\d%", approved), approved
+    assert "unapproved cell: error" in approved and "DatasetRules" in approved, approved
+    assert code_hash("print(patients[:3])").hex() in approved and "P0000001" not in approved, approved
+    broker_log = nb.text(nb.cell('cc_kernel("broker", "verify-log"'))
+    assert "[exit status 0]" in broker_log and "valid," in broker_log, broker_log
+    assert broker_log.count("refused") >= 2 and "policy.debug" in broker_log and "policy.measurement" in broker_log
+    owner_log = nb.text(nb.cell("owner_logs = "))
+    assert "[exit status 0]" in owner_log and "VERDICT" in owner_log, owner_log
+    shown = nb.text(nb.cell("for path in owner_logs:"))
+    assert shown.count("[exit status 0]") == 2 and shown.count("closing ") == 2, shown
+    assert re.search(r"cell +\[\d+\] ok .*diabetic = patients\[", shown), shown  # the inspect session's cell
+    assert re.search(r"cell +\[\d+\] error .*print\(patients\[:3\]\)", shown), shown  # the refused cell

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import stat
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority, sign_report
 from cc_kernel.attestation.result import REPIN_HINT
-from cc_kernel.errors import PolicyViolation, VerificationError
+from cc_kernel.errors import EnclaveError, PolicyViolation, VerificationError
 from cc_kernel.kernel.advice import advice_for
 from cc_kernel.teaching import (
     FAULTS,
@@ -191,6 +192,27 @@ def test_each_fault_is_caught_by_its_check(lab: TeachingLab, fault: str | None, 
         assert outcome.text().count(outcome.advice) == 1
         if fault == "modified-code":
             assert outcome.text().count("re-pin") == 1
+
+
+@pytest.mark.slow
+def test_the_owners_broker_starts_over_a_private_store_and_refuses_one_others_may_read(lab: TeachingLab) -> None:
+    store = lab.root / "broker-store"
+    address = lab.start_broker(store)
+    assert address.startswith("127.0.0.1:") and int(address.rsplit(":", 1)[1]) > 0
+    assert "cc-kernel broker listening on " + address in lab.enclave_log(address)
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    shared = lab.root / "shared-store"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(EnclaveError, match=r"(?s)the broker did not start.*must be private \(mode 0700\), not 0755"):
+        lab.start_broker(shared)
+
+
+def test_a_lab_policy_accepts_debug_only_when_asked(lab: TeachingLab) -> None:
+    assert lab.policy().unsafe_flags == ("unsafe_allow_simulation",)
+    weak = lab.policy(allow_debug=True)
+    assert set(weak.unsafe_flags) == {"unsafe_allow_simulation", "unsafe_allow_debug"}
+    assert "\nunsafe_allow_debug = true\n" in Path(weak.source).read_text()
 
 
 def test_faults_list_matches_the_parametrisation() -> None:

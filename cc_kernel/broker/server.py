@@ -5,7 +5,11 @@ counted (durably) before the wrapped key leaves; all decisions are ``dataset.rel
 exchange at a time per dataset decides and counts (a lock), so ``max_sessions`` cannot be raced. After a release
 the connection stays open for the owner's log of that session (``<id>-<n>.cclog`` in the store, written with
 ``audit.receipts.LogWriter``, which checks every entry's signature and chain before appending it and fsyncs it
-before the acknowledgement); whether that log was opened, closed or broken off is in the broker log.
+before the acknowledgement); whether that log was opened, closed or broken off is in the broker log. No
+connection holds a broker task forever: every connection has TCP keepalive (a peer whose host or network vanished
+is detected within ``KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT`` seconds), and an owner's log on
+which nothing arrives for ``OWNER_LOG_IDLE_S`` is ended (the broker log says so; the session, on its next
+request, finds its owner's log lost and stops using the dataset).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -44,13 +49,33 @@ from cc_kernel.errors import CCKernelError, ReleaseRefused, RemoteProtocolError
 
 log = logging.getLogger("cc_kernel.broker")
 
+#: How long the owner's log of a session may stay silent (no entry from its monitor) before the broker ends it.
+OWNER_LOG_IDLE_S = 12 * 3600.0
+#: TCP keepalive of every connection: first probe after this many idle seconds, then every
+#: ``KEEPALIVE_INTERVAL_S``; the connection is dropped after ``KEEPALIVE_COUNT`` unanswered probes.
+KEEPALIVE_IDLE_S = 60
+KEEPALIVE_INTERVAL_S = 15
+KEEPALIVE_COUNT = 4
+
+
+def keep_alive(sock: socket.socket) -> None:
+    """Switch on TCP keepalive for ``sock`` with the broker's timings (where the platform has the options)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
 
 class Broker:
     """The release service over one store. ``simulation_anchors``: the simulated TEE's roots, used only for
     datasets whose owner's policy allows simulation."""
 
-    def __init__(self, store: BrokerStore, *, simulation_anchors: TrustAnchors | None = None) -> None:
+    def __init__(self, store: BrokerStore, *, simulation_anchors: TrustAnchors | None = None,
+                 owner_log_idle_s: float | None = None) -> None:
         self.store = store
+        self.owner_log_idle_s = OWNER_LOG_IDLE_S if owner_log_idle_s is None else owner_log_idle_s
         self.anchors = hardware_anchors()
         self.simulation_anchors = simulation_anchors
         self._lock = asyncio.Lock()
@@ -58,6 +83,9 @@ class Broker:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Run one exchange on a connection, then close it."""
         peer = str(writer.get_extra_info("peername"))
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            keep_alive(sock)
         try:
             await self._exchange(reader, writer, peer)
         except CCKernelError as exc:
@@ -137,7 +165,7 @@ class Broker:
         reason = "closed by the enclave"
         try:
             while not owner_log.closed:
-                entry = await receive(reader, timeout=None)  # as long as the session keeps the dataset open
+                entry = await receive(reader, timeout=self.owner_log_idle_s)  # while the session keeps it open
                 if not isinstance(entry, LogEntry):
                     raise RemoteProtocolError(f"expected a log entry, got {type(entry).__name__}")
                 owner_log.append(entry.receipt)
@@ -161,9 +189,11 @@ async def serve(
     *,
     simulation_anchors: TrustAnchors | None = None,
     on_ready: Callable[[str], None] | None = None,
+    owner_log_idle_s: float | None = None,
 ) -> None:
-    """Serve until cancelled. ``on_ready`` gets the bound address (``HOST:PORT``) once listening."""
-    broker = Broker(store, simulation_anchors=simulation_anchors)
+    """Serve until cancelled. ``on_ready`` gets the bound address (``HOST:PORT``) once listening;
+    ``owner_log_idle_s``: how long an owner's log may stay silent (default ``OWNER_LOG_IDLE_S``)."""
+    broker = Broker(store, simulation_anchors=simulation_anchors, owner_log_idle_s=owner_log_idle_s)
     sock = listen(parse_address(listen_address))
     ctx = server_context(store.tls_identity())
     server = await asyncio.start_server(broker.handle, sock=sock, ssl=ctx)

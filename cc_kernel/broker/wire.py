@@ -30,6 +30,8 @@ async def receive(reader: asyncio.StreamReader, *, timeout: float | None = MESSA
         if not 1 <= n <= MAX_MESSAGE_SIZE:
             raise RemoteProtocolError(f"a release message of {n} bytes is outside 1..{MAX_MESSAGE_SIZE}")
         data = await asyncio.wait_for(reader.readexactly(n), timeout)
-    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError) as exc:
+    except TimeoutError as exc:
+        raise BrokenChannelError(f"the release connection broke: nothing arrived for {timeout:g} s") from exc
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
         raise BrokenChannelError(f"the release connection broke: {type(exc).__name__}") from exc
     return decode_release(data)

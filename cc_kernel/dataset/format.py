@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -312,16 +313,18 @@ class Unsealer:
 
     * first the ``DatasetHeader`` (unauthenticated until chunk 0 opens); the caller then obtains the key and
       calls ``set_key(data_key)`` (until then ``next_event`` returns ``NEED_DATA``);
-    * then ``ChunkData`` for each chunk in order, once it authenticated (chunks fed whole are decrypted from
-      the caller's bytes without a copy);
+    * then ``ChunkData`` for each chunk in order, once it authenticated (a chunk within one ``feed`` is
+      decrypted from the caller's bytes without a copy; one that straddles feeds is joined once);
     * ``end()`` at end of input returns ``DatasetEnd`` or raises.
 
     Raises (``feed``/``next_event``/``end``): TamperedDataset with the chunk index. The unsealer stays failed.
     """
 
     def __init__(self, data_key: bytes | None = None) -> None:
-        self._buf: bytes | bytearray = b""
+        #: The caller's bytes not consumed yet, in order (the first one from ``_pos`` on), ``_have`` bytes in all.
+        self._pieces: deque[bytes] = deque()
         self._pos = 0
+        self._have = 0
         self._header: DatasetHeader | None = None
         self._header_sha256 = b""
         self._cipher: ChunkCipher | None = ChunkCipher(data_key) if data_key is not None else None
@@ -350,14 +353,36 @@ class Unsealer:
         if self._done and data:
             self._fail(_bad("dataset.extended", f"{len(data)} bytes follow the final chunk {self._index - 1}",
                             index=self._index))
-        if self._pos == len(self._buf):  # everything was consumed: keep the caller's bytes, no copy
-            self._buf = bytes(data)
-            self._pos = 0
-        elif isinstance(self._buf, bytes):  # a partial chunk is left: from now on, accumulate
-            self._buf = bytearray(memoryview(self._buf)[self._pos :]) + data
-            self._pos = 0
-        else:
-            self._buf += data
+        if data:
+            self._pieces.append(bytes(data))  # no copy of bytes; a copy of a buffer the caller may change
+            self._have += len(data)
+
+    def _peek(self, n: int) -> bytes | memoryview:
+        """The first ``n`` unconsumed bytes (``n <= self._have``): a view of the caller's bytes if they lie in one
+        piece, else those pieces joined (the one copy)."""
+        if n == 0:
+            return b""
+        first = self._pieces[0]
+        if len(first) - self._pos >= n:
+            return memoryview(first)[self._pos : self._pos + n]
+        parts: list[bytes | memoryview] = []
+        want, pos = n, self._pos
+        for piece in self._pieces:
+            part = memoryview(piece)[pos : pos + want]
+            parts.append(part)
+            want -= len(part)
+            pos = 0
+            if want == 0:
+                break
+        return b"".join(parts)
+
+    def _consume(self, n: int) -> None:
+        """Drop the first ``n`` unconsumed bytes (``n <= self._have``)."""
+        self._have -= n
+        n += self._pos
+        while self._pieces and n >= len(self._pieces[0]):
+            n -= len(self._pieces.popleft())
+        self._pos = n
 
     def _fail(self, exc: TamperedDataset) -> None:
         self._error = exc
@@ -369,33 +394,30 @@ class Unsealer:
             raise self._error
         if self._header is None:
             try:
-                parsed = decode_header(bytes(self._buf[: _PREFIX + MAX_HEADER_BODY]))
+                parsed = decode_header(bytes(self._peek(min(self._have, _PREFIX + MAX_HEADER_BODY))))
             except TamperedDataset as exc:
                 self._fail(exc)
                 raise  # pragma: no cover - _fail raised
             if parsed is None:
                 return NEED_DATA
             self._header, n = parsed
-            self._header_sha256 = header_hash(bytes(self._buf[:n]))
-            self._pos = n
+            self._header_sha256 = header_hash(bytes(self._peek(n)))
+            self._consume(n)
             return self._header
         if self._done or self._cipher is None:
-            if self._done and len(self._buf) > self._pos:
+            if self._done and self._have:
                 self._fail(_bad("dataset.extended",
-                                f"{len(self._buf) - self._pos} bytes follow the final chunk {self._index - 1}",
+                                f"{self._have} bytes follow the final chunk {self._index - 1}",
                                 index=self._index))
             return NEED_DATA
         header = self._header
         final = self._index == header.chunks - 1
         need = header.chunk_plaintext_size(self._index) + TAG_SIZE
-        if len(self._buf) - self._pos < need:
+        if self._have < need:
             return NEED_DATA
         try:
-            with memoryview(self._buf) as view:  # no copy of the ciphertext; released before the buffer changes
-                plain = self._cipher.decrypt(
-                    chunk_nonce(self._index, final), view[self._pos : self._pos + need],
-                    chunk_aad(self._header_sha256, self._index, final),
-                )
+            plain = self._cipher.decrypt(
+                chunk_nonce(self._index, final), self._peek(need), chunk_aad(self._header_sha256, self._index, final))
         except InvalidCiphertext:
             self._fail(_bad(
                 "dataset.chunk",
@@ -404,16 +426,13 @@ class Unsealer:
                 index=self._index,
             ))
             raise  # pragma: no cover - _fail raised
-        self._pos += need
-        if isinstance(self._buf, bytearray) and self._pos > 1 << 20 and self._pos * 2 > len(self._buf):
-            del self._buf[: self._pos]  # compact now and then: O(n) overall
-            self._pos = 0
+        self._consume(need)
         event = ChunkData(index=self._index, data=plain, final=final)
         self._index += 1
         self._done = final
-        if final and len(self._buf) > self._pos:
+        if final and self._have:
             self._fail(_bad("dataset.extended",
-                            f"{len(self._buf) - self._pos} bytes follow the final chunk {self._index - 1}",
+                            f"{self._have} bytes follow the final chunk {self._index - 1}",
                             index=self._index))
         return event
 
@@ -426,10 +445,10 @@ class Unsealer:
         if self._error is not None:
             raise self._error
         if self._header is None:
-            self._fail(_bad("dataset.truncated", f"the file ends inside its header ({len(self._buf)} bytes)"))
+            self._fail(_bad("dataset.truncated", f"the file ends inside its header ({self._have} bytes)"))
             raise AssertionError("unreachable")  # pragma: no cover
         if not self._done:
-            have = len(self._buf) - self._pos
+            have = self._have
             self._fail(_bad(
                 "dataset.truncated",
                 f"the file ends in chunk {self._index} of {self._header.chunks} ({have} of "

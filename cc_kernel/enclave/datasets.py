@@ -360,6 +360,9 @@ class Datasets:
                 req_id=start.req_id, name=start.name, size=header.plaintext_size, fmt=header.format,
                 code=start.code, execution_count=start.execution_count, cell_id=start.cell_id))
         p.plain_hash.update(chunk.data)
+        if len(chunk.data) <= WORKER_PIECE:  # the CLI's 1 MiB chunks: handed on as decrypted, no copy
+            await self._to_worker(m.UploadChunk(req_id=start.req_id, data=chunk.data))
+            return
         view = memoryview(chunk.data)
         for i in range(0, len(view), WORKER_PIECE):
             await self._to_worker(m.UploadChunk(req_id=start.req_id, data=bytes(view[i : i + WORKER_PIECE])))

@@ -16,15 +16,22 @@ import signal
 import subprocess
 from typing import Final
 
-__all__ = ["serving_address", "stop_process"]
+__all__ = ["broker_address", "serving_address", "stop_process"]
 
 #: What ``cc-kernel enclave serve`` prints once it listens.
 _SERVING: Final = re.compile(r"serving on (\S+)")
+_BROKER_LISTENING: Final = re.compile(r"cc-kernel broker listening on ([^\s,]+)")
 
 
 def serving_address(output: str) -> str | None:
     """The address in the first "serving on ADDRESS" line of an enclave server's output, or None (not yet)."""
     match = _SERVING.search(output)
+    return match.group(1) if match else None
+
+
+def broker_address(output: str) -> str | None:
+    """The ``HOST:PORT`` in a "cc-kernel broker listening on HOST:PORT, ..." line of a broker's output, or None."""
+    match = _BROKER_LISTENING.search(output)
     return match.group(1) if match else None
 
 

@@ -5,7 +5,8 @@ does I/O (processes, sockets, temporary files) and is used by neither the kernel
 concept:
 
 - ``lab``: ``TeachingLab``, the private, throw-away lab that owns everything below and cleans it up;
-- ``enclaves``: the faults it can switch on, its enclave servers, the replay impostor;
+- ``enclaves``: the faults it can switch on, its enclave servers (and the data owner's broker), the replay
+  impostor;
 - ``recording``: what a man in the middle saw — the lab's ``Relay`` and ``Wiretap``, with views;
 - ``kernels``: ``LabKernel``, a real Jupyter kernel the lab drives;
 - ``outcomes``: ``AttestOutcome``, ``EvidenceExchange``, ``CellRun``;

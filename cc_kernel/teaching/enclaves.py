@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,8 +46,9 @@ MODIFIED_LINE: Final = (
 )
 #: The enclave file the "modified-code" fault changes (relative to the package root).
 MODIFIED_FILE: Final = "enclave/shell.py"
-#: The enclave server, started with signals that stop it cleanly: SIGTERM (from the lab) and, on Linux, the
-#: death of the lab's process (PR_SET_PDEATHSIG), so no enclave outlives the notebook that started it.
+#: A lab server (``cc-kernel enclave serve`` or ``cc-kernel broker serve``: the command follows ``-c``), started
+#: with signals that stop it cleanly: SIGTERM (from the lab) and, on Linux, the death of the lab's process
+#: (PR_SET_PDEATHSIG), so no server outlives the notebook that started it.
 SERVE_SNIPPET: Final = """\
 import ctypes, os, signal, sys
 signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -59,19 +61,22 @@ if sys.platform.startswith("linux"):
 if os.getppid() != int(os.environ["CC_TEACHING_PARENT"]):
     sys.exit(0)
 from cc_kernel.cli import main
-sys.exit(main(["enclave", "serve", *sys.argv[1:]]))
+sys.exit(main(sys.argv[1:]))
 """
 
 
 @dataclass
 class EnclaveServer:
-    """One enclave server of the lab (``process`` None: the replay impostor, which runs on the lab's loop)."""
+    """One server process of the lab: an enclave server, or the data owner's broker (``process`` None: the replay
+    impostor, which runs on the lab's loop)."""
 
     fault: str
     address: str
     process: subprocess.Popen[bytes] | None
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=200))
     package_root: Path | None = None
+    #: Finds the address the server listens on in a line of its output (None: not in this line).
+    address_of: Callable[[str], str | None] = serving_address
 
     def read_output(self, found: threading.Event) -> None:
         """Read the server's output into ``lines`` until it ends (on a thread of its own); set ``address`` and
@@ -82,7 +87,7 @@ class EnclaveServer:
             for raw in proc.stdout:
                 line = raw.decode("utf-8", "replace").rstrip()
                 self.lines.append(line)
-                address = serving_address(line)
+                address = self.address_of(line)
                 if address and not self.address:
                     self.address = address
                     found.set()

@@ -4,11 +4,12 @@ Layer: I/O (processes, sockets, temporary files), part of ``cc_kernel.teaching``
 ``attestation``, ``simstore`` and the kernelspecs; used by neither the kernel nor the enclave.
 
 Invariants: nothing is mocked. Enclaves are real ``cc-kernel enclave serve`` processes (with the enclave's own
-teaching faults, or launched from a modified copy of the package); verdicts come from ``connect_attested``, the
-function the kernel itself calls, and are explained with the kernel's own advice (``kernel.advice``); relays
-forward and record the real bytes; kernels are real Jupyter kernels driven with jupyter_client. Everything a
-``TeachingLab`` creates (a private simulated authority, Jupyter directories, processes, sockets) lives under one
-temporary directory and is gone after ``close()``. Child processes never inherit the caller's stdout/stderr (a
+teaching faults, or launched from a modified copy of the package), and so is a data owner's broker (``cc-kernel
+broker serve``); verdicts come from ``connect_attested``, the function the kernel itself calls, and are
+explained with the kernel's own advice (``kernel.advice``); relays forward and record the real bytes; kernels
+are real Jupyter kernels driven with jupyter_client. Everything a ``TeachingLab`` creates (a private simulated
+authority, Jupyter directories, processes, sockets) lives under one temporary directory and is gone after
+``close()``. Child processes never inherit the caller's stdout/stderr (a
 notebook kernel captures them): their output is piped into the lab's logs. The lab's enclave servers authorise
 only the lab's own client key (in its private data directory), which its kernels and ``attest`` present, as a
 real deployment would.
@@ -36,7 +37,7 @@ from cc_kernel.channel.client import connect_attested
 from cc_kernel.channel.transport import Address, open_client, parse_address
 from cc_kernel.clientkey import client_key_dir, load_or_create_client_identity
 from cc_kernel.errors import CCKernelError, EnclaveError
-from cc_kernel.labkit.processes import stop_process
+from cc_kernel.labkit.processes import broker_address, stop_process
 from cc_kernel.labkit.relay import Flip
 from cc_kernel.protocol.connection import Connection, Role
 from cc_kernel.protocol.messages import PROTOCOL_VERSION, AttestRequest, AttestResponse, Fatal, Hello
@@ -160,18 +161,25 @@ class TeachingLab:
         """The TCB (firmware security versions) the lab's simulated platform reports today."""
         return dict(self.authority.tcb)
 
-    def policy(self, *, min_tcb: Mapping[str, int] | None = None, measurement: bytes | None = None) -> Policy:
+    def policy(self, *, min_tcb: Mapping[str, int] | None = None, measurement: bytes | None = None,
+               allow_debug: bool = False) -> Policy:
         """A verification policy pinning the real enclave measurement (or ``measurement``), accepting the
-        simulated TEE (``unsafe_allow_simulation``), optionally with a minimum TCB. Rendered by the same code as
-        ``cc-kernel policy init --simulation`` and written to a file in the lab (``Policy.source`` is its path)."""
+        simulated TEE (``unsafe_allow_simulation``), optionally with a minimum TCB and, with ``allow_debug``,
+        debug enclaves (the ``unsafe_allow_debug`` weakening). Rendered by the same code as ``cc-kernel policy
+        init --simulation`` and written to a file in the lab (``Policy.source`` is its path)."""
         self._policy_count += 1
         path = self.root / "policies" / f"policy-{self._policy_count}.toml"
         text = render_policy(
             "simulation", [measurement or self.measurement], min_tcb=dict(min_tcb) if min_tcb else None,
             note="written by cc_kernel.teaching.TeachingLab.policy",
         )
+        if allow_debug:
+            text = text.replace("\nversion = 1\n", "\nversion = 1\nunsafe_allow_debug = true\n", 1)
         path.write_text(text)
-        return load_policy(text, source=str(path))
+        policy = load_policy(text, source=str(path))
+        if allow_debug and "unsafe_allow_debug" not in policy.unsafe_flags:  # pragma: no cover - layout changed
+            raise RuntimeError("cannot place unsafe_allow_debug in the rendered policy")
+        return policy
 
     # -- enclaves -----------------------------------------------------------------------------------------------
 
@@ -195,8 +203,8 @@ class TeachingLab:
         if fault == "replay":
             return self._start_replayer(timeout)
         package_root = self._modified_package() if fault == "modified-code" else None
-        argv = [sys.executable, "-c", SERVE_SNIPPET, "--listen", "127.0.0.1:0", "--sim-dir", str(self.sim_dir),
-                "--log-level", "INFO", "--authorized-clients", str(self.authorized_clients)]
+        argv = [sys.executable, "-c", SERVE_SNIPPET, "enclave", "serve", "--listen", "127.0.0.1:0", "--sim-dir",
+                str(self.sim_dir), "--log-level", "INFO", "--authorized-clients", str(self.authorized_clients)]
         if fault in ENCLAVE_FAULTS:
             argv += ["--fault", fault]
         env = self._child_env()
@@ -208,13 +216,36 @@ class TeachingLab:
             cwd=self.root, start_new_session=True,
         )
         server = EnclaveServer(fault=fault or "no fault", address="", process=proc, package_root=package_root)
+        return self._await_server(server, "the enclave server", timeout)
+
+    def start_broker(self, datasets: Path, *, timeout: float = 30.0) -> str:
+        """Start a data owner's key broker (``cc-kernel broker serve``) on a free port over the key store
+        ``datasets`` (the broker creates it if missing), trusting the lab's simulated authority; return its
+        ``HOST:PORT``. It stops when the lab is closed; ``enclave_log(address)`` shows its output.
+
+        Raises:
+            EnclaveError: the broker did not start (its output, e.g. a store others may read, is in the message).
+        """
+        argv = [sys.executable, "-c", SERVE_SNIPPET, "broker", "serve", "--listen", "127.0.0.1:0", "--datasets",
+                str(datasets), "--sim-dir", str(self.sim_dir)]
+        env = self._child_env()
+        env["CC_TEACHING_PARENT"] = str(os.getpid())
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+            cwd=self.root, start_new_session=True,
+        )
+        server = EnclaveServer(fault="broker", address="", process=proc, address_of=broker_address)
+        return self._await_server(server, "the broker", timeout)
+
+    def _await_server(self, server: EnclaveServer, what: str, timeout: float) -> str:
+        assert server.process is not None
         self._res.servers.append(server)
         found = threading.Event()
         threading.Thread(target=server.read_output, args=(found,), daemon=True, name="cc-teaching-log").start()
         if not found.wait(timeout) or not server.address:
-            stop_process(proc)
+            stop_process(server.process)
             tail = "\n".join(server.lines) or "(no output)"
-            raise EnclaveError(f"the enclave server did not start within {timeout} s:\n{tail}")
+            raise EnclaveError(f"{what} did not start within {timeout} s:\n{tail}")
         self._labels[server.address] = server.fault
         return server.address
 
