@@ -34,7 +34,7 @@ from cc_kernel.audit.verify import verify_log
 from cc_kernel.broker import server as broker_server
 from cc_kernel.broker.server import serve
 from cc_kernel.broker.store import BrokerStore
-from cc_kernel.dataset.format import DatasetHeader, Sealer
+from cc_kernel.dataset.format import DatasetHeader, Sealer, Unsealer
 from cc_kernel.dataset.release import DatasetRecord
 from cc_kernel.dataset.rules import load_rules
 from cc_kernel.enclave import datasets as ds_mod
@@ -199,7 +199,11 @@ class Session:
         ends = [x for x in self.to_worker if isinstance(x, m.UploadEnd) and x.req_id == req_id]
         if ends:  # the worker binds what it got, as cc_kernel.worker.serve does
             plain = b"".join(x.data for x in self.to_worker if isinstance(x, m.UploadChunk) and x.req_id == req_id)
-            assert hashlib.sha256(plain).digest() == ends[0].sha256
+            reader = Unsealer()
+            reader.feed(sealed)
+            assert isinstance(reader.next_event(), DatasetHeader)
+            # the worker is given the dataset's identity, never a digest of its plaintext (a confirmation oracle)
+            assert ends[0].sha256 == reader.header_sha256 != hashlib.sha256(plain).digest()
             await self.worker_says(m.UploadReply(req_id=req_id, status="ok", message=f"{name} = str"))
         return next(x for x in self.to_kernel if isinstance(x, m.UploadReply) and x.req_id == req_id)
 

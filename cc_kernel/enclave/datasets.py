@@ -197,7 +197,6 @@ class _Pending:
     relay_task: asyncio.Task[None] | None = None
     ahead: int = 0
     worker_started: bool = False
-    plain_hash: Any = field(default_factory=hashlib.sha256)
     ended: bool = False
     done: bool = False
 
@@ -359,7 +358,6 @@ class Datasets:
             await self._to_worker(m.UploadStart(
                 req_id=start.req_id, name=start.name, size=header.plaintext_size, fmt=header.format,
                 code=start.code, execution_count=start.execution_count, cell_id=start.cell_id))
-        p.plain_hash.update(chunk.data)
         if len(chunk.data) <= WORKER_PIECE:  # the CLI's 1 MiB chunks: handed on as decrypted, no copy
             await self._to_worker(m.UploadChunk(req_id=start.req_id, data=chunk.data))
             return
@@ -374,7 +372,10 @@ class Datasets:
             return
         p.unsealer.end()  # raises TamperedDataset for a file cut short
         p.done = True
-        await self._to_worker(m.UploadEnd(req_id=p.start.req_id, sha256=p.plain_hash.digest()))
+        # the dataset's identity, not a digest of its plaintext: an analyst who could read one could confirm a
+        # guess of the whole dataset, outside the owner's rules (the worker shows no digest; the monitor's
+        # receipt holds the sealed file's)
+        await self._to_worker(m.UploadEnd(req_id=p.start.req_id, sha256=p.unsealer.header_sha256))
 
     async def _fail(self, p: _Pending, reason: str) -> None:
         if p.done:

@@ -530,6 +530,9 @@ class Monitor:
             if head.upload_ended is not True or head.upload_size != announced:
                 msg = m.UploadReply(req_id=head.req_id, status="error", message=(
                     f"upload arrived incomplete ({head.upload_size} of {announced} bytes)"))
+            elif not self.datasets.owns(head):  # the digest its receipt records (a dataset's: see datasets)
+                msg = m.UploadReply(req_id=head.req_id, status="ok", message=(
+                    f"{msg.message} (sha256 {head.upload_hash.hexdigest()[:16]}…)")[: m.MAX_REASON])
         if isinstance(msg, m.UploadReply):
             msg = await self.datasets.bound(head, msg)
 

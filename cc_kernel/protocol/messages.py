@@ -650,7 +650,10 @@ class UploadChunk(Message):
 @_message("upload_end")
 @dataclass(frozen=True, slots=True)
 class UploadEnd(Message):
-    """End of upload ``req_id``; ``sha256`` is the digest of all its chunks."""
+    """End of upload ``req_id``. From the kernel, ``sha256`` is the SHA-256 of all its chunks (the monitor checks
+    it and records it in the upload's receipt); to the worker, the monitor passes that digest on for a plain
+    upload and a sealed dataset's header digest (``dataset.format``) for a dataset, never a digest of a dataset's
+    plaintext. The worker binds the value without reading it."""
 
     req_id: ReqId
     sha256: Annotated[bytes, _Len(32, 32)]

@@ -13,12 +13,11 @@ forwarded by the monitor; the monitor applies the same window and ends a worker 
 
 from __future__ import annotations
 
-import io
 import logging
 import queue
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cc_kernel.errors import ProtocolError
@@ -27,6 +26,7 @@ from cc_kernel.protocol.connection import DEFAULT_OUTPUT_WINDOW, OutputWindow
 from cc_kernel.protocol.flow import output_cost
 from cc_kernel.protocol.framing import DEFAULT_MAX_FRAME_SIZE
 from cc_kernel.protocol.privsep import MONITOR_TO_WORKER, LinkDecoder, encode
+from cc_kernel.worker.uploads import Assembly
 
 log = logging.getLogger("cc_kernel.worker")
 
@@ -44,12 +44,8 @@ class LinkClosed(Exception):  # noqa: N818 - control flow, not an error of the u
 class _Upload:
     req_id: int
     name: str
-    size: int
-    fmt: str
-    #: the chunks as decoded, joined once at the end: one copy of the data, not two (a growing bytearray
-    #: copied, then converted to the bytes the cell gets)
-    parts: list[bytes] = field(default_factory=list)
-    received: int = 0
+    #: the value, built as the chunks arrive (one copy of the data: see ``worker.uploads``)
+    assembly: Assembly
 
 
 class MonitorLink:
@@ -223,40 +219,24 @@ class WorkerServer:
 
     def _upload(self, msg: m.UploadStart | m.UploadChunk | m.UploadEnd) -> None:
         send = self._link.send
-        if isinstance(msg, m.UploadStart):  # replaces parts of one the monitor refused, if any
-            self._pending_upload = _Upload(msg.req_id, msg.name, msg.size, msg.fmt)
+        if isinstance(msg, m.UploadStart):  # replaces one the monitor refused, if any
+            if self._pending_upload is not None:
+                self._pending_upload.assembly.close()
+            self._pending_upload = _Upload(msg.req_id, msg.name, Assembly(msg.size, msg.fmt))
             return
         upload = self._pending_upload
         if upload is None or upload.req_id != msg.req_id:
             return
-        if isinstance(msg, m.UploadChunk):
-            if upload.received + len(msg.data) > upload.size:
-                self._pending_upload = None
-                send(m.UploadReply(req_id=msg.req_id, status="error", message="more data than announced"))
-                return
-            upload.parts.append(msg.data)
-            upload.received += len(msg.data)
-            return
-        self._pending_upload = None
-        if upload.received != upload.size:  # the monitor checked the digest of what it handed in
-            send(m.UploadReply(req_id=msg.req_id, status="error", message=(
-                f"upload {upload.name!r} arrived incomplete ({upload.received} of {upload.size} bytes)")))
-            return
-        data = b"".join(upload.parts)
-        upload.parts.clear()
         try:
-            value: Any
-            if upload.fmt == "text":
-                value = data.decode("utf-8")
-            elif upload.fmt == "npy":
-                import numpy as np
-
-                value = np.load(io.BytesIO(data), allow_pickle=False)
-            else:
-                value = data
-        except (UnicodeDecodeError, ValueError, OSError) as exc:
+            if isinstance(msg, m.UploadChunk):
+                upload.assembly.add(msg.data)
+                return
+            self._pending_upload = None
+            value = upload.assembly.finish()  # the monitor checked the digest of what it handed in
+        except ValueError as exc:
+            self._pending_upload = None
             send(m.UploadReply(req_id=msg.req_id, status="error", message=(
-                f"cannot decode {upload.name!r} as {upload.fmt}: {exc}")))
+                f"cannot bind {upload.name!r} as {upload.assembly.fmt}: {exc}")[: m.MAX_REASON]))
             return
         self.shell.ipython.user_ns[upload.name] = value
         if hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -265,8 +245,7 @@ class WorkerServer:
             summary = f"str of {len(value)} characters"
         else:
             summary = f"bytes of {len(value)} bytes"
-        send(m.UploadReply(req_id=msg.req_id, status="ok", message=(
-            f"{upload.name} = {summary} (sha256 {msg.sha256.hex()[:16]}…)")))
+        send(m.UploadReply(req_id=msg.req_id, status="ok", message=f"{upload.name} = {summary}"))
 
 
 def output_message(kind: str, content: dict[str, Any], req_id: int) -> m.Message:
