@@ -28,13 +28,14 @@ ALLOWED: dict[str, set[str]] = {
     "simstore": {"errors", "crypto", "attestation"},
     "logsetup": set(),
     "memory": set(),  # allocator set-up, stdlib only: every process calls it
+    "links": set(),  # the socketpairs between our processes, stdlib only
     # the trust boundary: the worker runs the cells and imports nothing that holds or makes keys or evidence
     "worker": {"errors", "protocol", "worker", "logsetup", "memory"},
     "clientkey": {"errors", "crypto", "channel", "simstore"},
     "enclave": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "enclave", "simstore", "measure",
-                "logsetup", "memory", "dataset", "broker"},
+                "logsetup", "memory", "links", "dataset", "broker"},
     "kernel": {"errors", "protocol", "crypto", "attestation", "audit", "channel", "kernel", "simstore", "measure",
-               "clientkey", "memory"},
+               "clientkey", "memory", "links"},
     # a data owner's sealed files, rules, release exchange and broker log: pure, like audit
     "dataset": {"errors", "protocol", "crypto", "attestation", "audit", "dataset"},
     # the data owner's key broker: I/O (its store, its log, a TLS server)
@@ -248,7 +249,7 @@ def _probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rel: str, source: st
 
 WORKER_ONLY = "worker may import only ['errors', 'logsetup', 'memory', 'protocol', 'worker']"
 KERNEL_ONLY = ("kernel may import only ['attestation', 'audit', 'channel', 'clientkey', 'crypto', 'errors', 'kernel', "
-               "'measure', 'memory', 'protocol', 'simstore']")
+               "'links', 'measure', 'memory', 'protocol', 'simstore']")
 
 
 @pytest.mark.parametrize(

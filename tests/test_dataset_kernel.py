@@ -79,3 +79,17 @@ def test_a_sealed_dataset_opens_in_a_real_session_and_approved_code_holds(broker
         [sys.executable, "-m", "cc_kernel", "audit", "show", str(logs[1])], capture_output=True, text=True,
         timeout=120).stdout
     assert COUNT in shown and "print(records[:200])" in shown  # the refused cell is in the owner's log too
+
+
+def test_a_kernel_with_a_list_of_brokers_relays_to_no_other(broker: str, tmp_path: Path) -> None:
+    sealed = seal(tmp_path, broker, 'version = 1\nmode = "inspect"\nnot_after = 2099-01-01T00:00:00Z\n'
+                  "max_sessions = 3\n", "open")
+    elsewhere = "broker.hospital.example:4712"
+    with live_kernel(SIM, env={**os.environ, "CC_KERNEL_BROKERS": elsewhere}) as k:
+        cell = k.execute(f"%cc_dataset {sealed} records", timeout=120)
+        assert cell.status == "error", cell.summary()
+        assert (f"the sealed file names the broker at {broker}, which is not one of the brokers this kernel may "
+                f"reach ({elsewhere}: setting brokers, CC_KERNEL_BROKERS)") in cell.traceback_text
+        assert k.execute("records").content["ename"] == "NameError"
+    with live_kernel(SIM) as k:  # the refused attempt never reached the broker: this is its first release
+        assert "release 1 of 3" in k.ok(f"%cc_dataset {sealed} records", timeout=120).stream()

@@ -306,6 +306,21 @@ async def test_a_small_file_sent_whole_before_the_key_is_opened_once_the_key_arr
     assert s.plaintext_to_worker() == RECORDS
 
 
+@in_loop
+async def test_chunks_larger_than_the_workers_pieces_are_handed_in_as_pieces_in_order(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
+) -> None:
+    store, address = broker
+    plaintext = os.urandom(5 * ds_mod.WORKER_PIECE + 12345)
+    sealed = seal_into(store, address, plaintext=plaintext, chunk_size=2 * ds_mod.WORKER_PIECE + 7)  # 3 chunks
+    s = await started(sim_authority)
+    reply = await s.open(sealed.data, piece=1024 * 1024)
+    assert reply.status == "ok", reply.message
+    pieces = [len(x.data) for x in s.to_worker if isinstance(x, m.UploadChunk)]
+    assert max(pieces) == ds_mod.WORKER_PIECE and len(pieces) == 8  # each chunk cut into 1 MiB pieces (3 + 3 + 2)
+    assert s.plaintext_to_worker() == plaintext
+
+
 # --- the owner's rules --------------------------------------------------------------------------------------
 
 

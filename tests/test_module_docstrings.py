@@ -39,6 +39,7 @@ LAYER_OF: dict[str, str] = {
     "logsetup.py": "I/O",
     "broker": "I/O",
     "memory.py": "Process set-up",
+    "links.py": "Process set-up",
     "enclave": "Monitor",
     "worker": "Worker",
     "kernel": "Kernel side",

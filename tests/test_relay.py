@@ -7,7 +7,11 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import pytest
+
+from cc_kernel.errors import ConfigError
 from cc_kernel.kernel import upload
+from cc_kernel.kernel.config import KernelSettings
 from cc_kernel.kernel.relay import Relays
 from cc_kernel.protocol import messages as m
 
@@ -130,3 +134,78 @@ def test_a_sealed_file_waits_after_its_first_chunk(tmp_path: Path) -> None:
         assert sum(isinstance(x, m.UploadChunk) for x in sent) == 3
 
     asyncio.run(main())
+
+
+async def _listener() -> tuple[asyncio.Server, int, list[bytes]]:
+    """A TCP server on a free port recording what each connection sent."""
+    received: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read(1024))
+        writer.close()
+
+    server = await asyncio.start_server(record, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], received
+
+
+@pytest.mark.parametrize("address", ["unix:/var/run/docker.sock", "vsock://1:5000", "127.0.0.1:0", "nonsense"])
+def test_a_sealed_file_cannot_point_the_relay_at_a_local_socket_or_a_non_tcp_address(address: str) -> None:
+    async def main() -> None:
+        enclave = Enclave()
+        relays = Relays(enclave.send)
+        relays.expect(4)
+        relays.handle(m.RelayOpen(req_id=4, address=address))
+        relays.handle(m.RelayData(req_id=4, data=b"client hello"))
+        await enclave.until(lambda: enclave.got)
+        (end,) = enclave.got
+        assert isinstance(end, m.RelayEnd)
+        assert end.reason.startswith(f"the kernel does not relay there: the sealed file names {address!r} as its "
+                                     "broker; ")
+        assert "a broker is reached at HOST:PORT over TCP" in end.reason or "cannot parse address" in end.reason
+
+    asyncio.run(main())
+
+
+def test_with_a_list_of_brokers_the_relay_connects_to_those_only() -> None:
+    async def main() -> None:
+        server, port, received = await _listener()
+        enclave = Enclave()
+        relays = Relays(enclave.send, brokers=[f"tcp://LOCALHOST:{port}", "broker.example:4712"])
+        relays.expect(1)
+        relays.handle(m.RelayOpen(req_id=1, address=f"127.0.0.1:{port}"))  # the same port, another host name
+        relays.handle(m.RelayData(req_id=1, data=b"client hello"))
+        await enclave.until(lambda: enclave.got)
+        (end,) = enclave.got
+        assert isinstance(end, m.RelayEnd) and end.reason == (
+            f"the kernel does not relay there: the sealed file names the broker at 127.0.0.1:{port}, which is not "
+            f"one of the brokers this kernel may reach (broker.example:4712, tcp://LOCALHOST:{port}: setting "
+            "brokers, CC_KERNEL_BROKERS)")
+        assert received == []  # no connection was made
+
+        relays.expect(2)
+        relays.handle(m.RelayOpen(req_id=2, address=f"localhost:{port}"))  # a listed broker (host case ignored)
+        relays.handle(m.RelayData(req_id=2, data=b"client hello"))
+        await enclave.until(lambda: len(enclave.got) == 2)
+        assert received == [b"client hello"]
+        relays.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("entry", ["unix:/tmp/broker.sock", "broker.example", "broker.example:99999"])
+def test_a_list_of_brokers_with_a_bad_entry_is_refused_at_start(entry: str) -> None:
+    async def send(msg: m.Message) -> None:
+        raise AssertionError(msg)
+
+    with pytest.raises(ConfigError) as caught:
+        Relays(send, brokers=["127.0.0.1:4712", entry])
+    assert repr(entry) in str(caught.value)
+
+
+def test_the_kernel_takes_its_brokers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CC_KERNEL_BROKERS", " hospital.example:4712 ,, 10.0.0.5:4712 ")
+    assert KernelSettings().brokers == ["hospital.example:4712", "10.0.0.5:4712"]
+    monkeypatch.delenv("CC_KERNEL_BROKERS")
+    assert KernelSettings().brokers == []

@@ -51,7 +51,7 @@ from cc_kernel.dataset.format import NEED_DATA, ChunkData, DatasetHeader, Unseal
 from cc_kernel.dataset.release import LogAck, LogEntry, LogOpen, LogOpened, ReleasedKey, ReleaseRefusal
 from cc_kernel.dataset.rules import Rules
 from cc_kernel.enclave.evidence import EvidenceSource
-from cc_kernel.errors import CCKernelError, DatasetError
+from cc_kernel.errors import CCKernelError, ConnectError, DatasetError
 from cc_kernel.protocol import messages as m
 
 log = logging.getLogger("cc_kernel.enclave")
@@ -195,6 +195,8 @@ class _Pending:
     owner_log: OwnerLog | None = None
     relay_writer: asyncio.StreamWriter | None = None
     relay_task: asyncio.Task[None] | None = None
+    #: why the kernel ended the relay, if it said (untrusted: shown to the user as the kernel's words)
+    relay_end: str = ""
     ahead: int = 0
     worker_started: bool = False
     ended: bool = False
@@ -436,6 +438,9 @@ class Datasets:
         writer = self._relay_writers.get(msg.req_id)
         if writer is None:
             return  # a relay that ended already: late bytes are dropped
+        p = self._pending
+        if isinstance(msg, m.RelayEnd) and msg.reason and p is not None and p.start.req_id == msg.req_id:
+            p.relay_end = msg.reason
         with contextlib.suppress(OSError):
             if isinstance(msg, m.RelayData):
                 writer.write(msg.data)
@@ -467,7 +472,10 @@ class Datasets:
             if writer is not None:
                 await _close(writer)
             sock.close()
-            await self._fail(p, f"the owner's broker did not release the key: {exc}")
+            # the TLS connection never came up and the kernel said why (its words: it is not trusted)
+            why = (f"the kernel ended the relay: {p.relay_end}" if p.relay_end and isinstance(exc, ConnectError)
+                   else str(exc))
+            await self._fail(p, f"the owner's broker did not release the key: {why}")
             return
         except asyncio.CancelledError:
             if writer is not None:

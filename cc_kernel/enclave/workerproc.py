@@ -1,9 +1,9 @@
-"""Monitor: start, watch and end the worker process (stdlib only, so the enclave can start it first thing).
+"""Monitor: start, watch and end the worker process (stdlib and links only: the enclave starts it first thing).
 
-Layer: runs inside the TEE, in the measured monitor process; it imports nothing but the standard library, so
-``python -m cc_kernel.enclave`` can start the worker before it imports its own TLS, receipt and protocol stack,
-and the two interpreter start-ups overlap (the evidence source is opened before, see
-:mod:`cc_kernel.enclave.process`). Invariants:
+Layer: runs inside the TEE, in the measured monitor process; it imports nothing but the standard library (and
+``cc_kernel.links``, itself stdlib only), so ``python -m cc_kernel.enclave`` can start the worker before it
+imports its own TLS, receipt and protocol stack, and the two interpreter start-ups overlap (the evidence source
+is opened before, see :mod:`cc_kernel.enclave.process`). Invariants:
 
 * The worker is exec'd fresh (``python -P -m cc_kernel.worker``): it inherits only its end of a new socketpair,
   a scrubbed environment and its own session (``start_new_session``), never a key, a handle on the evidence
@@ -25,6 +25,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cc_kernel.links import link_socketpair
 
 
 @dataclass
@@ -87,7 +89,7 @@ def spawn_worker(spec: WorkerSpec) -> WorkerProcess:
             os.chown(path, spec.uid, spec.gid if spec.gid is not None else spec.uid)
         if path is not None:
             os.chmod(path, 0o700)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, theirs = link_socketpair()
     # -P: nothing from the working directory (writable by cells) is imported before the sandbox is applied
     argv = [sys.executable, "-P", "-m", "cc_kernel.worker", "--fd", str(theirs.fileno()),
             "--monitor-pid", str(os.getpid()), "--private-dir", str(private), "--log-level", spec.log_level]

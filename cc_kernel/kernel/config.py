@@ -31,6 +31,9 @@ class KernelSettings(Configurable):
     audit_dir = Unicode("", config=True,
                         help="directory of session logs (default <jupyter data dir>/cc_kernel/audit). "
                         "Env: CC_KERNEL_AUDIT_DIR")
+    brokers = List(Unicode(), config=True,
+                   help="the only data owners' brokers %cc_dataset may reach (HOST:PORT); empty: the broker each "
+                   "sealed file names. Env: CC_KERNEL_BROKERS (comma separated)")
     redact_code = Bool(False, config=True,
                        help="receipts carry only the hash of each cell's code. Env: CC_KERNEL_AUDIT_REDACT=1")
 
@@ -61,6 +64,10 @@ class KernelSettings(Configurable):
     @default("sim_dir")
     def _sim_dir_default(self) -> str:
         return os.environ.get("CC_KERNEL_SIM_DIR", "")
+
+    @default("brokers")
+    def _brokers_default(self) -> list[str]:
+        return [b.strip() for b in os.environ.get("CC_KERNEL_BROKERS", "").split(",") if b.strip()]
 
     @default("faults")
     def _faults_default(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""Kernel side: start the local enclave process before the kernel imports ipykernel (stdlib only).
+"""Kernel side: start the local enclave process before the kernel imports ipykernel (stdlib and links only).
 
 A kernel start used to run two interpreter start-ups one after the other: the kernel process imported
 ipykernel and cc_kernel (~0.3 s), and only then spawned the enclave, which imported its own stack and built its
@@ -25,6 +25,8 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
+
+from cc_kernel.links import link_socketpair
 
 __all__ = ["EARLY_ENV", "adopt", "enclave_argv", "enclave_env", "spawn", "start_early"]
 
@@ -68,7 +70,7 @@ def _key(argv: list[str]) -> tuple[str, ...]:
 def spawn(*, platform: str, sim_dir: str | None, faults: tuple[str, ...],
           extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], socket.socket, list[str]]:
     """Start a local enclave process on a new socketpair; returns (process, our end, its argv)."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, theirs = link_socketpair()
     argv = enclave_argv(theirs.fileno(), platform=platform, sim_dir=sim_dir, faults=faults)
     # Own session: a signal sent to the kernel's process group never reaches the enclave; interrupts go
     # through the authenticated channel. stdout/stderr go to the kernel's log, never to the notebook.

@@ -202,7 +202,8 @@ class ConfidentialKernel(KernelSettings, Kernel):
             )
             collateral = await asyncio.to_thread(self._load_collateral) if self.collateral_dir else None
             self._link = EnclaveLink(spec, policy=policy, simulation_anchors=sim, on_output=self._forward_output,
-                                     on_closed=self._enclave_closed, collateral=collateral)
+                                     on_closed=self._enclave_closed, collateral=collateral,
+                                     brokers=self.brokers)
             self._link.on_datasets = lambda datasets: self._set_badge(datasets=datasets)
             attested = await self._link.start(timeout=self.attest_timeout)
             if self.audit:

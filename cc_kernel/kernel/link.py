@@ -27,7 +27,7 @@ import socket
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,6 +128,7 @@ class EnclaveLink:
         on_output: Callable[[m.Message], None],
         on_closed: Callable[[str], None],
         collateral: DcapCollateral | None = None,
+        brokers: Iterable[str] = (),
     ) -> None:
         self.spec = spec
         self.policy = policy
@@ -163,7 +164,7 @@ class EnclaveLink:
         self._deadline: asyncio.Timeout | None = None
         self._clean_end = False
         #: Connections to data owners' brokers the monitor asked the kernel to carry (``%cc_dataset``).
-        self.relays = Relays(self.send)
+        self.relays = Relays(self.send, brokers)
         #: Called with ``DatasetInfo.datasets`` whenever the enclave reports the open datasets (the badge).
         self.on_datasets: Callable[[list[Any]], None] = lambda datasets: None
 

@@ -11,7 +11,12 @@ and to carry bytes both ways. Invariants:
 * ``expect(req_id)`` is set when the monitor holds the dataset's key (``DatasetKeyed``), the relay ended or the
   request was answered: ``%cc_dataset`` sends the sealed body only then, so the enclave buffers nothing while
   it waits for the key;
-* a relay lasts until either side ends it or the session ends: after the release it carries the owner's log.
+* a relay lasts until either side ends it or the session ends: after the release it carries the owner's log;
+* the address comes from the sealed file's header, which whoever made the file chose: the kernel connects only
+  to a TCP ``HOST:PORT`` (never a Unix socket or vsock address on this machine) and, when the kernel is given
+  a list of brokers (setting ``brokers``, ``CC_KERNEL_BROKERS``), only to one of them. Otherwise a file could
+  make the kernel open a connection to any host and port it can reach (it would carry a TLS hello there, and
+  the monitor would refuse whatever answered without the pinned broker key).
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from cc_kernel.channel.transport import parse_address
-from cc_kernel.errors import CCKernelError
+from cc_kernel.channel.transport import Address, parse_address
+from cc_kernel.errors import CCKernelError, ConfigError
 from cc_kernel.protocol import messages as m
 
 log = logging.getLogger("cc_kernel.kernel")
@@ -43,11 +48,30 @@ class _Relay:
     ended: bool = False
 
 
-class Relays:
-    """The relays of one enclave session; ``send`` sends a message to the enclave."""
+def broker_address(text: str) -> Address:
+    """``text`` as the TCP address of a broker.
 
-    def __init__(self, send: Callable[[m.Message], Awaitable[None]]) -> None:
+    Raises:
+        ConfigError: not a ``HOST:PORT`` (or ``tcp://HOST:PORT``) with a port from 1 to 65535.
+    """
+    address = parse_address(text)
+    if address.kind != "tcp" or not address.host or address.port == 0:
+        raise ConfigError(f"{text!r} is not a broker address: a broker is reached at HOST:PORT over TCP "
+                          "(port 1 to 65535)")
+    return address
+
+
+class Relays:
+    """The relays of one enclave session; ``send`` sends a message to the enclave; ``brokers``: the only
+    addresses a relay may connect to (none given: any TCP ``HOST:PORT`` a sealed file names).
+
+    Raises:
+        ConfigError: an entry of ``brokers`` is not a broker address (named).
+    """
+
+    def __init__(self, send: Callable[[m.Message], Awaitable[None]], brokers: Iterable[str] = ()) -> None:
         self._send = send
+        self._brokers = {_key(broker_address(text)): text for text in brokers}
         self._relays: dict[int, _Relay] = {}
         self._refusals: set[asyncio.Task[None]] = set()
 
@@ -104,10 +128,22 @@ class Relays:
         if relay.task is not None and relay.task is not asyncio.current_task():
             relay.task.cancel()
 
+    def _destination(self, address: str) -> Address:
+        """Where the relay for a sealed file naming ``address`` may connect; raises ConfigError if nowhere."""
+        try:
+            addr = broker_address(address)
+        except ConfigError as exc:
+            raise ConfigError(f"the sealed file names {address!r} as its broker; {exc}") from None
+        if self._brokers and _key(addr) not in self._brokers:
+            raise ConfigError(
+                f"the sealed file names the broker at {address}, which is not one of the brokers this kernel may "
+                f"reach ({', '.join(sorted(self._brokers.values()))}: setting brokers, CC_KERNEL_BROKERS)")
+        return addr
+
     async def _run(self, req_id: int, relay: _Relay, address: str) -> None:
         reason = ""
         try:
-            addr = parse_address(address)
+            addr = self._destination(address)
             reader, writer = await asyncio.wait_for(asyncio.open_connection(addr.host, addr.port),
                                                     CONNECT_TIMEOUT)
             relay.writer = writer
@@ -119,6 +155,9 @@ class Relays:
             while data := await reader.read(RELAY_READ):
                 await self._send(m.RelayData(req_id=req_id, data=data))
             reason = "the broker closed the connection"
+        except ConfigError as exc:
+            reason = f"the kernel does not relay there: {exc}"
+            log.warning("%s", reason)
         except (OSError, TimeoutError, ValueError, CCKernelError) as exc:
             reason = f"the kernel cannot relay to the broker at {address}: {exc}"
             log.warning("%s", reason)
@@ -138,4 +177,8 @@ class Relays:
         self._relays.clear()
 
 
-__all__ = ["Relays"]
+def _key(address: Address) -> tuple[str, int]:
+    return address.host.lower().strip("[]"), address.port
+
+
+__all__ = ["Relays", "broker_address"]
