@@ -52,7 +52,7 @@ def seal(work: Path, mib: int, sessions: int, broker: str, *, size: int | None =
     (work / "policy.toml").write_text(simulation_policy_text([enclave_measurement()]))
     (work / "rules.toml").write_text('version = 1\nmode = "inspect"\nnot_after = 2099-01-01T00:00:00Z\n'
                                      f"max_sessions = {sessions}\n")
-    sealed = work / f"records-{mib if size is None else size}.ccdata"
+    sealed = work / (f"records-{mib}-mib.ccdata" if size is None else f"records-{size}-bytes.ccdata")
     subprocess.run([sys.executable, "-m", "cc_kernel", "data", "seal", str(plain), "--owner-policy",
                     str(work / "policy.toml"), "--rules", str(work / "rules.toml"), "--broker", broker,
                     "--datasets", str(work / "store"), "-o", str(sealed), "--format", "bytes"],
