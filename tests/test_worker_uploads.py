@@ -8,11 +8,14 @@ import io
 import os
 import resource
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from cc_kernel.memory import tune_allocator
+from cc_kernel.protocol import messages as m
+from cc_kernel.worker.serve import WorkerServer
 from cc_kernel.worker.uploads import MAX_NPY_HEADER, Assembly
 
 ARRAYS = {
@@ -91,8 +94,12 @@ def test_every_malformed_upload_is_refused_with_its_reason() -> None:
     grid = npy_bytes(np.arange(10))
     assert refusal(grid + b"x", "npy", size=len(grid)) == "more data than announced"
     assert refusal(grid[:-3], "npy", size=len(grid)) == f"arrived incomplete ({len(grid) - 3} of {len(grid)} bytes)"
-    assert refusal(grid[:-8], "npy") == "the .npy holds 72 bytes of data, its header announces 80"
-    assert refusal(grid + b"12345678", "npy") == "the .npy holds more data than its header announces (80 bytes)"
+    assert refusal(grid[:-8], "npy") == "the .npy header announces 80 bytes of data, the file holds 72"
+    assert refusal(grid + b"12345678", "npy") == "the .npy header announces 80 bytes of data, the file holds 88"
+    huge = io.BytesIO()  # a header announcing 8 TiB, and 80 bytes: refused before anything is allocated
+    np.lib.format.write_array_header_1_0(huge, {"descr": "<i8", "fortran_order": False, "shape": (2**40,)})
+    assert refusal(huge.getvalue() + bytes(80), "npy") == (
+        "the .npy header announces 8796093022208 bytes of data, the file holds 80")
     long_header = b"\x93NUMPY\x01\x00" + (MAX_NPY_HEADER + 1).to_bytes(2, "little") + b" " * 64
     assert refusal(long_header, "npy") == (
         f"the .npy header is {MAX_NPY_HEADER + 1} bytes long, over the limit of {MAX_NPY_HEADER}")
@@ -113,3 +120,50 @@ def test_a_refused_assembly_holds_nothing() -> None:
         assembly.add(b"cde")
     with pytest.raises(ValueError, match="arrived incomplete"):
         assembly.finish()
+
+
+class _Link:
+    def __init__(self) -> None:
+        self.sent: list[m.Message] = []
+
+    def send(self, msg: m.Message) -> None:
+        self.sent.append(msg)
+
+
+def _server() -> tuple[WorkerServer, _Link, dict[str, object]]:
+    link = _Link()
+    server = WorkerServer(link)  # type: ignore[arg-type]
+    namespace: dict[str, object] = {}
+    server.shell = SimpleNamespace(ipython=SimpleNamespace(user_ns=namespace))
+    return server, link, namespace
+
+
+def _upload(server: WorkerServer, name: str, data: bytes, fmt: str) -> None:
+    server._upload(m.UploadStart(req_id=7, name=name, size=len(data), fmt=fmt, code="", execution_count=1,
+                                 cell_id=None))
+    server._upload(m.UploadChunk(req_id=7, data=data))
+    server._upload(m.UploadEnd(req_id=7, sha256=bytes(32)))
+
+
+def test_the_worker_binds_an_upload_and_refuses_a_malformed_one_without_binding() -> None:
+    server, link, namespace = _server()
+    _upload(server, "grid", npy_bytes(np.arange(3)), "npy")
+    _upload(server, "bad", b"\x93NUMPY\x01\x00" + (20).to_bytes(2, "little") + b"{'descr': 'nope'}  \n", "npy")
+    ok, bad = link.sent
+    assert isinstance(ok, m.UploadReply) and (ok.status, ok.message) == ("ok", "grid = numpy array (3,) int64")
+    assert isinstance(bad, m.UploadReply) and bad.status == "error"
+    assert bad.message.startswith("cannot bind 'bad' as npy: ") and "descr" in bad.message
+    assert list(namespace) == ["grid"]
+
+
+def test_the_worker_survives_an_upload_it_has_no_memory_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_memory(self: Assembly, chunk: bytes) -> None:
+        raise MemoryError
+
+    server, link, namespace = _server()
+    monkeypatch.setattr(Assembly, "add", no_memory)
+    _upload(server, "big", b"x" * 10, "bytes")
+    (reply,) = link.sent
+    assert isinstance(reply, m.UploadReply) and reply.status == "error"
+    assert reply.message == "cannot bind 'big' as bytes: not enough memory in the enclave's worker"
+    assert namespace == {}

@@ -233,10 +233,12 @@ class WorkerServer:
                 return
             self._pending_upload = None
             value = upload.assembly.finish()  # the monitor checked the digest of what it handed in
-        except ValueError as exc:
+        except (ValueError, MemoryError) as exc:  # the worker goes on; what it received is released
             self._pending_upload = None
+            upload.assembly.close()
+            reason = str(exc) if isinstance(exc, ValueError) else "not enough memory in the enclave's worker"
             send(m.UploadReply(req_id=msg.req_id, status="error", message=(
-                f"cannot bind {upload.name!r} as {upload.assembly.fmt}: {exc}")[: m.MAX_REASON]))
+                f"cannot bind {upload.name!r} as {upload.assembly.fmt}: {reason}")[: m.MAX_REASON]))
             return
         self.shell.ipython.user_ns[upload.name] = value
         if hasattr(value, "shape") and hasattr(value, "dtype"):

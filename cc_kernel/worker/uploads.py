@@ -20,6 +20,7 @@ data, too little, a header numpy refuses, a dtype holding Python objects, text t
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 #: The longest ``.npy`` header read before it is refused (numpy's own default limit).
@@ -61,10 +62,7 @@ class Assembly:
         try:
             if self.received != self.size:
                 raise ValueError(f"arrived incomplete ({self.received} of {self.size} bytes)")
-            if self._into is not None:
-                if self._filled != self._into.nbytes:
-                    raise ValueError(f"the .npy holds {self._filled} bytes of data, its header announces "
-                                     f"{self._into.nbytes}")
+            if self._into is not None:  # all received: the header announced exactly this many bytes
                 return self._array
             assert self._buffer is not None
             data = self._buffer.getvalue()  # the buffer itself: no copy
@@ -113,24 +111,23 @@ class Assembly:
             rest = bytes(buffered[start:]) if len(buffered) > start else b""
         finally:
             buffered.release()
-        self._array, self._into = _allocate_npy(head)
+        self._array, self._into = _allocate_npy(head, self.size - start)
         self._buffer.close()
         self._buffer = None
         if rest:
             self._write_array(rest)
 
     def _write_array(self, chunk: bytes) -> None:
-        assert self._into is not None
+        assert self._into is not None  # never past its end: the array is the announced size minus the header
         end = self._filled + len(chunk)
-        if end > self._into.nbytes:
-            raise ValueError(f"the .npy holds more data than its header announces ({self._into.nbytes} bytes)")
         self._into[self._filled : end] = chunk
         self._filled = end
 
 
-def _allocate_npy(head: bytes) -> tuple[Any, memoryview]:
+def _allocate_npy(head: bytes, data_size: int) -> tuple[Any, memoryview]:
     """An uninitialised array shaped as the ``.npy`` header ``head`` (magic, version, header) describes, and
-    its memory as bytes in the file's order (C order, or Fortran order: the transpose's C order)."""
+    its memory as bytes in the file's order (C order, or Fortran order: the transpose's C order). Nothing is
+    allocated unless the header's array is exactly the ``data_size`` bytes the file holds after it."""
     import numpy as np
     from numpy.lib import format as npy_format
 
@@ -143,6 +140,9 @@ def _allocate_npy(head: bytes) -> tuple[Any, memoryview]:
         raise ValueError(str(exc)) from None
     if dtype.hasobject:
         raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    announced = math.prod(shape) * dtype.itemsize
+    if announced != data_size:
+        raise ValueError(f"the .npy header announces {announced} bytes of data, the file holds {data_size}")
     array = np.empty(shape, dtype=dtype, order="F" if fortran_order else "C")
     flat = (array.T if fortran_order else array).reshape(-1)  # a view: the array is contiguous in that order
     return array, flat.view(np.uint8).data
