@@ -13,7 +13,6 @@ import pytest
 
 from cc_kernel.audit import format as audit_format
 from cc_kernel.dataset import format as dataset_format
-from cc_kernel.protocol import NEED_DATA as PROTOCOL_EXPORT
 from cc_kernel.protocol.connection import Connection, Role
 from cc_kernel.protocol.framing import NEED_DATA, FrameDecoder, NeedData
 
@@ -32,6 +31,6 @@ def test_every_decoder_answers_with_the_one_sentinel(name: str) -> None:
 
 
 def test_every_module_exports_the_same_object() -> None:
-    assert audit_format.NEED_DATA is dataset_format.NEED_DATA is PROTOCOL_EXPORT is NEED_DATA
+    assert audit_format.NEED_DATA is dataset_format.NEED_DATA is NEED_DATA
     assert list(NeedData) == [NEED_DATA]  # a single member: no second sentinel can be made of this type
 
