@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from monitor_support import SESSION, attested_monitor
 
 from cc_kernel.attestation.anchors import hardware_anchors
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority
@@ -29,7 +30,6 @@ from cc_kernel.audit.format import (
     decode_payload_unverified,
     stream_digest,
 )
-from cc_kernel.audit.receipts import ReceiptSigner
 from cc_kernel.audit.verify import verify_log
 from cc_kernel.broker import server as broker_server
 from cc_kernel.broker.server import serve
@@ -38,8 +38,6 @@ from cc_kernel.dataset.format import DatasetHeader, Sealer, Unsealer
 from cc_kernel.dataset.release import DatasetRecord
 from cc_kernel.dataset.rules import load_rules
 from cc_kernel.enclave import datasets as ds_mod
-from cc_kernel.enclave.evidence import SimulatedSource
-from cc_kernel.enclave.monitor import Monitor, WorkerSpec
 from cc_kernel.kernel.relay import Relays
 from cc_kernel.measure import enclave_measurement
 from cc_kernel.protocol import codec
@@ -47,7 +45,6 @@ from cc_kernel.protocol import messages as m
 from cc_kernel.protocol.messages import encode_message
 from cc_kernel.testing.enclaves import simulation_policy_text
 
-SESSION = b"s" * 16
 INSPECT = 'version = 1\nmode = "inspect"\nnot_after = 2099-01-01T00:00:00Z\nmax_sessions = 5\n'
 RECORDS = b"patient,age\n" + b"".join(b"%d,%d\n" % (i, i % 90) for i in range(3000))
 APPROVED_CELL = "print(len(records))"
@@ -88,8 +85,6 @@ class Session:
 
     def __init__(self, authority: SimulationAuthority, *, measurement: bytes | None = None,
                  tamper: Callable[[bytes], bytes] | None = None) -> None:
-        source = SimulatedSource(authority=authority, measurement=measurement or enclave_measurement())
-        self.monitor = Monitor(source=source, worker=WorkerSpec())
         self.to_kernel: list[m.Message] = []
         self.to_worker: list[m.Message] = []
         self.relayed_in: list[bytes] = []  # what the kernel carried from the broker to the monitor
@@ -97,20 +92,13 @@ class Session:
         self.tamper = tamper
         self.withhold = False  # the kernel stops carrying relayed bytes (both ways)
         self.relays = Relays(self._kernel_sends)
-        mon: Any = self.monitor
-        loop = asyncio.get_running_loop()
-        mon._ready = loop.create_future()
-        mon._ready.set_result(m.WorkerReady(pid=1, protections={}))
-        mon._shutdown_due = asyncio.Event()
-        mon._worker_done = asyncio.Event()
-        mon._channel = self
-        mon._signer = ReceiptSigner(mon._audit_key, SESSION)
 
         async def to_worker(msg: m.Message) -> None:
             self.to_worker.append(msg)
             self.changed.set()
 
-        mon._to_worker = to_worker
+        self.monitor = attested_monitor(authority, measurement=measurement or enclave_measurement(), channel=self,
+                                        to_worker=to_worker)
         resume = self.monitor.datasets._resume
 
         async def resumed() -> None:  # an owner's log changed state (acknowledged, lost)

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from monitor_support import attested_monitor
 
 from cc_kernel.attestation.platforms.simulation import SimulationAuthority
 from cc_kernel.audit.format import (
@@ -22,15 +23,11 @@ from cc_kernel.audit.format import (
     decode_payload_unverified,
     stream_digest,
 )
-from cc_kernel.audit.receipts import ReceiptSigner
 from cc_kernel.enclave import monitor as mon_mod
-from cc_kernel.enclave.evidence import SimulatedSource
 from cc_kernel.enclave.monitor import OUTPUT_WINDOW, Monitor
 from cc_kernel.enclave.workerproc import WorkerSpec
 from cc_kernel.errors import RemoteProtocolError
 from cc_kernel.protocol import messages as m
-
-SESSION = b"s" * 16
 
 
 class Recorder:
@@ -60,23 +57,13 @@ class Harness:
     """A monitor whose worker and kernel are recorders; attestation done, the worker ready."""
 
     def __init__(self, authority: SimulationAuthority, *, audit: bool | None = True) -> None:
-        self.monitor = Monitor(source=SimulatedSource(authority=authority, measurement=bytes(48)),
-                               worker=WorkerSpec())
         self.kernel = Recorder()
         self.worker: list[m.Message] = []
-        mon: Any = self.monitor
-        loop = asyncio.get_running_loop()
-        mon._ready = loop.create_future()
-        mon._ready.set_result(m.WorkerReady(pid=1, protections={}))
-        mon._shutdown_due = asyncio.Event()
-        mon._worker_done = asyncio.Event()
-        mon._channel = self.kernel
-        mon._signer = ReceiptSigner(mon._audit_key, SESSION)
 
         async def to_worker(msg: m.Message) -> None:
             self.worker.append(msg)
 
-        mon._to_worker = to_worker
+        self.monitor = attested_monitor(authority, measurement=bytes(48), channel=self.kernel, to_worker=to_worker)
         self._audit = audit
 
     async def start(self) -> None:
