@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import html
+import json
 import stat
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,3 +252,18 @@ def test_relay_sees_only_ciphertext_of_a_confidential_cell_and_plaintext_of_a_pl
     assert plain.status == "ok" and secret.upper() in plain.text
     assert plain.wiretap is not None and plain.wiretap.contains(secret) and plain.wiretap.contains(secret.upper())
     assert plain.connection_info["key"]
+
+
+@pytest.mark.slow
+def test_a_kernel_that_dies_at_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    with TeachingLab(root=tmp_path) as lab:
+        spec = lab._ensure_kernelspecs() / "dies"
+        spec.mkdir()
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-c", "import sys; print('no ports for me'); sys.exit(3)", "{connection_file}"],
+            "display_name": "dies", "language": "python"}))
+        with pytest.raises(RuntimeError) as caught:
+            lab.start_kernel("dies", timeout=30)
+        message = str(caught.value)
+        assert message.startswith("Kernel died before replying to kernel_info; the dies kernel's log (")
+        assert message.endswith("ends:\nno ports for me")

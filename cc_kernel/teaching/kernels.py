@@ -26,6 +26,8 @@ __all__ = ["ZMQ_CHANNELS", "LabKernel"]
 #: The sockets of a Jupyter kernel, each relayed on its own when the kernel is wiretapped.
 ZMQ_CHANNELS: Final = ("shell", "iopub", "stdin", "control", "hb")
 _ZMQ_LABELS: Final = ("frontend → kernel", "kernel → frontend")
+#: Bytes of a kernel's log quoted when it died before it was ready.
+LOG_TAIL: Final = 4000
 
 
 class LabKernel:
@@ -89,7 +91,12 @@ class LabKernel:
         info["key"] = info["key"].decode() if isinstance(info.get("key"), bytes) else info.get("key")
         self.connection_info = info
         self._kc.start_channels()
-        await self._kc.wait_for_ready(timeout=timeout)
+        try:
+            await self._kc.wait_for_ready(timeout=timeout)
+        except RuntimeError as exc:  # "Kernel died before replying to kernel_info": say what the kernel said
+            self._log.flush()
+            tail = self._log_path.read_bytes()[-LOG_TAIL:].decode("utf-8", "replace").strip()
+            raise RuntimeError(f"{exc}; the {self.kernel} kernel's log ({self._log_path}) ends:\n{tail}") from exc
 
     def _check_open(self) -> None:
         if self.closed:
