@@ -79,6 +79,14 @@ class LabKernel:
         if keep_relay is None:
             self._kc = km.client()
         else:
+            # the relays listen only once the kernel is ready: a relay listening on a free port while the kernel
+            # starts could be given one of the five ports the kernel was told to bind, and the kernel would die
+            direct = km.client()
+            direct.start_channels()
+            try:
+                await self._ready(direct, timeout)
+            finally:
+                direct.stop_channels()
             relays = {}
             for name in ZMQ_CHANNELS:
                 relay = Relay(f"tcp://{info['ip']}:{info[f'{name}_port']}", channel=name, labels=_ZMQ_LABELS)
@@ -91,8 +99,11 @@ class LabKernel:
         info["key"] = info["key"].decode() if isinstance(info.get("key"), bytes) else info.get("key")
         self.connection_info = info
         self._kc.start_channels()
+        await self._ready(self._kc, timeout)
+
+    async def _ready(self, client: Any, timeout: float) -> None:
         try:
-            await self._kc.wait_for_ready(timeout=timeout)
+            await client.wait_for_ready(timeout=timeout)
         except RuntimeError as exc:  # "Kernel died before replying to kernel_info": say what the kernel said
             self._log.flush()
             tail = self._log_path.read_bytes()[-LOG_TAIL:].decode("utf-8", "replace").strip()
