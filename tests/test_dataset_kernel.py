@@ -88,8 +88,9 @@ def test_a_kernel_with_a_list_of_brokers_relays_to_no_other(broker: str, tmp_pat
     with live_kernel(SIM, env={**os.environ, "CC_KERNEL_BROKERS": elsewhere}) as k:
         cell = k.execute(f"%cc_dataset {sealed} records", timeout=120)
         assert cell.status == "error", cell.summary()
-        assert (f"the sealed file names the broker at {broker}, which is not one of the brokers this kernel may "
-                f"reach ({elsewhere}: setting brokers, CC_KERNEL_BROKERS)") in cell.traceback_text
+        assert (f"the kernel ended the relay saying \"the kernel does not relay there: the sealed file names the "
+                f"broker at '{broker}', which is not one of the brokers this kernel may reach ({elsewhere}: setting "
+                "brokers, CC_KERNEL_BROKERS)\"") in cell.traceback_text
         assert k.execute("records").content["ename"] == "NameError"
     with live_kernel(SIM) as k:  # the refused attempt never reached the broker: this is its first release
         assert "release 1 of 3" in k.ok(f"%cc_dataset {sealed} records", timeout=120).stream()

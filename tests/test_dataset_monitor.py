@@ -165,7 +165,7 @@ class Session:
                 if isinstance(x, m.AuditReceipt)]
 
     async def open(self, sealed: bytes, *, req_id: int = 1, name: str = "records", gate: bool = True,
-                   piece: int = 64 * 1024) -> m.UploadReply:
+                   piece: int = 64 * 1024, worker_text: str | None = None) -> m.UploadReply:
         """Stream ``sealed`` as the kernel does (first piece, wait for the relay, the rest) and answer for the
         worker as it would; returns the enclave's verdict."""
         finished = self.relays.expect(req_id)
@@ -192,7 +192,8 @@ class Session:
             assert isinstance(reader.next_event(), DatasetHeader)
             # the worker is given the dataset's identity, never a digest of its plaintext (a confirmation oracle)
             assert ends[0].sha256 == reader.header_sha256 != hashlib.sha256(plain).digest()
-            await self.worker_says(m.UploadReply(req_id=req_id, status="ok", message=f"{name} = str"))
+            await self.worker_says(m.UploadReply(req_id=req_id, status="ok", message=(
+                f"{name} = str" if worker_text is None else worker_text)))
         return next(x for x in self.to_kernel if isinstance(x, m.UploadReply) and x.req_id == req_id)
 
     def plaintext_to_worker(self, req_id: int = 1) -> bytes:
@@ -307,6 +308,19 @@ async def test_chunks_larger_than_the_workers_pieces_are_handed_in_as_pieces_in_
     pieces = [len(x.data) for x in s.to_worker if isinstance(x, m.UploadChunk)]
     assert max(pieces) == ds_mod.WORKER_PIECE and len(pieces) == 8  # each chunk cut into 1 MiB pieces (3 + 3 + 2)
     assert s.plaintext_to_worker() == plaintext
+
+
+@in_loop
+async def test_the_owners_rules_end_the_reply_however_long_the_workers_text(
+    broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
+) -> None:
+    store, address = broker
+    sealed = seal_into(store, address)
+    s = await started(sim_authority)
+    reply = await s.open(sealed.data, worker_text="w" * m.MAX_REASON)
+    assert reply.status == "ok" and len(reply.message) <= m.MAX_REASON
+    assert reply.message.startswith("www") and "; dataset of 'St Example' under the owner's rules: mode inspect" \
+        in reply.message and reply.message.endswith("until 2099-01-01T00:00:00+00:00")
 
 
 # --- the owner's rules --------------------------------------------------------------------------------------

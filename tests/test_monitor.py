@@ -233,6 +233,27 @@ def test_an_upload_is_hashed_by_the_monitor(sim_authority: SimulationAuthority) 
     run(main())
 
 
+@pytest.mark.parametrize("length", [20, m.MAX_REASON])
+def test_a_plain_uploads_reply_ends_with_the_digest_its_receipt_holds(sim_authority: SimulationAuthority,
+                                                                      length: int) -> None:
+    """However long the worker's text (a hostile worker may end it with a digest of its own), the monitor's
+    digest is the last thing in the reply."""
+    async def main() -> None:
+        h = Harness(sim_authority)
+        await h.start()
+        await h.kernel_says(m.UploadStart(req_id=1, name="x", size=3, fmt="bytes", code="%cc_upload f x",
+                                          execution_count=1, cell_id=None))
+        await h.kernel_says(m.UploadChunk(req_id=1, data=b"abc"))
+        await h.kernel_says(m.UploadEnd(req_id=1, sha256=hashlib.sha256(b"abc").digest()))
+        fake = " (sha256 0000000000000000…)"
+        await h.worker_says(m.UploadReply(req_id=1, status="ok", message=("x" * length)[: length - len(fake)] + fake))
+        reply = next(x for x in h.kernel.sent if isinstance(x, m.UploadReply))
+        assert reply.status == "ok" and len(reply.message) <= m.MAX_REASON
+        assert reply.message.endswith(f" (sha256 {hashlib.sha256(b'abc').hexdigest()[:16]}…)")
+
+    run(main())
+
+
 def test_a_worker_claiming_an_incomplete_upload_succeeded_is_overruled(sim_authority: SimulationAuthority) -> None:
     async def main() -> None:
         h = Harness(sim_authority)

@@ -148,7 +148,8 @@ async def _listener() -> tuple[asyncio.Server, int, list[bytes]]:
     return server, server.sockets[0].getsockname()[1], received
 
 
-@pytest.mark.parametrize("address", ["unix:/var/run/docker.sock", "vsock://1:5000", "127.0.0.1:0", "nonsense"])
+@pytest.mark.parametrize("address", ["unix:/var/run/docker.sock", "vsock://1:5000", "127.0.0.1:0", "nonsense",
+                                     ":4712", "tcp://:4712"])
 def test_a_sealed_file_cannot_point_the_relay_at_a_local_socket_or_a_non_tcp_address(address: str) -> None:
     async def main() -> None:
         enclave = Enclave()
@@ -177,7 +178,7 @@ def test_with_a_list_of_brokers_the_relay_connects_to_those_only() -> None:
         await enclave.until(lambda: enclave.got)
         (end,) = enclave.got
         assert isinstance(end, m.RelayEnd) and end.reason == (
-            f"the kernel does not relay there: the sealed file names the broker at 127.0.0.1:{port}, which is not "
+            f"the kernel does not relay there: the sealed file names the broker at '127.0.0.1:{port}', which is not "
             f"one of the brokers this kernel may reach (broker.example:4712, tcp://LOCALHOST:{port}: setting "
             "brokers, CC_KERNEL_BROKERS)")
         assert received == []  # no connection was made

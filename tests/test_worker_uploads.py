@@ -105,7 +105,7 @@ def test_every_malformed_upload_is_refused_with_its_reason() -> None:
         f"the .npy header is {MAX_NPY_HEADER + 1} bytes long, over the limit of {MAX_NPY_HEADER}")
     bad_dict = b"\x93NUMPY\x01\x00" + (20).to_bytes(2, "little") + b"{'descr': 'nope'}  \n"
     assert "descr" in refusal(bad_dict, "npy")
-    assert "the magic string is not correct" in refusal(b"\x93NUMPX\x01\x00" + grid[8:], "npy")
+    assert "pickled" in refusal(b"\x93NUMPX\x01\x00" + grid[8:], "npy")  # not a .npy: numpy.load's verdict
     objects = io.BytesIO()
     np.save(objects, np.array([1, None], dtype=object), allow_pickle=True)
     assert refusal(objects.getvalue(), "npy") == "Object arrays cannot be loaded when allow_pickle=False"
@@ -166,4 +166,53 @@ def test_the_worker_survives_an_upload_it_has_no_memory_for(monkeypatch: pytest.
     (reply,) = link.sent
     assert isinstance(reply, m.UploadReply) and reply.status == "error"
     assert reply.message == "cannot bind 'big' as bytes: not enough memory in the enclave's worker"
+    assert namespace == {}
+
+
+def npy_with_header(header: str, data: bytes = b"", version: bytes = b"\x01\x00") -> bytes:
+    """A .npy preamble and ``header`` as written (no check that it makes sense), then ``data``."""
+    body = header.encode("latin1") + b"\n"
+    length = len(body).to_bytes(2 if version == b"\x01\x00" else 4, "little")
+    return b"\x93NUMPY" + version + length + body + data
+
+
+HOSTILE = {
+    "a bool in the shape": (npy_with_header("{'descr': '|u1', 'fortran_order': False, 'shape': (True, 4), }",
+                                            b"abcd"), "TypeError: "),
+    "an unbalanced header": (npy_with_header("{'descr': '|u1', 'fortran_order': False, 'shape': ((( }"),
+                             "TokenError: "),
+    "a deeply nested shape": (npy_with_header("{'descr': '|u1', 'fortran_order': False, 'shape': (" + "-" * 5000
+                                              + "1,), }"), "RecursionError: "),
+    "a zip that is not one": (b"PK\x03\x04" + bytes(40), "BadZipFile: "),
+    "a subarray dtype": (npy_with_header("{'descr': ('<f8', (2, 3)), 'fortran_order': False, 'shape': (4,), }",
+                                         bytes(192)), "has a subarray shape, which numpy.load does not read"),
+    "an unknown version": (npy_with_header("{'descr': '|u1', 'fortran_order': False, 'shape': (4,), }", b"abcd",
+                                           version=b"\x02\x05"), "we only support format version"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_a_hostile_npy_is_refused_wherever_its_chunks_are_cut(name: str) -> None:
+    """Whatever numpy raises for it becomes the refusal (a worker that let it escape would end the session)."""
+    data, expected = HOSTILE[name]
+    for cut in range(1, len(data), 7):
+        assembly = Assembly(len(data), "npy")
+        with pytest.raises(ValueError) as caught:
+            assembly.add(data[:cut])
+            assembly.add(data[cut:])
+            assembly.finish()
+        assert expected in str(caught.value), (cut, str(caught.value))
+
+
+def test_a_fault_of_ours_while_binding_is_an_error_reply_not_the_end_of_the_worker(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Assembly) -> object:
+        raise RuntimeError("a bug")
+
+    server, link, namespace = _server()
+    monkeypatch.setattr(Assembly, "finish", broken)
+    _upload(server, "v", b"abc", "bytes")
+    (reply,) = link.sent
+    assert isinstance(reply, m.UploadReply) and reply.status == "error"
+    assert reply.message == "cannot bind 'v' as bytes: internal error RuntimeError: a bug"
     assert namespace == {}

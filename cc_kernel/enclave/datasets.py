@@ -64,6 +64,8 @@ WORKER_PIECE: Final = 1024 * 1024
 RELEASE_TIMEOUT: Final = 30.0
 #: Seconds the owner's broker has to acknowledge a log entry before the session stops using its dataset.
 ACK_TIMEOUT: Final = 30.0
+#: Characters of the kernel's reason for ending a relay that the monitor quotes to the user.
+RELAY_END_SHOWN: Final = 400
 
 #: ``reply(req, msg, status)``: the monitor forwards ``msg`` (None: none), receipts ``req`` and goes on.
 Reply = Callable[[Any, m.Message | None, str | None], Awaitable[None]]
@@ -410,9 +412,10 @@ class Datasets:
         self.open = [d for d in self.open if d.name != dataset.name] + [dataset]
         await self.announce()
         rules = dataset.rules
-        return m.UploadReply(req_id=reply.req_id, status="ok", message=(
-            f"{reply.message}; dataset of {dataset.owner!r} under the owner's rules: mode {rules.mode}, "
-            f"release {dataset.session} of {rules.max_sessions}, until {rules.not_after.isoformat()}"))
+        ours = (f"; dataset of {dataset.owner!r} under the owner's rules: mode {rules.mode}, release "
+                f"{dataset.session} of {rules.max_sessions}, until {rules.not_after.isoformat()}")
+        return m.UploadReply(req_id=reply.req_id, status="ok", message=(  # ours last, whatever the worker wrote
+            reply.message[: max(0, m.MAX_REASON - len(ours))] + ours)[: m.MAX_REASON])
 
     # -- the release, over the kernel's relay ---------------------------------------------------------------
 
@@ -472,9 +475,9 @@ class Datasets:
             if writer is not None:
                 await _close(writer)
             sock.close()
-            # the TLS connection never came up and the kernel said why (its words: it is not trusted)
-            why = (f"the kernel ended the relay: {p.relay_end}" if p.relay_end and isinstance(exc, ConnectError)
-                   else str(exc))
+            # the TLS connection never came up and the kernel said why: its words, quoted (it is not trusted)
+            why = (f"{exc}; the kernel ended the relay saying {p.relay_end[:RELAY_END_SHOWN]!r}"
+                   if p.relay_end and isinstance(exc, ConnectError) else str(exc))
             await self._fail(p, f"the owner's broker did not release the key: {why}")
             return
         except asyncio.CancelledError:

@@ -531,8 +531,9 @@ class Monitor:
                 msg = m.UploadReply(req_id=head.req_id, status="error", message=(
                     f"upload arrived incomplete ({head.upload_size} of {announced} bytes)"))
             elif not self.datasets.owns(head):  # the digest its receipt records (a dataset's: see datasets)
+                ours = f" (sha256 {head.upload_hash.hexdigest()[:16]}…)"  # last, whatever the worker wrote
                 msg = m.UploadReply(req_id=head.req_id, status="ok", message=(
-                    f"{msg.message} (sha256 {head.upload_hash.hexdigest()[:16]}…)")[: m.MAX_REASON])
+                    msg.message[: m.MAX_REASON - len(ours)] + ours))
         if isinstance(msg, m.UploadReply):
             msg = await self.datasets.bound(head, msg)
 

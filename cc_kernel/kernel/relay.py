@@ -55,7 +55,8 @@ def broker_address(text: str) -> Address:
         ConfigError: not a ``HOST:PORT`` (or ``tcp://HOST:PORT``) with a port from 1 to 65535.
     """
     address = parse_address(text)
-    if address.kind != "tcp" or not address.host or address.port == 0:
+    named = text.strip().removeprefix("tcp://").rpartition(":")[0]  # parse_address reads "" as 127.0.0.1
+    if address.kind != "tcp" or not named or address.port == 0:
         raise ConfigError(f"{text!r} is not a broker address: a broker is reached at HOST:PORT over TCP "
                           "(port 1 to 65535)")
     return address
@@ -136,8 +137,8 @@ class Relays:
             raise ConfigError(f"the sealed file names {address!r} as its broker; {exc}") from None
         if self._brokers and _key(addr) not in self._brokers:
             raise ConfigError(
-                f"the sealed file names the broker at {address}, which is not one of the brokers this kernel may "
-                f"reach ({', '.join(sorted(self._brokers.values()))}: setting brokers, CC_KERNEL_BROKERS)")
+                f"the sealed file names the broker at {address!r}, which is not one of the brokers this kernel "
+                f"may reach ({', '.join(sorted(self._brokers.values()))}: setting brokers, CC_KERNEL_BROKERS)")
         return addr
 
     async def _run(self, req_id: int, relay: _Relay, address: str) -> None:

@@ -233,10 +233,16 @@ class WorkerServer:
                 return
             self._pending_upload = None
             value = upload.assembly.finish()  # the monitor checked the digest of what it handed in
-        except (ValueError, MemoryError) as exc:  # the worker goes on; what it received is released
+        except Exception as exc:  # the worker goes on (the session's variables with it); the upload is released
             self._pending_upload = None
             upload.assembly.close()
-            reason = str(exc) if isinstance(exc, ValueError) else "not enough memory in the enclave's worker"
+            if isinstance(exc, ValueError):
+                reason = str(exc)
+            elif isinstance(exc, MemoryError):
+                reason = "not enough memory in the enclave's worker"
+            else:  # Assembly raises only the two above: this is a fault of ours, said as such
+                log.exception("binding upload %r failed", upload.name)
+                reason = f"internal error {type(exc).__name__}: {exc}"
             send(m.UploadReply(req_id=msg.req_id, status="error", message=(
                 f"cannot bind {upload.name!r} as {upload.assembly.fmt}: {reason}")[: m.MAX_REASON]))
             return

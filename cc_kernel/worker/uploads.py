@@ -9,12 +9,15 @@ costs one copy of the data in fresh memory (the value itself), not two (the chun
   itself, without a copy; text is decoded from it once at the end.
 * ``npy``: as soon as the header has arrived, the array is allocated with the header's dtype, shape and order,
   and every later byte is written straight into its memory (a writable array, as ``numpy.load`` returns).
-  Headers are read by numpy's own reader with its size limit; object arrays are refused (no pickle). A header
-  of a version numpy's public readers do not cover is loaded by ``numpy.load`` from the whole file at the end.
+  Headers (versions 1.0 and 2.0) are read by numpy's own reader with its size limit; nothing is allocated
+  unless the array the header announces is exactly the data the file holds; object arrays are refused (no
+  pickle). Anything else (a version 3.0 header, written only for field names outside Latin-1; a file that is
+  not a .npy at all) is given whole to ``numpy.load`` at the end, which reads it or refuses it: that path holds
+  the data twice.
 
 Every way the data can be wrong ends in ``ValueError`` with the reason (the caller names the upload): too much
-data, too little, a header numpy refuses, a dtype holding Python objects, text that is not UTF-8 (re-raised as
-``ValueError``).
+data, too little, a header numpy refuses (whatever numpy raised for it, named), a dtype holding Python objects
+or a subarray, text that is not UTF-8. ``MemoryError`` passes through.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from typing import Any
 
 #: The longest ``.npy`` header read before it is refused (numpy's own default limit).
 MAX_NPY_HEADER = 10_000
+_NPY_MAGIC = b"\x93NUMPY"
 _NPY_PREAMBLE = 8  # magic (6 bytes) + version (2 bytes)
+#: The header versions read as the data arrives, and the size of their header-length field.
+_NPY_LENGTH_SIZE = {(1, 0): 2, (2, 0): 4}
 
 
 class Assembly:
@@ -39,6 +45,7 @@ class Assembly:
         self._array: Any = None  # the .npy's array once its header is known
         self._into: memoryview | None = None  # its bytes, written in order
         self._filled = 0
+        self._whole = fmt != "npy"  # .npy: read as the data arrives unless its preamble says otherwise
 
     def add(self, chunk: bytes) -> None:
         if self.received + len(chunk) > self.size:
@@ -51,7 +58,7 @@ class Assembly:
                 return
             assert self._buffer is not None
             self._buffer.write(chunk)
-            if self.fmt == "npy":
+            if not self._whole:
                 self._try_header()
         except ValueError:
             self.close()
@@ -72,7 +79,7 @@ class Assembly:
                     return data.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise ValueError(str(exc)) from None
-            if self.fmt in ("npy", "npy-whole"):
+            if self.fmt == "npy":
                 return _load_npy(data)
             return data
         finally:
@@ -96,10 +103,9 @@ class Assembly:
         try:
             if len(buffered) < _NPY_PREAMBLE + 4:
                 return
-            major = buffered[6]
-            length_size = 2 if major == 1 else 4
-            if major not in (1, 2):  # version 3 (or unknown): numpy.load reads it, and refuses what it cannot
-                self.fmt = "npy-whole"
+            length_size = _NPY_LENGTH_SIZE.get((buffered[6], buffered[7]), 0)
+            if bytes(buffered[:6]) != _NPY_MAGIC or not length_size:  # numpy.load reads it whole, or refuses it
+                self._whole = True
                 return
             length = int.from_bytes(buffered[_NPY_PREAMBLE : _NPY_PREAMBLE + length_size], "little")
             if length > MAX_NPY_HEADER:
@@ -136,14 +142,18 @@ def _allocate_npy(head: bytes, data_size: int) -> tuple[Any, memoryview]:
         version = npy_format.read_magic(stream)
         reader = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
         shape, fortran_order, dtype = reader(stream, max_header_size=MAX_NPY_HEADER)
-    except (ValueError, TypeError, OSError, EOFError) as exc:
-        raise ValueError(str(exc)) from None
-    if dtype.hasobject:
-        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
-    announced = math.prod(shape) * dtype.itemsize
-    if announced != data_size:
-        raise ValueError(f"the .npy header announces {announced} bytes of data, the file holds {data_size}")
-    array = np.empty(shape, dtype=dtype, order="F" if fortran_order else "C")
+        if dtype.hasobject:
+            raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+        if dtype.subdtype is not None:
+            raise ValueError(f"the .npy's dtype {dtype} has a subarray shape, which numpy.load does not read")
+        announced = math.prod(shape) * dtype.itemsize
+        if announced != data_size:
+            raise ValueError(f"the .npy header announces {announced} bytes of data, the file holds {data_size}")
+        array = np.empty(shape, dtype=dtype, order="F" if fortran_order else "C")
+    except MemoryError:
+        raise
+    except Exception as exc:  # a hostile header reaches numpy's parser: whatever it raises is a refusal
+        raise _refusal(exc) from None
     flat = (array.T if fortran_order else array).reshape(-1)  # a view: the array is contiguous in that order
     return array, flat.view(np.uint8).data
 
@@ -153,5 +163,14 @@ def _load_npy(data: bytes) -> Any:
 
     try:
         return np.load(io.BytesIO(data), allow_pickle=False, max_header_size=MAX_NPY_HEADER)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(str(exc)) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # as in _allocate_npy: numpy.load of hostile bytes may raise anything
+        raise _refusal(exc) from None
+
+
+def _refusal(exc: Exception) -> ValueError:
+    """``exc`` (raised by numpy for a malformed file) as the ValueError an upload is refused with."""
+    if type(exc) is ValueError:
+        return exc
+    return ValueError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
