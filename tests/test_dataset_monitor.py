@@ -314,11 +314,9 @@ async def test_chunks_larger_than_the_workers_pieces_are_handed_in_as_pieces_in_
 async def test_the_owners_rules_end_the_reply_however_long_the_workers_text(
     broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
 ) -> None:
-    store, address = broker
-    sealed = seal_into(store, address)
-    s = await started(sim_authority)
-    reply = await s.open(sealed.data, worker_text="w" * m.MAX_REASON)
-    assert reply.status == "ok" and len(reply.message) <= m.MAX_REASON
+    _, _, s = await opened(broker, sim_authority, worker_text="w" * m.MAX_REASON)
+    reply = next(x for x in s.to_kernel if isinstance(x, m.UploadReply))
+    assert len(reply.message) <= m.MAX_REASON
     assert reply.message.startswith("www") and "; dataset of 'St Example' under the owner's rules: mode inspect" \
         in reply.message and reply.message.endswith("until 2099-01-01T00:00:00+00:00")
 
@@ -500,12 +498,12 @@ async def test_a_kernel_that_sends_the_body_before_the_key_is_bounded(
 
 
 async def opened(broker: tuple[BrokerStore, str], authority: SimulationAuthority, *, rules: str = INSPECT,
-                 ) -> tuple[BrokerStore, Sealed, Session]:
-    """A session with a dataset sealed under ``rules`` open in it."""
+                 worker_text: str | None = None) -> tuple[BrokerStore, Sealed, Session]:
+    """A session with a dataset sealed under ``rules`` open in it (the worker answering ``worker_text``)."""
     store, address = broker
     sealed = seal_into(store, address, rules=rules)
     s = await started(authority)
-    reply = await s.open(sealed.data)
+    reply = await s.open(sealed.data, worker_text=worker_text)
     assert reply.status == "ok", reply.message
     return store, sealed, s
 

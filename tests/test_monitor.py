@@ -78,6 +78,19 @@ class Harness:
     async def worker_says(self, msg: m.Message) -> None:
         await self.monitor._from_worker(msg)  # type: ignore[attr-defined]
 
+    async def upload(self, *chunks: bytes, size: int | None = None, digest: bytes | None = None,
+                     end: bool = True) -> None:
+        """The kernel uploads ``chunks`` as ``x`` (request 1): its start (``size``: announced, default their
+        total), the chunks, and unless ``end`` is False its end with ``digest`` (default: theirs)."""
+        data = b"".join(chunks)
+        await self.kernel_says(m.UploadStart(req_id=1, name="x", size=len(data) if size is None else size,
+                                             fmt="bytes", code="%cc_upload f x", execution_count=1, cell_id=None))
+        for chunk in chunks:
+            await self.kernel_says(m.UploadChunk(req_id=1, data=chunk))
+        if end:
+            await self.kernel_says(m.UploadEnd(req_id=1, sha256=hashlib.sha256(data).digest() if digest is None
+                                               else digest))
+
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
@@ -220,11 +233,7 @@ def test_an_upload_is_hashed_by_the_monitor(sim_authority: SimulationAuthority) 
     async def main() -> None:
         h = Harness(sim_authority)
         await h.start()
-        await h.kernel_says(m.UploadStart(req_id=1, name="x", size=6, fmt="bytes", code="%cc_upload f x",
-                                          execution_count=1, cell_id=None))
-        await h.kernel_says(m.UploadChunk(req_id=1, data=b"abc"))
-        await h.kernel_says(m.UploadChunk(req_id=1, data=b"def"))
-        await h.kernel_says(m.UploadEnd(req_id=1, sha256=hashlib.sha256(b"abcdef").digest()))
+        await h.upload(b"abc", b"def")
         await h.worker_says(m.UploadReply(req_id=1, status="ok", message="x = bytes of 6 bytes"))
         (entry,) = _receipts(h.kernel.sent)
         assert entry.upload is not None and entry.upload.sha256 == hashlib.sha256(b"abcdef").digest()
@@ -241,10 +250,7 @@ def test_a_plain_uploads_reply_ends_with_the_digest_its_receipt_holds(sim_author
     async def main() -> None:
         h = Harness(sim_authority)
         await h.start()
-        await h.kernel_says(m.UploadStart(req_id=1, name="x", size=3, fmt="bytes", code="%cc_upload f x",
-                                          execution_count=1, cell_id=None))
-        await h.kernel_says(m.UploadChunk(req_id=1, data=b"abc"))
-        await h.kernel_says(m.UploadEnd(req_id=1, sha256=hashlib.sha256(b"abc").digest()))
+        await h.upload(b"abc")
         fake = " (sha256 0000000000000000…)"
         await h.worker_says(m.UploadReply(req_id=1, status="ok", message=("x" * length)[: length - len(fake)] + fake))
         reply = next(x for x in h.kernel.sent if isinstance(x, m.UploadReply))
@@ -258,9 +264,7 @@ def test_a_worker_claiming_an_incomplete_upload_succeeded_is_overruled(sim_autho
     async def main() -> None:
         h = Harness(sim_authority)
         await h.start()
-        await h.kernel_says(m.UploadStart(req_id=1, name="x", size=6, fmt="bytes", code="%cc_upload f x",
-                                          execution_count=1, cell_id=None))
-        await h.kernel_says(m.UploadChunk(req_id=1, data=b"abc"))
+        await h.upload(b"abc", size=6, end=False)
         await h.worker_says(m.UploadReply(req_id=1, status="ok", message="all there"))
         reply = next(x for x in h.kernel.sent if isinstance(x, m.UploadReply))
         assert reply.status == "error" and "incomplete (3 of 6 bytes)" in reply.message
@@ -376,10 +380,7 @@ def test_an_upload_altered_on_its_way_is_refused_and_never_reaches_the_namespace
     async def main() -> None:
         h = Harness(sim_authority)
         await h.start()
-        await h.kernel_says(m.UploadStart(req_id=1, name="x", size=3, fmt="bytes", code="%cc_upload f x",
-                                          execution_count=1, cell_id=None))
-        await h.kernel_says(m.UploadChunk(req_id=1, data=b"abc"))
-        await h.kernel_says(m.UploadEnd(req_id=1, sha256=hashlib.sha256(b"abd").digest()))
+        await h.upload(b"abc", digest=hashlib.sha256(b"abd").digest())
         assert not any(isinstance(x, m.UploadEnd) for x in h.worker)  # the worker binds nothing
         reply = next(x for x in h.kernel.sent if isinstance(x, m.UploadReply))
         assert reply.status == "error" and "altered" in reply.message
