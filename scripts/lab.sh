@@ -15,5 +15,12 @@ fi
 # bytecode for the package, as a wheel install has it (why: scripts/test.sh)
 .venv/bin/python -m compileall -q --invalidation-mode checked-hash cc_kernel >/dev/null
 .venv/bin/cc-kernel install --sys-prefix
+# Jupyter refuses to start as root unless told; on a machine where the user is root (a container, a fresh VM)
+# the README's command must still open the lab, so it is told, and says so.
+extra=()
+if [ "$(id -u)" = 0 ]; then
+  echo "lab.sh: running as root, so JupyterLab is started with --allow-root" >&2
+  extra+=(--allow-root)
+fi
 # CurveZMQ on the frontend <-> kernel hop when the kernel supports it (both our kernelspecs declare it).
-exec .venv/bin/jupyter lab --ServerApp.root_dir=notebooks --KernelManager.transport_encryption=auto "$@"
+exec .venv/bin/jupyter lab --ServerApp.root_dir=notebooks --KernelManager.transport_encryption=auto "${extra[@]}" "$@"
