@@ -256,9 +256,7 @@ async def test_a_sealed_dataset_is_released_through_the_relay_and_the_worker_get
     broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
 ) -> None:
     store, address = broker
-    sealed = seal_into(store, address)
-    s = await started(sim_authority)
-    reply = await s.open(sealed.data)
+    sealed, s, reply = await attempt(broker, sim_authority)
     assert reply.status == "ok", reply.message
     assert "mode inspect, release 1 of 5" in reply.message
     start = next(x for x in s.to_worker if isinstance(x, m.UploadStart))
@@ -287,10 +285,7 @@ async def test_a_sealed_dataset_is_released_through_the_relay_and_the_worker_get
 async def test_a_small_file_sent_whole_before_the_key_is_opened_once_the_key_arrives(
     broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
 ) -> None:
-    store, address = broker
-    sealed = seal_into(store, address)
-    s = await started(sim_authority)
-    reply = await s.open(sealed.data, piece=len(sealed.data))  # header, body and end before any key
+    _, s, reply = await attempt(broker, sim_authority, piece=1 << 20)  # header, body and end before any key
     assert reply.status == "ok", reply.message
     assert s.plaintext_to_worker() == RECORDS
 
@@ -299,11 +294,9 @@ async def test_a_small_file_sent_whole_before_the_key_is_opened_once_the_key_arr
 async def test_chunks_larger_than_the_workers_pieces_are_handed_in_as_pieces_in_order(
     broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority,
 ) -> None:
-    store, address = broker
     plaintext = os.urandom(5 * ds_mod.WORKER_PIECE + 12345)
-    sealed = seal_into(store, address, plaintext=plaintext, chunk_size=2 * ds_mod.WORKER_PIECE + 7)  # 3 chunks
-    s = await started(sim_authority)
-    reply = await s.open(sealed.data, piece=1024 * 1024)
+    _, s, reply = await attempt(broker, sim_authority, piece=1 << 20, plaintext=plaintext,
+                                chunk_size=2 * ds_mod.WORKER_PIECE + 7)  # 3 chunks
     assert reply.status == "ok", reply.message
     pieces = [len(x.data) for x in s.to_worker if isinstance(x, m.UploadChunk)]
     assert max(pieces) == ds_mod.WORKER_PIECE and len(pieces) == 8  # each chunk cut into 1 MiB pieces (3 + 3 + 2)
@@ -372,13 +365,10 @@ async def test_approved_code_is_not_opened_into_a_session_where_unapproved_code_
 @in_loop
 async def test_an_expired_dataset_gets_no_key(broker: tuple[BrokerStore, str],
                                               sim_authority: SimulationAuthority) -> None:
-    store, address = broker
-    sealed = seal_into(store, address, rules=INSPECT.replace("2099-01-01", "2020-01-01"))
-    s = await started(sim_authority)
-    reply = await s.open(sealed.data)
+    _, s, reply = await attempt(broker, sim_authority, rules=INSPECT.replace("2099-01-01", "2020-01-01"))
     assert reply.status == "error" and "expired at 2020-01-01" in reply.message
     assert s.plaintext_to_worker() == b""
-    assert '"check":"rules.not_after"' in broker_log(store)
+    assert '"check":"rules.not_after"' in broker_log(broker[0])
 
 
 @in_loop
@@ -397,13 +387,10 @@ async def test_max_sessions_is_counted_by_the_broker(broker: tuple[BrokerStore, 
 @in_loop
 async def test_an_enclave_outside_the_owners_policy_gets_no_key(broker: tuple[BrokerStore, str],
                                                                sim_authority: SimulationAuthority) -> None:
-    store, address = broker
-    sealed = seal_into(store, address)
-    s = await started(sim_authority, measurement=b"\x66" * 48)  # a modified enclave
-    reply = await s.open(sealed.data)
+    _, s, reply = await attempt(broker, sim_authority, measurement=b"\x66" * 48)  # a modified enclave
     assert reply.status == "error" and "does not meet the owner's policy" in reply.message
     assert s.plaintext_to_worker() == b"" and not any(isinstance(x, m.UploadStart) for x in s.to_worker)
-    assert '"check":"release.policy"' in broker_log(store)
+    assert '"check":"release.policy"' in broker_log(broker[0])
 
 
 @pytest.mark.parametrize(
@@ -486,26 +473,32 @@ async def test_a_broker_that_is_gone_releases_nothing(broker: tuple[BrokerStore,
 async def test_a_kernel_that_sends_the_body_before_the_key_is_bounded(
     broker: tuple[BrokerStore, str], sim_authority: SimulationAuthority, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    store, address = broker
     monkeypatch.setattr(ds_mod, "MAX_AHEAD", 8192)
-    sealed = seal_into(store, address)
-    s = await started(sim_authority)
-    reply = await s.open(sealed.data, gate=False, piece=4096)
+    *_, reply = await attempt(broker, sim_authority, gate=False, piece=4096)
     assert reply.status == "error" and "before the key was released" in reply.message
 
 
 # --- the owner's log ----------------------------------------------------------------------------------------
 
 
+async def attempt(broker: tuple[BrokerStore, str], authority: SimulationAuthority, *,
+                  measurement: bytes | None = None, piece: int = 64 * 1024, gate: bool = True,
+                  worker_text: str | None = None, **sealing: Any) -> tuple[Sealed, Session, m.UploadReply]:
+    """Seal a dataset (``sealing``: ``seal_into``'s options), start a session (``measurement``: its enclave's)
+    and open the file in it as the kernel streams it; the verdict is the caller's to check."""
+    store, address = broker
+    sealed = seal_into(store, address, **sealing)
+    s = await started(authority, measurement=measurement)
+    reply = await s.open(sealed.data, piece=piece, gate=gate, worker_text=worker_text)
+    return sealed, s, reply
+
+
 async def opened(broker: tuple[BrokerStore, str], authority: SimulationAuthority, *, rules: str = INSPECT,
                  worker_text: str | None = None) -> tuple[BrokerStore, Sealed, Session]:
     """A session with a dataset sealed under ``rules`` open in it (the worker answering ``worker_text``)."""
-    store, address = broker
-    sealed = seal_into(store, address, rules=rules)
-    s = await started(authority)
-    reply = await s.open(sealed.data, worker_text=worker_text)
+    sealed, s, reply = await attempt(broker, authority, rules=rules, worker_text=worker_text)
     assert reply.status == "ok", reply.message
-    return store, sealed, s
+    return broker[0], sealed, s
 
 
 def owner_log_file(store: BrokerStore, sealed: Sealed, release: int = 1) -> bytes:
